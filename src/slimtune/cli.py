@@ -1,0 +1,136 @@
+"""`slimtune <stage> ...`: thin wrappers over slimtune.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import SlimtuneError
+from .models import BUILTIN_MODELS, DEFAULT_MODEL
+
+MODEL_HELP = (f"model: a builtin alias ({', '.join(BUILTIN_MODELS)}), a local Hugging Face directory "
+              f"(also slimtune artifacts), a .gguf file, or a hub id when online (default: {DEFAULT_MODEL})")
+TASK_HELP = ("task: a builtin name (polarity, gsm_symbolic, bigbench:<name>), a .jsonl/.csv file of "
+             "your own, or hf:<dataset> (default: polarity)")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy on a task and/or perplexity on a text",
+                       description="Evaluate a model (optionally with an adapter): task accuracy on one split "
+                                   "(multiple-choice log-likelihood acc/acc_norm, or generation accuracy) and "
+                                   "windowed perplexity on a text. Prints JSON.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--adapter", help="a LoRA adapter directory (PEFT format) to apply before evaluating")
+    p.add_argument("--task", default="polarity", help=TASK_HELP + "; pass 'none' for perplexity only")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split to score (default: test)")
+    p.add_argument("--limit", type=int, help="score only the first N examples of the split")
+    p.add_argument("--perplexity-text", help="also measure perplexity on this text: 'wiki', 'news' or a UTF-8 file")
+    p.add_argument("--seq-len", type=int, default=512, help="perplexity window length in tokens (default 512)")
+    p.add_argument("--max-windows", type=int, help="perplexity over at most this many windows (default: the whole text)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the task's train/validation/test split (default 0)")
+    p.add_argument("--out", help="also write the results JSON to this file")
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="train a LoRA adapter on a task",
+                       description="Fine-tune a LoRA adapter on the task's training split with transformers' "
+                                   "Trainer. Writes a PEFT adapter directory (loadable with peft.PeftModel) with "
+                                   "a slimtune.json manifest. Re-running the same command after an interruption "
+                                   "resumes from the last checkpoint.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--task", default="polarity", help=TASK_HELP)
+    p.add_argument("--out", required=True, help="output adapter directory (must not exist unless --overwrite)")
+    p.add_argument("--targets", type=_csv, help="comma-separated module-name patterns to adapt, e.g. q_proj,v_proj "
+                   "(suffix match, or a regex on the full name); default: all attention and MLP projections")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank r (default 16)")
+    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/r (default 32)")
+    p.add_argument("--dropout", type=float, default=0.05, help="dropout on the adapter's input (default 0.05)")
+    p.add_argument("--epochs", type=float, help="passes over the training split (default 3)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 3e-4)")
+    p.add_argument("--batch-size", type=int, help="examples per micro-batch (default 8)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--max-length", type=int, help="cut sequences to this many tokens (default 256)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 10)")
+    p.add_argument("--lr-scheduler", choices=["cosine", "linear", "constant", "constant_with_warmup"], help="learning-rate schedule (default cosine)")
+    p.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps (default 50)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
+    p.add_argument("--seed", type=int, help="seed for the split, the adapter's initialisation and the data order (default 42)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="fold an adapter into its base model",
+                       description="Merge a LoRA adapter into its base model and save a plain Hugging Face model "
+                                   "directory whose outputs equal the adapted model's.")
+    p.add_argument("--adapter", required=True, help="adapter directory written by `slimtune finetune` (or any PEFT LoRA)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded default model and task",
+                       description="Evaluate the default model zero-shot, fine-tune a LoRA adapter on the task, merge "
+                                   "it, evaluate again, and print a before/after table. All offline.")
+    p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--task", default="polarity", help=TASK_HELP)
+    p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the demo's setting)")
+    p.add_argument("--max-windows", type=int, default=8, help="perplexity windows of 256 tokens on the Wikipedia text (default 8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_evaluate, _add_finetune, _add_merge, _add_demo):
+        add(sub)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    from . import api
+
+    if args.command == "evaluate":
+        task = None if args.task.lower() == "none" else args.task
+        result = api.evaluate(args.model, task=task, adapter=args.adapter, split=args.split, limit=args.limit,
+                              perplexity_text=args.perplexity_text, seq_len=args.seq_len,
+                              max_windows=args.max_windows, batch_size=args.batch_size, seed=args.seed, out=args.out)
+        print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
+    elif args.command == "finetune":
+        overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "learning_rate", "batch_size", "grad_accum",
+                                                   "max_length", "warmup_steps", "lr_scheduler", "save_steps",
+                                                   "gradient_checkpointing", "seed")}
+        out = api.finetune(args.model, task=args.task, out=args.out, targets=args.targets, rank=args.rank,
+                           alpha=args.alpha, dropout=args.dropout, overwrite=args.overwrite, **overrides)
+        print(f"adapter written to {out}")
+    elif args.command == "merge":
+        out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)
+        print(f"merged model written to {out}")
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, model=args.model, task=args.task, epochs=args.epochs, max_windows=args.max_windows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except SlimtuneError as e:
+        print(f"slimtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Fine-tuning on transformers' Trainer: task examples -> tokenized batches -> adapter training.
+
+Trainer gives us gradient accumulation, schedules, checkpoints, resume, logging and multi-process
+training. We change only what an adapter run needs: checkpoints hold the trainable parameters
+(a few MB) instead of the whole model, and resuming loads them back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data.tasks import Example
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings (validated; unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(3.0, gt=0, description="passes over the training split")
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
+    learning_rate: float = Field(3e-4, gt=0)
+    batch_size: int = Field(8, ge=1, description="examples per device per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_length: int = Field(256, ge=8, description="sequences are cut to this many tokens")
+    warmup_steps: int = Field(10, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 42
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(50, ge=1, description="checkpoint every this many optimizer steps")
+    save_total_limit: int = Field(2, ge=1)
+    gradient_checkpointing: bool = False
+
+
+def tokenize_example(example: Example, tokenizer, max_length: int, add_eos: bool) -> dict:
+    """input_ids for prompt + completion, labels masking the prompt (loss on the completion only)."""
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+    full_ids = tokenizer(example.prompt + example.completion, add_special_tokens=True)["input_ids"]
+    # Tokenizers can merge across the boundary; the shared prefix is the prompt.
+    n_prompt = 0
+    while n_prompt < min(len(prompt_ids), len(full_ids)) and prompt_ids[n_prompt] == full_ids[n_prompt]:
+        n_prompt += 1
+    if add_eos and tokenizer.eos_token_id is not None:
+        full_ids = full_ids + [tokenizer.eos_token_id]
+    labels = [-100] * n_prompt + full_ids[n_prompt:]
+    if len(full_ids) > max_length:  # keep the completion, drop the start of the prompt
+        full_ids, labels = full_ids[-max_length:], labels[-max_length:]
+    return {"input_ids": full_ids, "labels": labels}
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: Sequence[Example], tokenizer, max_length: int, add_eos: bool):
+        self.items = [tokenize_example(e, tokenizer, max_length, add_eos) for e in examples]
+        self.items = [it for it in self.items if any(l != -100 for l in it["labels"])]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class PadCollator:
+    """Right-pads a batch; padded positions get attention 0 and label -100."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class AdapterTrainer(Trainer):
+        """Checkpoints hold only the trainable parameters; resume loads them back."""
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            output_dir = output_dir or self.args.output_dir
+            if not self.args.should_save:
+                return
+            os.makedirs(output_dir, exist_ok=True)
+            model = self.accelerator.unwrap_model(self.model)
+            save_file(trainable_state(model), os.path.join(output_dir, TRAINABLE_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+            model = self.accelerator.unwrap_model(model or self.model)
+            state = load_file(os.path.join(resume_from_checkpoint, TRAINABLE_FILE))
+            params = dict(model.named_parameters())
+            missing = set(state) ^ {n for n, p in params.items() if p.requires_grad}
+            if missing:
+                raise RuntimeError(f"checkpoint {resume_from_checkpoint} does not match the model: {sorted(missing)[:5]}")
+            with torch.no_grad():
+                for name, value in state.items():
+                    params[name].copy_(value)
+
+    return AdapterTrainer
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoint_dir.is_dir():
+        return None
+    ckpt = get_last_checkpoint(str(checkpoint_dir))
+    return ckpt if ckpt and (Path(ckpt) / TRAINABLE_FILE).is_file() else None
+
+
+def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: TrainConfig,
+          checkpoint_dir: str | Path, *, add_eos: bool = False, callbacks: list | None = None,
+          report_to: str | list[str] = "none", progress: bool = True) -> dict:
+    """Train the model's trainable parameters on `examples`; resumes from the last checkpoint in
+    `checkpoint_dir` if there is one. Returns the training metrics (loss, steps, runtime)."""
+    from transformers import TrainingArguments
+
+    checkpoint_dir = Path(checkpoint_dir)
+    dataset = ExampleDataset(examples, tokenizer, config.max_length, add_eos)
+    if len(dataset) == 0:
+        from .errors import DataError
+        raise DataError("no training examples left after tokenization (is the training split empty?)")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=report_to,
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        # Several CPU processes (torchrun) talk over gloo; NCCL is the default on GPUs.
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() else None,
+    )
+    trainer = _make_trainer_class()(
+        model=model, args=args, train_dataset=dataset,
+        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
+    model.eval()
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "train_examples": len(dataset),
+        "runtime_s": result.metrics.get("train_runtime"),
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
+    }
