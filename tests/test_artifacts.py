@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from slimtune.artifacts import MANIFEST, atomic_dir, read_manifest, write_manifest
+from slimtune.errors import ArtifactError
+
+
+def test_atomic_dir_publishes_only_on_success(tmp_path):
+    out = tmp_path / "art"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash mid-write")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(out) as tmp:
+        (tmp / "w.bin").write_bytes(b"x")
+        write_manifest(tmp, stage="test", method="m", config={"a": 1}, metrics={"ppl": 2.0}, seed=3)
+    manifest = read_manifest(out)
+    assert manifest["stage"] == "test" and manifest["config"] == {"a": 1} and manifest["seed"] == 3
+    assert "torch" in manifest["versions"]
+
+
+def test_existing_output_is_not_touched(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "keep").write_text("old")
+    with pytest.raises(ArtifactError, match="already exists.*--overwrite"):
+        with atomic_dir(out):
+            pass
+    assert (out / "keep").read_text() == "old"
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new"]
+
+
+def test_damaged_manifest(tmp_path):
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="damaged"):
+        read_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match="not a slimtune artifact"):
+        read_manifest(tmp_path / "nothing")
