@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from slimtune.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command,options", [
+    ("evaluate", ["--model", "--adapter", "--task", "--split", "--limit", "--perplexity-text", "--seq-len", "--max-windows", "--batch-size", "--out"]),
+    ("finetune", ["--model", "--task", "--out", "--targets", "--rank", "--alpha", "--dropout", "--epochs", "--lr", "--batch-size", "--grad-accum", "--max-length", "--seed", "--overwrite"]),
+    ("merge", ["--adapter", "--out", "--model", "--overwrite"]),
+    ("demo", ["--out", "--model", "--task"]),
+])
+def test_help_explains_every_option(command, options, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for opt in options:
+        assert opt in text
+    # every option has a help text
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    assert all(a.help for a in sub._actions)
+
+
+def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["evaluate", "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slimtune evaluate: error: model") and "not found" in err and "Traceback" not in err
+
+
+def test_finetune_merge_evaluate_from_the_cli(tiny_llama_dir, tmp_path, capsys):
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    assert main(["finetune", "--model", str(tiny_llama_dir), "--out", str(adapter), "--rank", "2",
+                 "--max-steps", "2", "--batch-size", "4", "--targets", "q_proj,v_proj"]) == 0
+    assert sorted(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == ["q_proj", "v_proj"]
+    assert main(["merge", "--adapter", str(adapter), "--out", str(merged)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(merged), "--limit", "6", "--out", str(tmp_path / "r.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n"] == 6 and 0 <= printed["acc"] <= 1
+    assert json.loads((tmp_path / "r.json").read_text())["acc"] == printed["acc"]
