@@ -1,0 +1,79 @@
+"""Windowed perplexity of a causal LM on one text.
+
+Windows of `seq_len` tokens start every `stride` tokens. Each window scores only the tokens
+that the previous window did not score (the standard sliding-window definition), so with
+stride < seq_len every token after the first is scored exactly once, each with at least
+seq_len - stride tokens of context. stride=None means stride = seq_len: non-overlapping
+windows, where the first token of each window has no context and is not scored (the usual
+GPTQ/SparseGPT-style number).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DataError
+from ._common import check_batch_size, model_device, pad_id, right_pad
+
+
+def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first_scored) for each window; targets are tokens[first_scored:end]."""
+    out, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + seq_len, n_tokens)
+        first = max(prev_end, begin + 1)  # a window's first token has nothing to condition on
+        if first < end:
+            out.append((begin, end, first))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
+def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | None = None,
+               max_windows: int | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+    """Perplexity = exp(mean negative log-likelihood per scored token), in fp32.
+
+    The text is tokenized without special tokens (no BOS), so the number does not depend
+    on a tokenizer's BOS habits. max_windows keeps only the first windows (a quick estimate).
+    """
+    check_batch_size(batch_size)
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise ConfigError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    stride = seq_len if stride is None else stride
+    if not isinstance(stride, int) or not 1 <= stride <= seq_len:
+        raise ConfigError(f"stride must be an integer in 1..seq_len ({seq_len}), got {stride!r}")
+    if max_windows is not None and (not isinstance(max_windows, int) or max_windows < 1):
+        raise ConfigError(f"max_windows must be a positive integer or None, got {max_windows!r}")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and seq_len > limit:
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's context ({limit} positions); use seq_len <= {limit}")
+
+    tokens = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if len(tokens) < seq_len:
+        raise DataError(f"the text has {len(tokens)} tokens, fewer than one window of seq_len={seq_len}; "
+                        "give a longer text or a smaller seq_len")
+    spans = windows(len(tokens), seq_len, stride)
+    if max_windows is not None:
+        spans = spans[:max_windows]
+
+    device, pad = model_device(model), pad_id(tokenizer)
+    nll_sum, n_scored = 0.0, 0
+    batches = [spans[i:i + batch_size] for i in range(0, len(spans), batch_size)]
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
+            ids, mask = right_pad([tokens[b:e] for b, e, _ in batch], pad)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, (b, e, first) in enumerate(batch):
+                # logits at position p predict token p + 1 (positions relative to the window)
+                pred = logits[row, first - b - 1: e - b - 1].float()
+                target = ids[row, first - b: e - b].to(pred.device)
+                nll_sum += F.cross_entropy(pred, target, reduction="sum").item()
+                n_scored += e - first
+    nll = nll_sum / n_scored
+    return {"perplexity": math.exp(nll), "nll": nll, "tokens_scored": n_scored,
+            "windows": len(spans), "seq_len": seq_len, "stride": stride}
