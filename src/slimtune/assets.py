@@ -9,6 +9,8 @@ not build), which is why we unpack rather than install.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import importlib.metadata as md
 import os
 import shutil
@@ -40,18 +42,22 @@ def _installed_root(dist: str, version: str) -> Path | None:
     return Path(d.locate_file(""))
 
 
-def package_asset(dist: str, version: str, member: str, *, sdist: bool = False) -> Path:
+def package_asset(dist: str, version: str, member: str, *, sdist: bool = False,
+                  only: str | None = None) -> Path:
     """Path of `member` (relative to the distribution's root) from `dist==version`.
 
     Uses the installed package when its version matches, else a cached unpacked copy of the
     wheel (or source distribution when `sdist`), fetched from the package registry on first use.
+    `only` (a glob over archive paths) unpacks just the matching files: bigbench's sdist is
+    1.8 GB unpacked, its task files a small part of that.
     """
     root = _installed_root(dist, version)
     if root is not None and (root / member).exists():
         return root / member
-    unpacked = cache_dir() / "packages" / f"{dist}-{version}"
+    suffix = "" if only is None else "-" + hashlib.sha256(only.encode()).hexdigest()[:8]
+    unpacked = cache_dir() / "packages" / f"{dist}-{version}{suffix}"
     if not unpacked.exists():
-        _fetch_and_unpack(dist, version, unpacked, sdist=sdist)
+        _fetch_and_unpack(dist, version, unpacked, sdist=sdist, only=only)
     path = unpacked / member
     if not path.exists():
         matches = sorted(unpacked.glob(f"*/{member}"))  # sdists unpack into NAME-VERSION/
@@ -61,7 +67,7 @@ def package_asset(dist: str, version: str, member: str, *, sdist: bool = False) 
     return path
 
 
-def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool) -> None:
+def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool, only: str | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -79,10 +85,12 @@ def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool) -> No
         (archive,) = list((tmp / "_dl").iterdir())
         if archive.suffix in (".whl", ".zip"):
             with zipfile.ZipFile(archive) as z:
-                z.extractall(tmp)
+                names = [n for n in z.namelist() if only is None or fnmatch.fnmatch(n, only)]
+                z.extractall(tmp, members=names)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
+                members = [m for m in t.getmembers() if only is None or fnmatch.fnmatch(m.name, only)]
+                t.extractall(tmp, members=members, filter="data")
         archive.unlink()
         (tmp / "_dl").rmdir()
         tmp.rename(dest)

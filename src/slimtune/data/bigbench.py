@@ -1,0 +1,177 @@
+"""BIG-bench JSON tasks, read from the `bigbench==1.0.0` source distribution (Apache-2.0).
+
+The sdist holds bigbench/benchmark_tasks/<task>/task.json; slimtune fetches it once with
+`pip download --no-deps --no-binary :all:` and unpacks it into the cache (never `pip install`: its
+dependencies do not build). Prompts follow BIG-bench's own default_format_fn: task_prefix +
+example_input_prefix + input [+ the choices, when append_choices_to_input] + example_output_prefix.
+
+Specs: "bigbench:<task>" and, for tasks split into subtask directories, "bigbench:<task>:<subtask>".
+"bigbench:<task>" on such a task combines all its subtasks (as BIG-bench's aggregate score does);
+the i-th examples of every subtask share a split, because some tasks (elementary_math_qa) ask the
+same question in each subtask with different hints, which would otherwise leak across splits.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from pathlib import Path
+
+from ..errors import DataError
+from .formats import exact_match, split_prefix
+from .tasks import TASKS, Example, Task
+
+DIST, VERSION = "bigbench", "1.0.0"
+TASKS_DIR = "bigbench/benchmark_tasks"
+# Registered by name (any other BIG-bench task works as "bigbench:<task>" too).
+FEATURED = ("strategyqa", "goal_step_wikihow", "social_iqa", "vitaminc_fact_verification",
+            "elementary_math_qa")
+
+
+def tasks_root() -> Path:
+    """The unpacked benchmark_tasks directory (fetched from the package registry on first use)."""
+    from ..assets import package_asset
+
+    return package_asset(DIST, VERSION, f"{TASKS_DIR}/strategyqa/task.json", sdist=True,
+                         only=f"*/{TASKS_DIR}/*.json").parents[1]
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.parent.name for p in tasks_root().glob("*/task.json"))
+
+
+def subtasks(task: str) -> list[str]:
+    """Names of a task's subtask directories (empty for a task with examples of its own)."""
+    return sorted(p.parent.name for p in (tasks_root() / task).glob("*/task.json"))
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read BIG-bench task file {path}: {e}") from e
+
+
+def _examples(data: dict, name: str, seed: int) -> tuple[str, list[Example]]:
+    """(kind, examples) of one task.json, formatted as BIG-bench formats them."""
+    raw = data.get("examples")
+    if not raw:
+        raise DataError(f"BIG-bench task {name} has no examples")
+    prefix = str(data.get("task_prefix", ""))
+    input_prefix = data.get("example_input_prefix", "\nQ: ")
+    output_prefix = data.get("example_output_prefix", "\nA: ")
+    choice_prefix = data.get("choice_prefix", "\n  choice: ")
+    append_choices = data.get("append_choices_to_input", True)
+
+    if all("target_scores" in ex for ex in raw):
+        kind = "multiple_choice"
+    elif all("target" in ex for ex in raw):
+        kind = "generation"
+    else:
+        raise DataError(f"BIG-bench task {name} mixes examples with and without target_scores; "
+                        f"slimtune supports tasks that are all multiple choice or all generation")
+
+    seen: set[str] = set()
+    out = []
+    for i, ex in enumerate(raw):
+        key = json.dumps(ex, sort_keys=True)
+        if key in seen:  # BIG-bench drops duplicate examples too
+            continue
+        seen.add(key)
+        text = str(ex["input"])
+        if kind == "multiple_choice":
+            scores = ex["target_scores"]
+            names = list(scores)
+            if append_choices:
+                # BIG-bench lists the choices in a random order so their position is no hint.
+                listed = sorted(names)
+                random.Random(f"{seed}:{name}:{i}").shuffle(listed)
+                text = text + choice_prefix + choice_prefix.join(listed)
+            best = max(scores.values())
+            if len(names) < 2 or best <= min(scores.values()):
+                continue  # no gold choice (a few tasks have such rows; BIG-bench rejects them too)
+            label = names.index(next(k for k in names if scores[k] == best))
+            prompt, sep = split_prefix((prefix + input_prefix + text + output_prefix).lstrip("\n"))
+            out.append(Example(prompt, tuple(sep + str(c) for c in names), label,
+                               meta={"source": f"bigbench:{name}", "index": i}))
+        else:
+            targets = ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
+            targets = [str(t) for t in targets]
+            prompt, sep = split_prefix((prefix + input_prefix + text + output_prefix).lstrip("\n"))
+            out.append(Example(prompt, answer=sep + targets[0], target=targets[0],
+                               meta={"source": f"bigbench:{name}", "index": i, "targets": targets}))
+    return kind, out
+
+
+def _split_groups(groups: list[list[Example]], seed: int,
+                  fractions: tuple[float, float]) -> tuple[list, list, list]:
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n_train = int(round(len(order) * fractions[0]))
+    n_val = int(round(len(order) * fractions[1]))
+    cuts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    return tuple([ex for g in part for ex in groups[g]] for part in cuts)
+
+
+def load_bigbench(name: str, seed: int = 0, fractions: tuple[float, float] = (0.6, 0.15),
+                  max_examples: int | None = None) -> Task:
+    """A BIG-bench task ("strategyqa", "goal_step_wikihow", "goal_step_wikihow:step_inference").
+
+    `max_examples` keeps a deterministic sample (split evenly over subtasks, like BIG-bench) before
+    splitting; `fractions` are the train and validation shares (the rest is test).
+    """
+    task, _, sub = name.replace("/", ":").partition(":")
+    root = tasks_root()
+    if not (root / task / "task.json").is_file():
+        known = available_tasks()
+        raise DataError(f"no BIG-bench task {task!r} in {DIST}=={VERSION}; "
+                        f"{len(known)} tasks are available, e.g. {', '.join(FEATURED)}; "
+                        f"all: {', '.join(known)}")
+    subs = subtasks(task)
+    if sub:
+        if sub not in subs:
+            hint = f"its subtasks are {', '.join(subs)}" if subs else "it has no subtasks"
+            raise DataError(f"BIG-bench task {task} has no subtask {sub!r}; {hint} "
+                            f"(use bigbench:{task}:<subtask>)")
+        files = [root / task / sub / "task.json"]
+    else:
+        data = _read(root / task / "task.json")
+        files = [root / task / "task.json"] if "examples" in data else [root / task / s / "task.json" for s in subs]
+        if not files:
+            raise DataError(f"BIG-bench task {task} has neither examples nor subtasks")
+
+    kinds, per_file, stops = set(), [], set()
+    for path in files:
+        label = task if path.parent.name == task else f"{task}:{path.parent.name}"
+        data = _read(path)
+        stops.add(data.get("stop_string") or "\n")
+        kind, examples = _examples(data, label, seed)
+        kinds.add(kind)
+        if max_examples is not None:
+            # The same raw positions in every subtask of one length, so parallel subtasks stay aligned.
+            n_raw, keep = len(data["examples"]), max(1, max_examples // len(files))
+            chosen = set(random.Random(seed).sample(range(n_raw), min(keep, n_raw)))
+            examples = [e for e in examples if e.meta["index"] in chosen]
+        per_file.append(examples)
+    if len(kinds) > 1:
+        raise DataError(f"BIG-bench task {task} mixes multiple-choice and generation subtasks "
+                        f"({', '.join(subs)}); load one with bigbench:{task}:<subtask>")
+    (kind,) = kinds
+    # Group the examples at the same raw position of every subtask (see the module docstring).
+    by_index: dict[int, list[Example]] = {}
+    for examples in per_file:
+        for e in examples:
+            by_index.setdefault(e.meta["index"], []).append(e)
+    groups = [by_index[i] for i in sorted(by_index)]
+    train, val, test = _split_groups(groups, seed, fractions)
+    spec = f"bigbench:{task}" + (f":{sub}" if sub else "")
+    if kind == "generation":
+        return Task(spec, kind, train, val, test, score=exact_match,
+                    description=f"BIG-bench {spec[9:]} (generation, exact match)",
+                    max_new_tokens=64, stop=tuple(sorted(stops)))
+    return Task(spec, kind, train, val, test, description=f"BIG-bench {spec[9:]} (multiple choice)")
+
+
+for _name in FEATURED:
+    TASKS[f"bigbench:{_name}"] = functools.partial(load_bigbench, _name)
