@@ -10,6 +10,7 @@ tokenizer's default special tokens, and the continuation is whole[len(context):]
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -72,13 +73,20 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_siz
     out = [0.0] * len(items)
     device, pad = model_device(model), pad_id(tokenizer)
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     with torch.inference_mode():
         for batch in tqdm(batches, desc="choices", unit="batch", disable=not progress):
             ids, mask = right_pad([inp for _, inp, _ in batch], pad)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            # Only the continuation positions need logits: skipping the rest saves most of the
+            # LM-head work (49k-word vocabulary) when prompts are long and answers short.
+            keep = sorted({p for _, inp, cont in batch for p in range(len(inp) - len(cont), len(inp))})
+            kwargs = {"logits_to_keep": torch.tensor(keep, device=device)} if keeps_logits else {}
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+            column = {p: (j if keeps_logits else p) for j, p in enumerate(keep)}
             for row, (i, inp, cont) in enumerate(batch):
                 n = len(inp)
-                logp = torch.log_softmax(logits[row, n - len(cont): n].float(), dim=-1)
+                cols = [column[p] for p in range(n - len(cont), n)]
+                logp = torch.log_softmax(logits[row, cols].float(), dim=-1)
                 target = torch.tensor(cont, device=logp.device).unsqueeze(-1)
                 out[i] = logp.gather(-1, target).sum().item()
     return out
