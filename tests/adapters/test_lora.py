@@ -137,3 +137,30 @@ def test_bad_rank_and_double_wrap_are_rejected(tiny_llama):
     add_lora(model, names[:1], r=2)
     with pytest.raises(ConfigError, match="already has a LoRA adapter"):
         add_lora(model, names[:1], r=2)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])  # 0.1: dropped positions drawn as gaps; 0.5: a mask
+def test_dropout_forward_and_backward_agree(p):
+    layer = _random_lora(dropout=p)
+    layer.train()
+    x = torch.randn(40, 12, dtype=torch.float64, requires_grad=True)
+
+    def seeded(x, a, b):  # the same dropout pattern on every call
+        torch.manual_seed(7)
+        return layer(x)
+
+    assert torch.autograd.gradcheck(seeded, (x, layer.lora_A.weight, layer.lora_B.weight))
+
+
+def test_sampled_drop_positions_have_the_dropout_rate():
+    from slimtune.adapters.lora import _sample_drops
+
+    torch.manual_seed(0)
+    n, p = 200_000, 0.1
+    idx = _sample_drops(n, p)
+    assert idx.dtype == torch.int64 and (idx.diff() > 0).all() and 0 <= idx.min() and idx.max() < n
+    assert abs(len(idx) / n - p) < 0.005
+    hits = torch.zeros(n, dtype=torch.bool)
+    hits[idx] = True
+    pairs = (hits[:-1] & hits[1:]).float().mean().item()  # neighbours dropped independently
+    assert abs(pairs - p * p) < 0.003
