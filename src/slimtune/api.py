@@ -115,6 +115,48 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     return out
 
 
+def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str = "wanda",
+             sparsity: float | None = None, pattern: str = "unstructured", calibration: dict | None = None,
+             skip: Sequence[str] | None = None, options: dict | None = None, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Prune a model's linear layers (magnitude, Wanda, SparseGPT; unstructured or N:M) and save it
+    as an HF directory with explicit zeros; the manifest records per-matrix sparsity."""
+    from .sparsity import DEFAULT_SKIP, SPARSIFIERS, sparsify_model
+    from .sparsity.masks import check_sparsity, parse_pattern
+
+    started = time.time()
+    out = check_output_dir(out, overwrite)
+    if method not in SPARSIFIERS:  # the cheap checks come before loading the model
+        raise ConfigError(f"unknown sparsity method {method!r}; known methods: {', '.join(sorted(SPARSIFIERS))}")
+    parse_pattern(pattern)
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    net, tokenizer = load_model(model)
+    report = sparsify_model(net, tokenizer, method, sparsity, pattern, calibration,
+                            DEFAULT_SKIP if skip is None else skip, options, progress=progress)
+    total = report.pop("total")
+    with atomic_dir(out, overwrite) as tmp:
+        net.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, stage="sparsify", method=method,
+                       config={"model": str(model), "method": method, "sparsity": total["target_sparsity"],
+                               "pattern": total["pattern"], "options": total["options"],
+                               "calibration": total["calibration"], "skip": list(DEFAULT_SKIP if skip is None else skip)},
+                       inputs={"model": model} if Path(str(model)).exists() else None,
+                       metrics={"sparsity": total["sparsity"], "model_sparsity": total["model_sparsity"],
+                                "zeros": total["zeros"], "params": total["params"], "left_dense": total["left_dense"],
+                                "prune_time_s": total["wall_time_s"], "layers": report},
+                       started=started, seed=(total["calibration"] or {}).get("seed"))
+    return out
+
+
+def inspect(path: str | Path) -> dict:
+    """Per-matrix sparsity (models) or per-module ranks (adapters) of an artifact directory."""
+    from .summary import summarize
+
+    return summarize(path)
+
+
 def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = None,
           overwrite: bool = False) -> Path:
     """Fold an adapter into its base model and save the result as a plain HF model directory."""

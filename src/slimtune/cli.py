@@ -75,6 +75,34 @@ def _add_merge(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _add_sparsify(sub) -> None:
+    p = sub.add_parser("sparsify", help="prune a model (magnitude, Wanda, SparseGPT)",
+                       description="Prune every linear layer of the decoder (embeddings and the LM head stay dense) "
+                                   "and save an HF model directory with explicit zeros. Wanda and SparseGPT calibrate "
+                                   "layer by layer: each block's inputs come from the already-pruned blocks.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"], help="pruning method (default wanda)")
+    p.add_argument("--sparsity", type=float, help="fraction of weights to zero, in [0, 1) (default 0.5; implied by an N:M pattern)")
+    p.add_argument("--pattern", default="unstructured", help="'unstructured' (exact count per row) or N:M, e.g. 2:4 or 4:8 (keep N of every M inputs)")
+    p.add_argument("--calibration", default="news", help="calibration text: 'news', 'wiki' or a UTF-8 file (default news)")
+    p.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
+    p.add_argument("--skip", type=_csv, help="comma-separated module patterns to leave dense (default: the LM head)")
+    p.add_argument("--damp", type=float, help="SparseGPT: Hessian dampening as a fraction of its mean diagonal (default 0.01)")
+    p.add_argument("--block-size", type=int, help="SparseGPT: columns per block (default 128)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="per-layer sparsity of a model, ranks of an adapter",
+                       description="Print what an artifact directory holds: per-matrix shape and sparsity and the total "
+                                   "(models), or per-module ranks (adapters).")
+    p.add_argument("path", help="a model or adapter directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded default model and task",
                        description="Evaluate the default model zero-shot, fine-tune a LoRA adapter on the task, merge "
@@ -89,7 +117,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_finetune, _add_merge, _add_demo):
+    for add in (_add_evaluate, _add_sparsify, _add_finetune, _add_merge, _add_inspect, _add_demo):
         add(sub)
     return parser
 
@@ -113,6 +141,20 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)
         print(f"merged model written to {out}")
+    elif args.command == "sparsify":
+        options = {k: v for k, v in (("damp", args.damp), ("block_size", args.block_size)) if v is not None}
+        calibration = {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
+        out = api.sparsify(args.model, out=args.out, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
+                           calibration=None if args.method == "magnitude" else calibration, skip=args.skip,
+                           options=options or None, overwrite=args.overwrite)
+        from .summary import format_summary
+
+        print(format_summary(api.inspect(out)))
+    elif args.command == "inspect":
+        from .summary import format_summary
+
+        summary = api.inspect(args.path)
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     elif args.command == "demo":
         from .demo import run_demo
 

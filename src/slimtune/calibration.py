@@ -1,0 +1,322 @@
+"""Calibration data and the layer-by-layer runner shared by Wanda, SparseGPT and GPTQ.
+
+The runner keeps one decoder layer's activations in memory at a time:
+1. run the model up to decoder layer 0 and keep that layer's inputs (hidden states plus the
+   keyword arguments the layer needs: attention mask, rotary position embeddings, ...);
+2. for each layer: run it with hooks on its linear modules that accumulate input statistics
+   (per-feature sums of squares and/or Hessians), hand the statistics to a callback (which
+   prunes or quantizes the layer's weights), then run the modified layer again so that the
+   next layer's inputs come from the already-compressed layers, as Wanda/SparseGPT/GPTQ define.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data.text import TEXT_SOURCES, load_text
+from .errors import ConfigError, DataError
+
+STATS = ("sqnorm", "hessian")
+
+
+# ---- calibration batches -------------------------------------------------------------------
+
+def _calibration_text(source: str) -> tuple[str, str]:
+    """(text, how it was read). A string that is neither a known source nor a file is raw text."""
+    from pathlib import Path
+
+    key = str(source)
+    try:
+        is_file = Path(key).expanduser().is_file()
+    except (OSError, ValueError):  # e.g. "File name too long": it is text, not a path
+        is_file = False
+    if key in TEXT_SOURCES or is_file:
+        return load_text(key), f"source {key!r}"
+    if re.search(r"\s", key):
+        return key, "the raw text passed as source (it is neither a known source nor an existing file)"
+    return load_text(key), f"source {key!r}"  # raises DataError naming the known sources
+
+
+def _check_counts(n_samples, seq_len, seed) -> None:
+    for name, value, low in (("n_samples", n_samples, 1), ("seq_len", seq_len, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"calibration {name} must be an integer >= {low}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"calibration seed must be an integer, got {seed!r}")
+
+
+def calibration_tokens(tokenizer, source: str = "news", n_samples: int = 16, seq_len: int = 512) -> list[int]:
+    """The source's token ids, after checking there are enough for n_samples windows."""
+    text, how = _calibration_text(source)
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    need = n_samples * seq_len
+    if len(ids) < need:
+        raise DataError(
+            f"calibration text is too short: {how} has {len(ids)} tokens, but {n_samples} samples x "
+            f"{seq_len} tokens need {need}; use a longer text, fewer samples or a shorter seq_len")
+    return ids
+
+
+def calibration_batches(tokenizer, source: str = "news", n_samples: int = 16, seq_len: int = 512,
+                        seed: int = 0) -> torch.Tensor:
+    """LongTensor [n_samples, seq_len]: random windows of the tokenized text, deterministic per seed.
+
+    source: a named text source ("news", "wiki"), a UTF-8 file path, or the text itself.
+    The text must hold at least n_samples * seq_len tokens (windows may overlap, but the
+    calibration set never has fewer distinct tokens than it claims).
+    """
+    _check_counts(n_samples, seq_len, seed)
+    ids = torch.tensor(calibration_tokens(tokenizer, source, n_samples, seq_len), dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seq_len + 1, (n_samples,), generator=gen)
+    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+
+
+# ---- finding and feeding decoder layers --------------------------------------------------
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(qualified name, ModuleList) of the model's stack of transformer blocks."""
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [(name, mod) for name, mod in model.named_modules()
+                  if isinstance(mod, nn.ModuleList) and len(mod) > 0
+                  and any(isinstance(m, nn.Linear) for m in mod[0].modules())]
+    exact = [c for c in candidates if len(c[1]) == n_layers]
+    if exact or candidates:
+        return (exact or candidates)[0]
+    raise ConfigError(f"{type(model).__name__} has no stack of decoder layers (a ModuleList of blocks "
+                      "with linear layers); layer-by-layer calibration cannot run on it")
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after layer 0 needs to run."""
+
+
+@dataclass
+class LayerInputs:
+    """One chunk of a layer's inputs: hidden states and everything else the layer was called with."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+    def run(self, layer: nn.Module, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        out = layer(self.hidden if hidden is None else hidden, *self.args, **self.kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _forward_kwargs(model: nn.Module) -> dict:
+    # A KV cache would grow every time a layer is re-run; switch it off where the model has one.
+    params = inspect.signature(model.forward).parameters
+    return {"use_cache": False} if "use_cache" in params or any(
+        p.kind is p.VAR_KEYWORD for p in params.values()) else {}
+
+
+def capture_layer_inputs(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> list[LayerInputs]:
+    """Run the model on input_ids (in chunks of batch_size) up to decoder layer 0; return its inputs."""
+    _, layers = decoder_layers(model)
+    captured: list[LayerInputs] = []
+
+    def hook(module, args, kwargs):
+        kwargs = dict(kwargs)
+        if args:
+            hidden, args = args[0], tuple(args[1:])
+        else:
+            hidden = kwargs.pop("hidden_states")
+        for key in ("past_key_values", "past_key_value"):
+            if key in kwargs:
+                kwargs[key] = None
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        captured.append(LayerInputs(hidden, args, kwargs))
+        raise _StopForward
+
+    device = next(model.parameters()).device
+    extra = _forward_kwargs(model)
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for chunk in input_ids.split(batch_size):
+            try:
+                model(input_ids=chunk.to(device), **extra)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+# ---- statistics on linear inputs ---------------------------------------------------------
+
+@dataclass
+class InputStats:
+    """Statistics of one input tensor, shared by every linear that reads it (e.g. q, k, v).
+
+    sqnorm:  [in] float32, sum over calibration tokens of x_j^2 (Wanda's ||X_j||_2^2).
+    hessian: [in, in], H = 2/n * sum over tokens of x x^T (SparseGPT, GPTQ).
+    """
+
+    names: list[str]
+    in_features: int
+    n_tokens: int = 0
+    sqnorm: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
+    _want: tuple[str, ...] = field(default=(), repr=False)
+    _hdtype: torch.dtype = field(default=torch.float32, repr=False)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1])
+        xf = x.to(torch.float32)
+        self.n_tokens += x.shape[0]
+        if "sqnorm" in self._want:
+            part = torch.linalg.vector_norm(xf, dim=0).square_()
+            self.sqnorm = part if self.sqnorm is None else self.sqnorm.add_(part)
+        if "hessian" in self._want:
+            xh = x.to(self._hdtype)
+            if self.hessian is None:
+                self.hessian = torch.zeros(x.shape[1], x.shape[1], dtype=self._hdtype, device=x.device)
+            self.hessian.addmm_(xh.t(), xh)  # raw sum; scaled once in finish()
+
+    def finish(self) -> None:
+        if self.hessian is not None and self.n_tokens:
+            self.hessian.mul_(2.0 / self.n_tokens)
+
+
+class StatsCollector:
+    """Forward hooks that accumulate InputStats for a set of linear modules.
+
+    Linears fed the very same tensor object (q/k/v, gate/up) share one InputStats, computed
+    once: that halves the Hessian work and lets SparseGPT/GPTQ process them as one matrix.
+    The sharing is learnt on the first chunk and checked on every later one.
+    Statistics are taken in forward pre-hooks; once every linear has seen its input, the
+    collector raises _StopForward (stop_early=True), so the rest of the layer (e.g. the
+    down projection itself) is not computed for nothing.
+    """
+
+    def __init__(self, linears: dict[str, nn.Linear], want: Iterable[str],
+                 hessian_dtype: torch.dtype = torch.float32, stop_early: bool = True):
+        want = tuple(want)
+        unknown = [w for w in want if w not in STATS]
+        if unknown:
+            raise ConfigError(f"unknown statistics {unknown}; choose from {', '.join(STATS)}")
+        self.linears, self.want, self.hdtype = linears, want, hessian_dtype
+        self.owner: dict[str, str] = {}
+        self.stats: dict[str, InputStats] = {}
+        self._seen: list[tuple[torch.Tensor, str]] = []
+        self._called: set[str] = set()
+        self._first = True
+        self._handles = []
+        self.stop_early = stop_early
+
+    def __enter__(self) -> "StatsCollector":
+        self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in self.linears.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _hook(self, name: str):
+        def fn(module, args):
+            x = args[0] if args else None
+            if x is None:
+                raise RuntimeError(f"linear {name} was called without a positional input")
+            if name in self._called:
+                raise RuntimeError(f"linear {name} ran twice in one forward pass; layer-by-layer "
+                                   "statistics support each linear being called once per layer call")
+            self._called.add(name)
+            hit = next((owner for t, owner in self._seen if t is x), None)
+            if self._first:
+                owner = hit or name
+                self.owner[name] = owner
+                if hit is None:
+                    self.stats[name] = InputStats([name], x.shape[-1], _want=self.want, _hdtype=self.hdtype)
+                else:
+                    self.stats[owner].names.append(name)
+            else:
+                owner = self.owner[name]
+                if (owner != name) != (hit is not None) or (hit is not None and hit != owner):
+                    raise RuntimeError(f"linear {name} shared its input with {owner} on the first "
+                                       "calibration chunk but not on a later one")
+            if owner == name:
+                self._seen.append((x, name))  # keeps x alive: its id cannot be reused this chunk
+                self.stats[name].add(x)
+            if self.stop_early and len(self._called) == len(self.linears):
+                raise _StopForward
+        return fn
+
+    def run(self, chunk: "LayerInputs", layer: nn.Module) -> None:
+        """Feed one chunk through the layer (stopping early once all statistics are in)."""
+        try:
+            chunk.run(layer)
+        except _StopForward:
+            pass
+        self.end_chunk()
+
+    def end_chunk(self) -> None:
+        self._seen.clear()
+        self._called.clear()
+        self._first = False
+
+    def finish(self) -> list[InputStats]:
+        for s in self.stats.values():
+            s.finish()
+        return list(self.stats.values())
+
+
+# ---- the runner ----------------------------------------------------------------------------
+
+@dataclass
+class LayerContext:
+    """What the per-layer callback sees."""
+
+    index: int
+    name: str                      # qualified name of the layer, e.g. "model.layers.3"
+    layer: nn.Module
+    stats: list[InputStats]        # one entry per distinct input; .names are full module names
+    inputs: list[LayerInputs]      # the layer's inputs (from already-processed layers)
+    modules: dict[str, nn.Linear]  # the layer's target linears by full name
+
+
+def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[[LayerContext], None],
+                  *, collect: Iterable[str] = ("sqnorm",), targets: Iterable[str] | None = None,
+                  batch_size: int = 8, hessian_dtype: torch.dtype = torch.float32,
+                  progress: bool = True, desc: str = "layers") -> None:
+    """Walk the decoder layers in order, collecting statistics of the target linears' inputs.
+
+    For each layer: one pass with statistics hooks (stopped as soon as every target linear
+    has seen its input), then on_layer(ctx), which may modify ctx.layer's weights, then one
+    full pass of the (modified) layer whose outputs become the next layer's inputs.
+    targets: full names of the linears to collect statistics for (default: every linear in
+    the decoder layers). Memory: one layer's inputs and outputs for all calibration samples.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"calibration batch_size must be a positive integer, got {batch_size!r}")
+    prefix, layers = decoder_layers(model)
+    wanted = None if targets is None else set(targets)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            inputs = capture_layer_inputs(model, input_ids, batch_size)
+            for i, layer in enumerate(tqdm(layers, desc=desc, unit="layer", disable=not progress)):
+                lname = f"{prefix}.{i}" if prefix else str(i)
+                linears = {f"{lname}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+                if wanted is not None:
+                    linears = {n: m for n, m in linears.items() if n in wanted}
+                collector = StatsCollector(linears, collect, hessian_dtype)
+                if linears:
+                    with collector:
+                        for chunk in inputs:
+                            collector.run(chunk, layer)
+                on_layer(LayerContext(i, lname, layer, collector.finish(), inputs, linears))
+                del collector
+                inputs = [LayerInputs(chunk.run(layer), chunk.args, chunk.kwargs) for chunk in inputs]
+    finally:
+        model.train(was_training)

@@ -1,0 +1,79 @@
+"""`slimtune inspect`: what an artifact holds, read from its files without building the model.
+
+Model directories: per-matrix shape and sparsity of every 2-D weight (embeddings and head
+included, marked), and the total over the prunable matrices. Adapter directories: per-module
+ranks. Either way the manifest's stage, method and metrics come along when present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import safe_open
+
+from .artifacts import MANIFEST, read_manifest
+from .errors import ArtifactError
+
+_DENSE_BY_DEFAULT = ("embed", "lm_head", "wte", "wpe", "word_embeddings", "position_embeddings")
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ArtifactError(f"{directory} holds no .safetensors weights")
+    return files
+
+
+def summarize(path: str | Path) -> dict:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a directory; pass an artifact directory")
+    manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+    summary: dict = {"path": str(directory), "stage": manifest and manifest["stage"],
+                     "method": manifest and manifest["method"]}
+    if (directory / "adapter_config.json").is_file():
+        summary["kind"] = "adapter"
+        ranks = {}
+        for f in _weight_files(directory):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():
+                    if key.endswith("lora_A.weight"):
+                        ranks[key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")] = st.get_slice(key).get_shape()[0]
+        summary["ranks"] = ranks
+        return summary
+    if not (directory / "config.json").is_file():
+        raise ArtifactError(f"{directory} is neither a model directory (config.json) nor an adapter (adapter_config.json)")
+    summary["kind"] = "model"
+    matrices, zeros, params = {}, 0, 0
+    for f in _weight_files(directory):
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                tensor = st.get_tensor(key)
+                if tensor.dim() != 2 or not key.endswith("weight"):
+                    continue
+                z = int((tensor == 0).sum())
+                dense_by_default = any(k in key for k in _DENSE_BY_DEFAULT)
+                matrices[key] = {"shape": list(tensor.shape), "sparsity": z / tensor.numel(),
+                                 "prunable": not dense_by_default}
+                if not dense_by_default:
+                    zeros, params = zeros + z, params + tensor.numel()
+    summary["matrices"] = matrices
+    summary["total"] = {"sparsity": zeros / params if params else 0.0, "zeros": zeros, "params": params}
+    if manifest:
+        summary["metrics"] = {k: v for k, v in manifest.get("metrics", {}).items() if k != "layers"}
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['path']}: {summary['kind']}"
+             + (f" from stage {summary['stage']} ({summary['method']})" if summary.get("stage") else "")]
+    if summary["kind"] == "adapter":
+        lines += [f"  {name:60s} rank {r}" for name, r in summary["ranks"].items()]
+        return "\n".join(lines)
+    lines.append(f"  {'matrix':60s} {'shape':>14s} {'sparsity':>9s}")
+    for name, m in summary["matrices"].items():
+        note = "" if m["prunable"] else "  (embedding/head)"
+        lines.append(f"  {name:60s} {'x'.join(map(str, m['shape'])):>14s} {m['sparsity']:9.2%}{note}")
+    t = summary["total"]
+    lines.append(f"  total over {t['params']:,} prunable weights: {t['sparsity']:.2%} zero")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+import os
+
+import pytest
+import torch
+
+from slimtune.calibration import (StatsCollector, calibration_batches, capture_layer_inputs, decoder_layers,
+                                  run_layerwise)
+from slimtune.errors import ConfigError, DataError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from slimtune.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_calib") / "model")
+
+
+@pytest.fixture
+def tiny(tiny_path):
+    from slimtune.models import load_model
+
+    return load_model(tiny_path)
+
+
+@pytest.fixture(scope="module")
+def text():
+    from slimtune.data import load_text
+
+    return load_text("news")[:20000]
+
+
+def test_batches_shape_deterministic_and_windows_of_the_text(tiny, text):
+    _, tok = tiny
+    a = calibration_batches(tok, text, n_samples=5, seq_len=40, seed=3)
+    b = calibration_batches(tok, text, n_samples=5, seq_len=40, seed=3)
+    c = calibration_batches(tok, text, n_samples=5, seq_len=40, seed=4)
+    assert a.shape == (5, 40) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    joined = " " + " ".join(map(str, ids)) + " "
+    for row in a.tolist():
+        assert " " + " ".join(map(str, row)) + " " in joined
+
+
+def test_named_source_and_file(tiny, tmp_path, text):
+    _, tok = tiny
+    assert calibration_batches(tok, "news", 2, 16).shape == (2, 16)
+    f = tmp_path / "calib.txt"
+    f.write_text(text)
+    assert torch.equal(calibration_batches(tok, str(f), 3, 16, seed=1), calibration_batches(tok, text, 3, 16, seed=1))
+
+
+def test_too_short_text_names_the_numbers(tiny):
+    _, tok = tiny
+    with pytest.raises(DataError, match=r"has \d+ tokens, but 16 samples x 512 tokens need 8192"):
+        calibration_batches(tok, "a short text, far too short", 16, 512)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"n_samples": 0}, "n_samples"), ({"seq_len": 1}, "seq_len"),
+                                          ({"seed": "x"}, "seed")])
+def test_bad_counts(tiny, text, kwargs, match):
+    _, tok = tiny
+    with pytest.raises(ConfigError, match=match):
+        calibration_batches(tok, text, **kwargs)
+
+
+def test_capture_gives_embeddings_and_layer_kwargs(tiny, text):
+    model, tok = tiny
+    ids = calibration_batches(tok, text, 4, 24)
+    chunks = capture_layer_inputs(model, ids, batch_size=3)
+    assert [c.hidden.shape[0] for c in chunks] == [3, 1]
+    emb = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(torch.cat([c.hidden for c in chunks]), emb)
+    assert "position_embeddings" in chunks[0].kwargs
+    assert decoder_layers(model)[0] == "model.layers"
+
+
+def test_dense_walk_matches_model_and_stats_match_direct(tiny, text):
+    model, tok = tiny
+    ids = calibration_batches(tok, text, 4, 24)
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    seen = {}
+
+    def on_layer(ctx):
+        seen[ctx.index] = torch.cat([c.hidden for c in ctx.inputs])
+        groups = sorted(tuple(n.rsplit(".", 1)[-1] for n in s.names) for s in ctx.stats)
+        assert groups == [("down_proj",), ("gate_proj", "up_proj"), ("o_proj",), ("q_proj", "k_proj", "v_proj")]
+        qkv = next(s for s in ctx.stats if len(s.names) == 3)
+        x = ctx.layer.input_layernorm(seen[ctx.index]).reshape(-1, 64)
+        assert qkv.n_tokens == x.shape[0]
+        torch.testing.assert_close(qkv.sqnorm, (x ** 2).sum(0), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(qkv.hessian, 2 * x.t() @ x / x.shape[0], rtol=1e-4, atol=1e-4)
+
+    run_layerwise(model, ids, on_layer, collect=("sqnorm", "hessian"), batch_size=3, progress=False)
+    for i in range(2):
+        torch.testing.assert_close(seen[i], hidden[i], rtol=1e-5, atol=1e-5)
+
+
+def test_next_layer_inputs_come_from_pruned_layers(tiny, text):
+    from slimtune.sparsity import wanda_prune
+
+    model, tok = tiny
+    ids = calibration_batches(tok, text, 4, 24)
+    seen = {}
+
+    def on_layer(ctx):
+        seen[ctx.index] = torch.cat([c.hidden for c in ctx.inputs])
+        for s in ctx.stats:
+            for name in s.names:
+                w = ctx.modules[name].weight
+                w.data.copy_(wanda_prune(w, s.sqnorm, 0.5))
+
+    run_layerwise(model, ids, on_layer, batch_size=2, progress=False)
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states  # the pruned model
+    torch.testing.assert_close(seen[1], hidden[1], rtol=1e-5, atol=1e-5)
+
+
+def test_collector_rejects_unknown_statistic():
+    with pytest.raises(ConfigError, match="sqnorm, hessian"):
+        StatsCollector({}, ["fisher"])
+
+
+def test_layerwise_restores_training_mode(tiny, text):
+    model, tok = tiny
+    model.train()
+    run_layerwise(model, calibration_batches(tok, text, 2, 16), lambda ctx: None, progress=False)
+    assert model.training
