@@ -1,0 +1,222 @@
+"""QuantParams: the integer grid of one quantized weight matrix (bits, groups, scales, zero points).
+
+Convention (the same as GPTQ's reference quantizer and SQFT's QA-SparsePEFT):
+    q = clamp(round(w / s + z), 0, 2^b - 1)        (unsigned integers)
+    w_hat = s * (q - z)
+Scales s are float32 [out, n_groups]; zero points z are INTEGERS [out, n_groups], so w = 0 maps
+to q = z and back to exactly 0: pruned weights stay exact zeros through quantization.
+Symmetric quantization fixes z = 2^(b-1) (8 for 4 bits) and takes s from max|w|.
+
+Groups are runs of `group_size` consecutive input columns (group_size = -1: one group per
+output row, "per-channel"). A group size must divide every quantized layer's input width:
+slimtune REJECTS non-dividing group sizes instead of supporting a shorter last group, because
+the packed export formats (compressed-tensors, GPTQ) and the loaders that read them assume
+equal groups. `g_idx` (the group of each input column) is optional: slimtune's own GPTQ with
+act-order uses static groups, whose g_idx is the plain j // group_size, so it stores none;
+the field exists for grids that do need one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+MAX_LISTED_GROUP = 256  # group sizes listed in error messages
+
+
+def check_bits(bits) -> int:
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise ConfigError(f"bits={bits!r} is not supported; choose from {', '.join(map(str, SUPPORTED_BITS))}")
+    return int(bits)
+
+
+def dividing_group_sizes(widths, limit: int = MAX_LISTED_GROUP) -> list[int]:
+    """Group sizes (>= 2, <= limit) that divide every width; -1 (per-channel) always works too."""
+    widths = list(widths)
+    return [g for g in range(2, limit + 1) if all(w % g == 0 for w in widths)]
+
+
+def check_group_size(group_size, layers: dict[str, int]) -> int:
+    """Validate group_size against {layer name: input width}; the error lists sizes that fit."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or (group_size < 1 and group_size != -1):
+        raise ConfigError(f"group_size must be a positive integer or -1 (one group per output row), got {group_size!r}")
+    if group_size == -1:
+        return -1
+    for name, width in layers.items():
+        if width % group_size:
+            fits = dividing_group_sizes(layers.values())
+            listed = ", ".join(map(str, fits)) if fits else "none"
+            raise ConfigError(
+                f"group size {group_size} does not divide {name}'s {width} inputs; group sizes that divide "
+                f"every quantized layer: {listed} (or -1 for one group per output row)")
+    return group_size
+
+
+def _group_index(in_features: int, group_size: int, g_idx: torch.Tensor | None, device) -> torch.Tensor:
+    if g_idx is not None:
+        return g_idx.to(device=device, dtype=torch.long)
+    if group_size == -1:
+        return torch.zeros(in_features, dtype=torch.long, device=device)
+    return torch.arange(in_features, device=device) // group_size
+
+
+@dataclass(eq=False)
+class QuantParams:
+    """Grid of one [out, in] weight. scales float32 [out, G]; zeros int32 [out, G]; g_idx int32 [in] or None."""
+
+    bits: int
+    group_size: int
+    symmetric: bool
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    g_idx: torch.Tensor | None = None
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        self.scales = self.scales.detach().to(torch.float32).contiguous()
+        if self.zeros.is_floating_point() and not torch.equal(self.zeros, self.zeros.round()):
+            raise ValueError("zero points must be integers")
+        self.zeros = self.zeros.detach().to(torch.int32).contiguous()
+        if self.scales.shape != self.zeros.shape or self.scales.dim() != 2:
+            raise ValueError(f"scales {tuple(self.scales.shape)} and zeros {tuple(self.zeros.shape)} "
+                             "must both be [out, n_groups]")
+        if self.g_idx is not None:
+            self.g_idx = self.g_idx.detach().to(torch.int32).contiguous()
+
+    # ---- shape --------------------------------------------------------------------------
+    @property
+    def maxq(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def out_features(self) -> int:
+        return self.scales.shape[0]
+
+    @property
+    def n_groups(self) -> int:
+        return self.scales.shape[1]
+
+    def in_features(self) -> int:
+        if self.g_idx is not None:
+            return self.g_idx.numel()
+        if self.group_size == -1:
+            raise ValueError("a per-channel grid does not know its input width")
+        return self.n_groups * self.group_size
+
+    def _expand(self, in_features: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and zeros broadcast to [out, in] (float32)."""
+        idx = _group_index(in_features, self.group_size, self.g_idx, device)
+        s = self.scales.to(device).index_select(1, idx)
+        z = self.zeros.to(device).index_select(1, idx).to(torch.float32)
+        return s, z
+
+    # ---- the grid -----------------------------------------------------------------------
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """Integer codes uint8 [out, in]: clamp(round(w/s + z), 0, 2^b - 1)."""
+        s, z = self._expand(w.shape[1], w.device)
+        return quantize_with(w.to(torch.float32), s, z, self.maxq).to(torch.uint8)
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        """float32 [out, in]: s * (q - z)."""
+        s, z = self._expand(q.shape[1], q.device)
+        return dequantize_with(q, s, z)
+
+    def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return self.dequantize(self.quantize(w))
+
+    # ---- serialization ------------------------------------------------------------------
+    def meta(self) -> dict:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only (safetensors-ready); the scalars travel as 0-d int tensors."""
+        out = {"bits": torch.tensor(self.bits, dtype=torch.int32),
+               "group_size": torch.tensor(self.group_size, dtype=torch.int32),
+               "symmetric": torch.tensor(int(self.symmetric), dtype=torch.int32),
+               "scales": self.scales, "zeros": self.zeros}
+        if self.g_idx is not None:
+            out["g_idx"] = self.g_idx
+        return out
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "QuantParams":
+        return cls(int(state["bits"]), int(state["group_size"]), bool(int(state["symmetric"])),
+                   state["scales"], state["zeros"], state.get("g_idx"))
+
+    def to_bytes(self) -> bytes:
+        """Deterministic serialization: equal grids give identical bytes."""
+        from safetensors.torch import save
+
+        return save({k: v.contiguous().cpu() for k, v in self.state_dict().items()},
+                    metadata={"slimtune.quant": json.dumps(self.meta(), sort_keys=True)})
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, QuantParams):
+            return NotImplemented
+        same_gidx = (self.g_idx is None and other.g_idx is None) or (
+            self.g_idx is not None and other.g_idx is not None and torch.equal(self.g_idx, other.g_idx))
+        return (self.meta() == other.meta() and same_gidx
+                and self.scales.dtype == other.scales.dtype and torch.equal(self.scales, other.scales)
+                and self.zeros.dtype == other.zeros.dtype and torch.equal(self.zeros, other.zeros))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return (f"QuantParams(bits={self.bits}, group_size={self.group_size}, symmetric={self.symmetric}, "
+                f"shape=[{self.out_features}, {self.n_groups}]{', g_idx' if self.g_idx is not None else ''})")
+
+
+def quantize_with(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Float codes (integral values) for float32 w with broadcastable float32 s, z."""
+    return torch.round(w / s + z).clamp_(0, maxq)
+
+
+def dequantize_with(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """s * (q - z) in float32. Every dequantization in slimtune goes through here, so all agree bitwise."""
+    return (q.to(torch.float32) - z.to(torch.float32)) * s
+
+
+def minmax_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) float32 per row of w [rows, cols], min-max as GPTQ's reference quantizer.
+
+    The range always contains 0 (so 0 is on the grid); an all-zero row gets the range [-1, 1].
+    Symmetric: z = 2^(b-1), s = max|w| / ((2^b - 1) / 2)  (compressed-tensors' convention too).
+    Asymmetric: s = (max - min) / (2^b - 1), z = round(-min / s) clamped to the grid.
+    """
+    maxq = (1 << bits) - 1
+    w = w.to(torch.float32)
+    xmin = w.amin(dim=1).clamp(max=0)
+    xmax = w.amax(dim=1).clamp(min=0)
+    if symmetric:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmax = torch.where(xmax == 0, torch.ones_like(xmax), xmax)
+        scale = xmax / (maxq / 2)
+        zero = torch.full_like(scale, float(1 << (bits - 1)))
+    else:
+        empty = (xmin == 0) & (xmax == 0)
+        xmin = torch.where(empty, -torch.ones_like(xmin), xmin)
+        xmax = torch.where(empty, torch.ones_like(xmax), xmax)
+        scale = (xmax - xmin) / maxq
+        zero = torch.round(-xmin / scale).clamp_(0, maxq)
+    return scale, zero
+
+
+def compute_params(weight: torch.Tensor, bits: int = 4, group_size: int = 64,
+                   symmetric: bool = True) -> QuantParams:
+    """Min-max QuantParams for weight [out, in] with contiguous groups of group_size (-1: per row)."""
+    bits = check_bits(bits)
+    out, cols = weight.shape
+    if group_size == -1:
+        scale, zero = minmax_params(weight, bits, symmetric)
+        return QuantParams(bits, -1, symmetric, scale[:, None], zero[:, None])
+    if group_size < 1 or cols % group_size:
+        raise ConfigError(f"group size {group_size} does not divide the weight's {cols} inputs; "
+                          f"group sizes that do: {', '.join(map(str, dividing_group_sizes([cols]))) or 'none'}")
+    g = cols // group_size
+    scale, zero = minmax_params(weight.reshape(out * g, group_size), bits, symmetric)
+    return QuantParams(bits, group_size, symmetric, scale.view(out, g), zero.view(out, g))

@@ -1,0 +1,229 @@
+"""The quantize entry point: method registry, argument validation, and in-place quantization.
+
+quantize_model replaces the target nn.Linear modules with QuantLinear modules (packed codes plus
+QuantParams). Everything that can be wrong with the arguments is checked first, before any
+calibration pass or rounding: bits, group size against every target's input width, method,
+options, calibration settings.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..calibration import LayerContext, _check_counts, calibration_batches, decoder_layers, run_layerwise
+from ..errors import ConfigError, SlimtuneError
+from ..models import linear_modules
+from .gptq import gptq_quantize
+from .linear import quant_linears, quantize_model_linears
+from .params import QuantParams, check_bits, check_group_size
+from .rtn import rtn_quantize
+
+DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
+DEFAULT_CALIBRATION: dict[str, Any] = {"source": "news", "n_samples": 16, "seq_len": 512, "seed": 0,
+                                       "batch_size": 8}
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """One quantization method.
+
+    quantize(weight [out, in] float32, hessian [in, in] or None, bits, group_size, symmetric,
+    act_order, damp) -> (QuantParams, uint8 codes [out, in], loss or None). Methods with
+    needs_hessian run layer by layer on calibration data; rows sharing an input come stacked.
+    """
+
+    name: str
+    needs_hessian: bool
+    quantize: Callable[..., tuple[QuantParams, torch.Tensor, float | None]]
+    description: str = ""
+
+
+def _rtn(weight, hessian, bits, group_size, symmetric, act_order=False, damp=0.0):
+    return (*rtn_quantize(weight, bits, group_size, symmetric), None)
+
+
+def _gptq(weight, hessian, bits, group_size, symmetric, act_order=False, damp=0.01):
+    return gptq_quantize(weight, hessian, bits, group_size, symmetric, act_order=act_order, damp=damp)
+
+
+QUANTIZERS: dict[str, Quantizer] = {
+    "rtn": Quantizer("rtn", False, _rtn, "round-to-nearest on a min-max grid per group; no calibration"),
+    "gptq": Quantizer("gptq", True, _gptq, "GPTQ: column-wise rounding with Hessian error compensation"),
+}
+
+
+@dataclass
+class QuantizePlan:
+    """Validated arguments: everything quantize_model needs, decided before any work."""
+
+    method: Quantizer
+    bits: int
+    group_size: int
+    symmetric: bool
+    act_order: bool
+    damp: float
+    targets: list[str]
+    left_float: list[str]
+    calibration: dict[str, Any] | None
+    input_ids: torch.Tensor | None
+
+    def config(self) -> dict[str, Any]:
+        cfg = {"method": self.method.name, "bits": self.bits, "group_size": self.group_size,
+               "symmetric": self.symmetric}
+        if self.method.needs_hessian:
+            cfg.update(act_order=self.act_order, damp=self.damp, calibration=self.calibration)
+        return cfg
+
+
+def _skipped(name: str, patterns: Sequence[str]) -> bool:
+    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _check_calibration(model, tokenizer, method: str, calibration) -> tuple[dict, torch.Tensor]:
+    if calibration is not None and not isinstance(calibration, dict):
+        raise ConfigError(f"calibration must be a dict with keys {', '.join(DEFAULT_CALIBRATION)}, got {calibration!r}")
+    unknown = sorted(set(calibration or {}) - set(DEFAULT_CALIBRATION))
+    if unknown:
+        raise ConfigError(f"unknown calibration key(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULT_CALIBRATION)}")
+    cal = {**DEFAULT_CALIBRATION, **(calibration or {})}
+    _check_counts(cal["n_samples"], cal["seq_len"], cal["seed"])
+    if isinstance(cal["batch_size"], bool) or not isinstance(cal["batch_size"], int) or cal["batch_size"] < 1:
+        raise ConfigError(f"calibration batch_size must be a positive integer, got {cal['batch_size']!r}")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and cal["seq_len"] > limit:
+        raise ConfigError(f"calibration seq_len {cal['seq_len']} exceeds the model's context of {limit} positions")
+    if tokenizer is None:
+        raise ConfigError(f"method {method!r} needs calibration data, so a tokenizer is required")
+    input_ids = calibration_batches(tokenizer, cal["source"], cal["n_samples"], cal["seq_len"], cal["seed"])
+    cal["source"] = str(cal["source"]) if len(str(cal["source"])) <= 200 else "<text>"
+    return cal, input_ids
+
+
+def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn", bits: int = 4,
+                           group_size: int = 64, symmetric: bool = True, act_order: bool = False,
+                           damp: float = 0.01, calibration: dict | None = None,
+                           skip: Sequence[str] = DEFAULT_SKIP) -> QuantizePlan:
+    """Check every argument against the model; raise ConfigError/DataError before any work."""
+    if method not in QUANTIZERS:
+        raise ConfigError(f"unknown quantization method {method!r}; known methods: {', '.join(sorted(QUANTIZERS))}")
+    spec = QUANTIZERS[method]
+    bits = check_bits(bits)
+    for name, value in (("symmetric", symmetric), ("act_order", act_order)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if act_order and not spec.needs_hessian:
+        raise ConfigError(f"act_order orders columns by the calibration Hessian; it applies to gptq, not {method!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < math.inf:
+        raise ConfigError(f"damp must be a non-negative number (fraction of the mean Hessian diagonal), got {damp!r}")
+    if isinstance(skip, str):
+        skip = (skip,)
+    if not all(isinstance(p, str) for p in skip):
+        raise ConfigError(f"skip must be a list of module-name patterns (strings), got {skip!r}")
+    if quant_linears(model):
+        raise ConfigError("the model is already quantized (it has QuantLinear modules); quantize the float model")
+
+    linears = linear_modules(model)
+    targets = [n for n in linears if not _skipped(n, skip)]
+    if spec.needs_hessian:
+        prefix, _ = decoder_layers(model)
+        targets = [n for n in targets if n.startswith(prefix + ".")]
+    if not targets:
+        raise ConfigError(f"no linear module left to quantize (skip={list(skip)}); linear modules: "
+                          f"{', '.join(list(linears)[:8]) or 'none'}{' ...' if len(linears) > 8 else ''}")
+    group_size = check_group_size(group_size, {n: linears[n].in_features for n in targets})
+
+    cal, input_ids = (None, None)
+    if spec.needs_hessian:
+        cal, input_ids = _check_calibration(model, tokenizer, method, calibration)
+    chosen = set(targets)
+    return QuantizePlan(spec, bits, group_size, symmetric, act_order, float(damp), targets,
+                        [n for n in linears if n not in chosen], cal, input_ids)
+
+
+# ---- quantizing ------------------------------------------------------------------------------
+
+def _zeros_kept(name: str, before: torch.Tensor, params: QuantParams, codes: torch.Tensor) -> None:
+    # A broken promise here is a bug in slimtune, not a user error.
+    after = params.dequantize(codes) == 0
+    if not bool(after[before].all()):
+        raise SlimtuneError(f"internal error: quantizing {name} turned {int((~after[before]).sum())} zero weights non-zero")
+
+
+def apply_plan(model: nn.Module, plan: QuantizePlan, progress: bool = True) -> dict[str, dict]:
+    """Quantize the plan's targets in place (nn.Linear -> QuantLinear); return per-layer details."""
+    linears = linear_modules(model)
+    results: dict[str, tuple[QuantParams, torch.Tensor]] = {}
+    details: dict[str, dict] = {}
+
+    def record(name: str, weight: torch.Tensor, params: QuantParams, codes: torch.Tensor, loss=None):
+        _zeros_kept(name, weight == 0, params, codes)
+        results[name] = (params, codes)
+        details[name] = {"shape": list(weight.shape), "zeros": int((weight == 0).sum())}
+        if loss is not None:  # the method's own error estimate, for the stack the matrix was in
+            details[name]["loss"] = loss
+
+    args = (plan.bits, plan.group_size, plan.symmetric, plan.act_order, plan.damp)
+    fn = plan.method.quantize
+    if not plan.method.needs_hessian:
+        for name in plan.targets:
+            w = linears[name].weight.detach().float()
+            params, codes, loss = fn(w, None, *args)
+            record(name, w, params, codes, loss)
+    else:
+        def on_layer(ctx: LayerContext) -> None:
+            for stats in ctx.stats:
+                modules = [ctx.modules[n] for n in stats.names]
+                weights = [m.weight.detach().float() for m in modules]
+                # Rows are independent given H, so matrices sharing an input are one stack.
+                params, codes, loss = fn(torch.cat(weights), stats.hessian, *args)
+                start = 0
+                for name, m, w in zip(stats.names, modules, weights):
+                    rows = slice(start, start + w.shape[0])
+                    start += w.shape[0]
+                    p = QuantParams(params.bits, params.group_size, params.symmetric,
+                                    params.scales[rows], params.zeros[rows])
+                    c = codes[rows].contiguous()
+                    record(name, w, p, c, loss)
+                    # The next block's inputs must come from this quantized block.
+                    m.weight.data.copy_(p.dequantize(c).to(m.weight.dtype))
+
+        run_layerwise(model, plan.input_ids, on_layer, collect=("hessian",), targets=plan.targets,
+                      batch_size=plan.calibration["batch_size"], progress=progress, desc=plan.method.name)
+    quantize_model_linears(model, results)
+    return details
+
+
+def quantize_model(model: nn.Module, tokenizer=None, method: str = "rtn", bits: int = 4,
+                   group_size: int = 64, symmetric: bool = True, act_order: bool = False,
+                   damp: float = 0.01, calibration: dict | None = None,
+                   skip: Sequence[str] = DEFAULT_SKIP, progress: bool = True) -> dict:
+    """Quantize `model`'s linear layers in place (they become QuantLinear); return a report.
+
+    method: "rtn" or "gptq" (QUANTIZERS). bits: 2, 3, 4 or 8. group_size: inputs per group
+    (must divide every target's input width) or -1 for one group per output row.
+    symmetric: z = 2^(bits-1) and scale from max|w|; else min-max with an integer zero point.
+    act_order, damp, calibration ({source, n_samples, seq_len, seed, batch_size}): gptq only.
+    skip: module-name patterns left in float (the output head always is).
+    Returns {layer: {"shape", "zeros"[, "loss"]}, ..., "total": {...}}.
+    """
+    plan = validate_quantize_args(model, tokenizer, method, bits, group_size, symmetric, act_order,
+                                  damp, calibration, skip)
+    started = time.perf_counter()
+    details = apply_plan(model, plan, progress=progress)
+    wall = time.perf_counter() - started
+    qls = quant_linears(model)
+    n_weights = sum(m.in_features * m.out_features for m in qls.values())
+    stored = sum(m.storage_bytes() for m in qls.values())
+    report: dict[str, Any] = dict(details)
+    report["total"] = {**plan.config(), "layers": len(qls), "weights": n_weights,
+                       "zeros": sum(d["zeros"] for d in details.values()),
+                       "bytes_per_weight": round(stored / n_weights, 4),
+                       "left_float": plan.left_float, "wall_time_s": round(wall, 3)}
+    return report
