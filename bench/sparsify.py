@@ -78,11 +78,11 @@ def llmc_python() -> Path:
         raise SystemExit(f"pip install {' '.join(LLMC_REQS)} failed (exit {rc}); see {log}")
     # Never benchmark against a CUDA build that pip pulled from an index by accident.
     ver = subprocess.run([str(py), "-c", "import torch, llmcompressor; print(torch.__version__, torch.version.cuda, "
-                          "llmcompressor.__version__)"], capture_output=True, text=True, check=True).stdout.split()
+                          "llmcompressor.__version__)"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1].split()
     if ver[1] != "None":
         raise SystemExit(f"the llm-compressor venv got a CUDA torch ({ver[0]}, CUDA {ver[1]}); remove {VENV} and "
                          "install the CPU wheel")
-    (VENV / ".ready").write_text(" ".join(ver) + "\n")
+    (VENV / ".ready").write_text(" ".join(ver) + "\n")  # torch, CUDA (None), llm-compressor versions
     return py
 
 

@@ -150,6 +150,40 @@ def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
     return out
 
 
+def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str = "gptq", bits: int = 4,
+             group_size: int = 64, symmetric: bool = True, act_order: bool = False, damp: float = 0.01,
+             calibration: dict | None = None, skip: Sequence[str] | None = None, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Quantize a (dense or sparse) model's decoder linears with RTN or GPTQ, keeping its zeros, and
+    save it as a compressed-tensors pack-quantized HF directory (transformers loads it; so does
+    load_model, with exact QuantParams for the later stages)."""
+    from .quant import DEFAULT_SKIP, QUANTIZERS, check_bits, quantize_model
+    from .quant.formats import write_quantized
+
+    started = time.time()
+    out = check_output_dir(out, overwrite)
+    if method not in QUANTIZERS:  # the cheap checks come before loading the model
+        raise ConfigError(f"unknown quantization method {method!r}; known methods: {', '.join(sorted(QUANTIZERS))}")
+    check_bits(bits)
+    skip = DEFAULT_SKIP if skip is None else tuple(skip)
+    net, tokenizer = load_model(model)
+    report = quantize_model(net, tokenizer, method, bits, group_size, symmetric, act_order, damp, calibration,
+                            skip, progress=progress)
+    total = report.pop("total")
+    config = {k: total[k] for k in ("method", "bits", "group_size", "symmetric", "act_order", "damp", "calibration")
+              if k in total}
+    with atomic_dir(out, overwrite) as tmp:
+        write_quantized(net, tmp, tokenizer)
+        write_manifest(tmp, stage="quantize", method=method, config={"model": str(model), **config, "skip": list(skip)},
+                       inputs={"model": model} if Path(str(model)).exists() else None,
+                       metrics={"quantized_layers": total["layers"], "weights": total["weights"],
+                                "zeros": total["zeros"], "bytes_per_weight": total["bytes_per_weight"],
+                                "left_float": total["left_float"], "quantize_time_s": total["wall_time_s"],
+                                "layers": report},
+                       started=started, seed=(total.get("calibration") or {}).get("seed"))
+    return out
+
+
 def inspect(path: str | Path) -> dict:
     """Per-matrix sparsity (models) or per-module ranks (adapters) of an artifact directory."""
     from .summary import summarize

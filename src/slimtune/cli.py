@@ -95,6 +95,37 @@ def _add_sparsify(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a model to INT2/3/4/8 (RTN, GPTQ), keeping its zeros",
+                       description="Quantize every linear layer of the decoder (embeddings and the LM head stay in "
+                                   "float) onto a group-wise integer grid and save a compressed-tensors pack-quantized "
+                                   "HF directory, which transformers loads. Zero weights of a sparse base stay exactly "
+                                   "zero. GPTQ calibrates layer by layer: each block's inputs come from the already-"
+                                   "quantized blocks. The group size must divide every layer's input width (the error "
+                                   "lists the sizes that do); -1 means one group per output row.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--method", default="gptq", choices=["rtn", "gptq"], help="quantization method (default gptq)")
+    p.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4 or 8 (default 4)")
+    p.add_argument("--group-size", type=int, default=64, help="consecutive inputs sharing a scale and zero point, or -1 for one "
+                                                              "group per output row (default 64)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--sym", dest="symmetric", action="store_true", default=True,
+                      help="symmetric grid: zero point fixed at 2^(bits-1), scale from max|w| (default)")
+    grid.add_argument("--asym", dest="symmetric", action="store_false",
+                      help="asymmetric grid: min-max scale with an integer zero point per group")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns in order of decreasing Hessian diagonal "
+                                                           "(static groups, so the export keeps contiguous groups)")
+    p.add_argument("--damp", type=float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal "
+                                                           "(default 0.01)")
+    p.add_argument("--calibration", default="news", help="GPTQ calibration text: 'news', 'wiki' or a UTF-8 file (default news)")
+    p.add_argument("--samples", type=int, default=16, help="GPTQ calibration sequences (default 16)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
+    p.add_argument("--skip", type=_csv, help="comma-separated module patterns to leave in float (default: the LM head)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="per-layer sparsity of a model, ranks of an adapter",
                        description="Print what an artifact directory holds: per-matrix shape and sparsity and the total "
@@ -117,7 +148,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_sparsify, _add_finetune, _add_merge, _add_inspect, _add_demo):
+    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_merge, _add_inspect, _add_demo):
         add(sub)
     return parser
 
@@ -147,6 +178,15 @@ def _run(args: argparse.Namespace) -> None:
         out = api.sparsify(args.model, out=args.out, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
                            calibration=None if args.method == "magnitude" else calibration, skip=args.skip,
                            options=options or None, overwrite=args.overwrite)
+        from .summary import format_summary
+
+        print(format_summary(api.inspect(out)))
+    elif args.command == "quantize":
+        calibration = {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
+        out = api.quantize(args.model, out=args.out, method=args.method, bits=args.bits, group_size=args.group_size,
+                           symmetric=args.symmetric, act_order=args.act_order, damp=args.damp,
+                           calibration=calibration if args.method == "gptq" else None, skip=args.skip,
+                           overwrite=args.overwrite)
         from .summary import format_summary
 
         print(format_summary(api.inspect(out)))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .assets import cache_dir, package_asset
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError, ModelLoadError, SlimtuneError
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,8 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
 
     source = resolve_model(spec)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if is_packed_quantized(source):
+        return _load_packed(spec, source, torch_dtype, device)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         cls = AutoModelForCausalLM if _is_causal(config) else AutoModel
@@ -150,6 +152,39 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
     if device:
         model.to(device)
     model.slimtune_source = str(spec)  # remembered for manifests
+    return model, tokenizer
+
+
+def is_packed_quantized(source: str | os.PathLike) -> bool:
+    """A local directory whose config declares compressed-tensors pack-quantized weights."""
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        qcfg = json.loads(config.read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False  # let the regular loader report the broken config
+    return qcfg.get("quant_method") == "compressed-tensors" and qcfg.get("format") == "pack-quantized"
+
+
+def _load_packed(spec, source: str, dtype: torch.dtype, device: str | None):
+    """Quantized directories load with slimtune's QuantLinear modules (exact QuantParams)."""
+    from .quant.formats import load_quantized
+
+    try:
+        model, tokenizer = load_quantized(source, dtype=dtype)
+    except SlimtuneError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"could not load quantized model {spec}: {type(e).__name__}: {_first_line(e)} "
+                             "(is a weight file corrupt or truncated? re-create it)") from e
+    if tokenizer is None:
+        raise ModelLoadError(f"quantized model {spec} has no tokenizer files; save it with its tokenizer")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if device:
+        model.to(device)
+    model.slimtune_source = str(spec)
     return model, tokenizer
 
 

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from .artifacts import MANIFEST, read_manifest
 from .errors import ArtifactError
+from .models import is_packed_quantized
 
 _DENSE_BY_DEFAULT = ("embed", "lm_head", "wte", "wpe", "word_embeddings", "position_embeddings")
 
@@ -45,11 +46,21 @@ def summarize(path: str | Path) -> dict:
         raise ArtifactError(f"{directory} is neither a model directory (config.json) nor an adapter (adapter_config.json)")
     summary["kind"] = "model"
     matrices, zeros, params = {}, 0, 0
+    packed: set[str] = set()
+    if is_packed_quantized(directory):
+        from .quant.formats import read_packed_layers
+
+        for name, qp, codes in read_packed_layers(directory):
+            z = int((qp.dequantize(codes) == 0).sum())
+            matrices[f"{name}.weight"] = {"shape": list(codes.shape), "sparsity": z / codes.numel(), "prunable": True,
+                                          "bits": qp.bits, "group_size": qp.group_size, "symmetric": qp.symmetric}
+            zeros, params = zeros + z, params + codes.numel()
+            packed.add(name)
     for f in _weight_files(directory):
         with safe_open(str(f), "pt") as st:
             for key in st.keys():
                 tensor = st.get_tensor(key)
-                if tensor.dim() != 2 or not key.endswith("weight"):
+                if tensor.dim() != 2 or not key.endswith("weight") or key.rpartition(".")[0] in packed:
                     continue
                 z = int((tensor == 0).sum())
                 dense_by_default = any(k in key for k in _DENSE_BY_DEFAULT)
@@ -73,6 +84,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  {'matrix':60s} {'shape':>14s} {'sparsity':>9s}")
     for name, m in summary["matrices"].items():
         note = "" if m["prunable"] else "  (embedding/head)"
+        if "bits" in m:
+            note = f"  INT{m['bits']} g{m['group_size']} {'sym' if m['symmetric'] else 'asym'}"
         lines.append(f"  {name:60s} {'x'.join(map(str, m['shape'])):>14s} {m['sparsity']:9.2%}{note}")
     t = summary["total"]
     lines.append(f"  total over {t['params']:,} prunable weights: {t['sparsity']:.2%} zero")

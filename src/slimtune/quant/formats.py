@@ -28,13 +28,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..artifacts import atomic_dir
 from ..errors import ArtifactError
 from .linear import QuantLinear, _set_module, quant_linears
 from .packing import unpack
@@ -111,30 +110,27 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_quantized(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> Path:
-    """Write model (with QuantLinear modules) as a compressed-tensors HF directory, atomically."""
+def write_quantized(model: nn.Module, directory: str | os.PathLike, tokenizer=None) -> None:
+    """Write model (with QuantLinear modules) as a compressed-tensors HF directory into `directory`."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        config = copy.deepcopy(model.config)
-        config.quantization_config = quantization_config(model)
-        config.save_pretrained(tmp)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(tmp)
-        save_file(_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    directory = Path(directory)
+    config = copy.deepcopy(model.config)
+    config.quantization_config = quantization_config(model)
+    config.save_pretrained(directory)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(directory)
+    save_file(_state_dict(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def save_quantized(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """write_quantized, atomically: `out_dir` appears (or is replaced) only once it is complete."""
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        write_quantized(model, tmp, tokenizer)
+    return Path(out_dir)
 
 
 export_compressed_tensors = save_quantized
@@ -170,6 +166,22 @@ def _params_from_tensors(args: dict, tensors: dict, name: str) -> tuple[QuantPar
     if codes.shape[0] != out:
         raise ArtifactError(f"{name}: packed weight has {codes.shape[0]} rows, expected {out}")
     return QuantParams(bits, group_size, sym, scales, zeros), codes
+
+
+def read_packed_layers(model_dir: str | os.PathLike):
+    """Yield (name, QuantParams, uint8 codes) for every packed linear of a save_quantized directory,
+    one at a time, without building the model (for `slimtune inspect`)."""
+    from safetensors import safe_open
+
+    path = Path(model_dir)
+    qcfg = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    with safe_open(str(path / WEIGHTS_FILE), "pt") as st:
+        keys = set(st.keys())
+        for name in sorted(k[:-len(".weight_packed")] for k in keys if k.endswith(".weight_packed")):
+            tensors = {f"{name}.{leaf}": st.get_tensor(f"{name}.{leaf}")
+                       for leaf in ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
+                       if f"{name}.{leaf}" in keys}
+            yield (name, *_params_from_tensors(_weight_args(qcfg, name), tensors, name))
 
 
 def load_quantized(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
