@@ -40,50 +40,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VENV = Path.home() / ".cache" / "slimtune" / "bench-venvs" / "llmcompressor-0.14"
-LLMC_REQS = ["torch==2.13.0", "llmcompressor==0.14.*"]
+if str(HERE) not in sys.path:  # `python bench/sparsify.py` has it already; other ways in may not
+    sys.path.insert(0, str(HERE))
+
+from _common import _env, _fmt, _last_json, _loadavg, evaluate, llmc_env, llmc_python, llmc_version  # noqa: E402
+
 # The issue's reference points (llm-compressor 0.14, 16 x 512 news tokens, ppl over 8 x 512 wiki tokens).
 REFERENCE = {("dense", "-"): 21.2, ("magnitude", "unstructured"): 344.0, ("wanda", "unstructured"): 72.7,
              ("sparsegpt", "unstructured"): 76.3, ("sparsegpt", "2:4"): 247.0}
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _env(threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-    src = HERE.parent / "src"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-# --------------------------------------------------------------------------- llm-compressor venv
-
-def llmc_python() -> Path:
-    """The llm-compressor venv's python, creating the venv on first use (marker file: .ready)."""
-    py = VENV / "bin" / "python"
-    if (VENV / ".ready").exists() and py.exists():
-        return py
-    print(f"creating llm-compressor venv at {VENV} (pip install {' '.join(LLMC_REQS)}) ...", flush=True)
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
-    log = VENV.parent / "llmcompressor-0.14.log"
-    with open(log, "w") as f:
-        rc = subprocess.run([str(py), "-m", "pip", "install", *LLMC_REQS], stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"pip install {' '.join(LLMC_REQS)} failed (exit {rc}); see {log}")
-    # Never benchmark against a CUDA build that pip pulled from an index by accident.
-    ver = subprocess.run([str(py), "-c", "import torch, llmcompressor; print(torch.__version__, torch.version.cuda, "
-                          "llmcompressor.__version__)"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1].split()
-    if ver[1] != "None":
-        raise SystemExit(f"the llm-compressor venv got a CUDA torch ({ver[0]}, CUDA {ver[1]}); remove {VENV} and "
-                         "install the CPU wheel")
-    (VENV / ".ready").write_text(" ".join(ver) + "\n")  # torch, CUDA (None), llm-compressor versions
-    return py
 
 
 # --------------------------------------------------------------------------- slimtune worker
@@ -113,16 +77,6 @@ def slimtune_worker(args) -> dict:
 
 # --------------------------------------------------------------------------- driver
 
-def _last_json(out: subprocess.CompletedProcess, what: str) -> dict:
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr[-6000:])
-        raise RuntimeError(f"{what} failed with exit code {out.returncode}")
-    for line in reversed(out.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"{what} printed no result")
-
-
 def run_slimtune(args, method, pattern, n, out) -> dict:
     cmd = [sys.executable, __file__, "--_worker", "--_method", method, "--_pattern", pattern, "--_n", str(n),
            "--_out", str(out), "--model-path", args.model_path, "--seq-len", str(args.seq_len),
@@ -134,32 +88,12 @@ def run_slimtune(args, method, pattern, n, out) -> dict:
 def run_llmc(args, py, method, pattern, calib, out) -> dict:
     cmd = [str(py), str(HERE / "_llmc_worker.py"), "--model", args.model_path, "--calib", str(calib),
            "--method", method, "--pattern", pattern, "--threads", str(args.threads), "--out", str(out)]
-    env = _env(args.threads)
-    env.pop("PYTHONPATH")  # the llm-compressor venv must not see slimtune's sources
-    return _last_json(subprocess.run(cmd, env=env, capture_output=True, text=True),
+    return _last_json(subprocess.run(cmd, env=llmc_env(args.threads), capture_output=True, text=True),
                       f"llm-compressor {method} {pattern}")
 
 
-def evaluate(path, args) -> float:
-    """The one evaluator: slimtune's windowed perplexity on the Wikipedia excerpt."""
-    import torch
-
-    from slimtune.data.text import load_text
-    from slimtune.evaluate.perplexity import perplexity
-    from slimtune.models import load_model
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(path)
-    model.eval()
-    return perplexity(model, tokenizer, load_text("wiki"), seq_len=args.seq_len, max_windows=args.windows,
-                      progress=False)["perplexity"]
 
 
-def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
 
 
 def main(argv=None) -> int:
@@ -220,7 +154,7 @@ def main(argv=None) -> int:
     print(f"model {args.model} ({args.model_path}), calibration {args.samples} x {args.seq_len} news tokens (seed 0), "
           f"ppl over {args.windows} x {args.seq_len} wiki tokens, fp32, {args.threads} threads; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; llm-compressor: "
-          f"{'skipped' if py is None else (VENV / '.ready').read_text().strip()}; load average before: {_loadavg()}",
+          f"{llmc_version(py)}; load average before: {_loadavg()}",
           flush=True)
 
     # Main comparison: alternate sides (and which side goes first) so load drifts hit both alike.

@@ -1,0 +1,161 @@
+"""Pieces shared by the benchmarks that compare slimtune with llm-compressor (bench/sparsify.py,
+bench/quantize.py): the llm-compressor venv, the worker environment and result parsing, the one
+evaluator (slimtune's perplexity on the Wikipedia excerpt) and table formatting.
+
+The bench scripts run as `python bench/X.py`, so this directory is sys.path[0] and they import
+this module as `_common` (each script also puts its own directory on sys.path, for other ways in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = Path.home() / ".cache" / "slimtune" / "bench-venvs" / "llmcompressor-0.14"
+LLMC_REQS = ["torch==2.13.0", "llmcompressor==0.14.*"]
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _env(threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    src = HERE.parent / "src"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def llmc_env(threads: int) -> dict:
+    """_env without slimtune's sources: the llm-compressor venv must not see them."""
+    env = _env(threads)
+    env.pop("PYTHONPATH")
+    return env
+
+
+# --------------------------------------------------------------------------- llm-compressor venv
+
+def llmc_python() -> Path:
+    """The llm-compressor venv's python, creating the venv on first use (marker file: .ready)."""
+    py = VENV / "bin" / "python"
+    if (VENV / ".ready").exists() and py.exists():
+        return py
+    print(f"creating llm-compressor venv at {VENV} (pip install {' '.join(LLMC_REQS)}) ...", flush=True)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
+    log = VENV.parent / "llmcompressor-0.14.log"
+    with open(log, "w") as f:
+        rc = subprocess.run([str(py), "-m", "pip", "install", *LLMC_REQS], stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"pip install {' '.join(LLMC_REQS)} failed (exit {rc}); see {log}")
+    # Never benchmark against a CUDA build that pip pulled from an index by accident.
+    ver = subprocess.run([str(py), "-c", "import torch, llmcompressor; print(torch.__version__, torch.version.cuda, "
+                          "llmcompressor.__version__)"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1].split()
+    if ver[1] != "None":
+        raise SystemExit(f"the llm-compressor venv got a CUDA torch ({ver[0]}, CUDA {ver[1]}); remove {VENV} and "
+                         "install the CPU wheel")
+    (VENV / ".ready").write_text(" ".join(ver) + "\n")  # torch, CUDA (None), llm-compressor versions
+    return py
+
+
+def llmc_version(py) -> str:
+    return "skipped" if py is None else (VENV / ".ready").read_text().strip()
+
+
+# --------------------------------------------------------------------------- workers
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit)|AssertionError|KeyboardInterrupt)\b:?")
+
+
+def _error_message(stderr: str) -> str:
+    """The last exception line of a traceback (e.g. 'ValueError: group_size ...'), if any."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        if _EXC_LINE.match(lines[i]):
+            return " ".join(lines[i:i + 3])[:400]
+    return ""
+
+
+def _last_json(out: subprocess.CompletedProcess, what: str) -> dict:
+    """The last JSON line a worker printed; RuntimeError (with the worker's exception) if it failed."""
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-6000:])
+        msg = _error_message(out.stderr)
+        raise RuntimeError(f"{what} failed with exit code {out.returncode}" + (f": {msg}" if msg else ""))
+    for line in reversed(out.stdout.strip().splitlines()):
+        if line.startswith("{") or line.startswith("["):
+            return json.loads(line)
+    raise RuntimeError(f"{what} printed no result")
+
+
+# --------------------------------------------------------------------------- the one evaluator
+
+def load_for_eval(path, args):
+    """(model, tokenizer) as the evaluator sees them: slimtune's load_model (plain HF directories and
+    packed-quantized ones), fp32, eval mode, torch.set_num_threads(args.threads)."""
+    import torch
+
+    from slimtune.models import load_model
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(path)
+    model.eval()
+    return model, tokenizer
+
+
+_EVAL_TEXT: dict = {}
+
+
+def _eval_text(tokenizer, n_tokens: int) -> str:
+    """load_text("wiki"), or a prefix of it whose first n_tokens tokens are provably the same.
+
+    perplexity() tokenizes the whole 2.5 MB text on every call (about 3 s) and then scores only the
+    first windows. The prefix is checked once per tokenizer against the full tokenization, so the
+    numbers are exactly those of the full text."""
+    from slimtune.data.text import load_text
+
+    text = load_text("wiki")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return text
+    key = (hashlib.sha1(backend.to_str().encode()).hexdigest(), n_tokens)
+    if key not in _EVAL_TEXT:
+        full = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        chosen = text
+        if len(full) > 2 * (n_tokens + 1024):
+            cut = int(len(text) * 1.5 * (n_tokens + 1024) / len(full))
+            ids = tokenizer(text[:cut], add_special_tokens=False, verbose=False)["input_ids"]
+            if len(ids) >= n_tokens + 512 and ids[:n_tokens + 1] == full[:n_tokens + 1]:
+                chosen = text[:cut]
+        _EVAL_TEXT[key] = chosen
+    return _EVAL_TEXT[key]
+
+
+def perplexity_of(model, tokenizer, args) -> float:
+    """slimtune's windowed perplexity on the first args.windows x args.seq_len Wikipedia tokens."""
+    from slimtune.evaluate.perplexity import perplexity
+
+    text = _eval_text(tokenizer, args.windows * args.seq_len)
+    return perplexity(model, tokenizer, text, seq_len=args.seq_len, max_windows=args.windows,
+                      progress=False)["perplexity"]
+
+
+def evaluate(path, args) -> float:
+    """The one evaluator: slimtune's windowed perplexity on the Wikipedia excerpt."""
+    return perplexity_of(*load_for_eval(path, args), args)
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
