@@ -43,6 +43,7 @@ def test_cli_gptq_on_sparse_base_keeps_zeros_and_loads_everywhere(sparse_dir, tm
     assert manifest["stage"] == "quantize" and manifest["config"]["symmetric"] is False
     assert manifest["config"]["act_order"] is True and manifest["config"]["calibration"]["n_samples"] == 4
     assert manifest["metrics"]["quantized_layers"] == 14 and manifest["metrics"]["zeros"] == 73728 // 2
+    assert manifest["metrics"]["zeros_after"] >= 73728 // 2 and manifest["metrics"]["sparsity"] >= 0.5
     # 4-bit codes + one float32 scale and int8 zero point per 32 weights
     assert manifest["metrics"]["bytes_per_weight"] == pytest.approx(0.5 + 5 / 32, abs=1e-3)
 
@@ -54,6 +55,11 @@ def test_rtn_round_trip_through_api(tiny_llama_dir, tmp_path):
     assert bits == {8}
     model, _ = load_model(out)
     assert {m.group_size for m in quant_linears(model).values()} == {-1}
+    # symmetric INT8, one group per row: codes + one float32 scale per row (zero point implied)
+    rows = sum(m.out_features for m in quant_linears(model).values())
+    weights = sum(m.out_features * m.in_features for m in quant_linears(model).values())
+    manifest = json.loads((out / "slimtune.json").read_text())
+    assert manifest["metrics"]["bytes_per_weight"] == pytest.approx(1 + 4 * rows / weights, abs=1e-4)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -85,3 +91,31 @@ def test_quantizing_a_quantized_model_is_an_error(tiny_llama_dir, tmp_path):
     once = api.quantize(tiny_llama_dir, out=tmp_path / "once", method="rtn", progress=False)
     with pytest.raises(ConfigError, match="already quantized"):
         api.quantize(once, out=tmp_path / "twice", method="rtn", progress=False)
+
+
+def test_reads_packed_zero_points_of_the_standard_group_layout(tiny_llama_dir, tmp_path):
+    """llm-compressor writes asymmetric group grids with int32 zero points packed along the output
+    dimension (compressed-tensors' pack_to_int32); slimtune writes 'block' with int8 zero points.
+    Rewrite slimtune's export into the standard layout with compressed-tensors' own packer and
+    check both loaders agree with slimtune's forward."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from safetensors.torch import load_file, save_file
+
+    out = api.quantize(tiny_llama_dir, out=tmp_path / "q", method="rtn", bits=4, group_size=32, symmetric=False,
+                       progress=False)
+    ours, tok = load_model(out)
+    tensors = load_file(out / "model.safetensors")
+    for key in [k for k in tensors if k.endswith("weight_zero_point")]:
+        tensors[key] = pack_to_int32(tensors[key], 4, packed_dim=0)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    for group in config["quantization_config"]["config_groups"].values():
+        group["weights"].update(strategy="group", group_size=32, block_structure=None)
+    (out / "config.json").write_text(json.dumps(config))
+
+    again, _ = load_model(out)
+    for name, m in quant_linears(again).items():
+        assert m.params == quant_linears(ours)[name].params, name
+    ids = tok("Prices rose again.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, ours(ids).logits)

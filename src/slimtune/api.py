@@ -177,7 +177,9 @@ def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
         write_manifest(tmp, stage="quantize", method=method, config={"model": str(model), **config, "skip": list(skip)},
                        inputs={"model": model} if Path(str(model)).exists() else None,
                        metrics={"quantized_layers": total["layers"], "weights": total["weights"],
-                                "zeros": total["zeros"], "bytes_per_weight": total["bytes_per_weight"],
+                                "zeros": total["zeros"], "zeros_after": total["zeros_after"],
+                                "sparsity": total["zeros_after"] / total["weights"],
+                                "bytes_per_weight": total["bytes_per_weight"],
                                 "left_float": total["left_float"], "quantize_time_s": total["wall_time_s"],
                                 "layers": report},
                        started=started, seed=(total.get("calibration") or {}).get("seed"))

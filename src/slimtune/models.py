@@ -177,7 +177,8 @@ def _load_packed(spec, source: str, dtype: torch.dtype, device: str | None):
         raise
     except Exception as e:
         raise ModelLoadError(f"could not load quantized model {spec}: {type(e).__name__}: {_first_line(e)} "
-                             "(is a weight file corrupt or truncated? re-create it)") from e
+                             "(slimtune reads compressed-tensors pack-quantized checkpoints with integer group, "
+                             "channel or block weight grids; if it is one, a weight file may be corrupt)") from e
     if tokenizer is None:
         raise ModelLoadError(f"quantized model {spec} has no tokenizer files; save it with its tokenizer")
     if tokenizer.pad_token is None:

@@ -22,12 +22,13 @@ def test_forward_equals_linear_with_dequantized_weight(bits, symmetric):
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_packed_storage_is_bits_over_8_per_weight(bits):
-    ql = QuantLinear(576, 96, bits, 64, True)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_packed_storage_is_bits_over_8_per_weight(bits, symmetric):
+    ql = QuantLinear(576, 96, bits, 64, symmetric)
     assert ql.qweight.numel() * 4 == 576 * 96 * bits // 8
-    overhead = (ql.scales.numel() * 4 + ql.zeros.numel()) / (576 * 96)
+    # per group of 64: a float32 scale, plus an int8 zero point when asymmetric (symmetric: implied)
+    overhead = (4 if symmetric else 5) / 64
     assert ql.storage_bytes() / (576 * 96) == pytest.approx(bits / 8 + overhead)
-    assert overhead == pytest.approx(5 / 64)
 
 
 def test_weight_cache_is_invalidated():

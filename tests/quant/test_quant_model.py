@@ -20,7 +20,9 @@ def test_quantize_model_replaces_every_target(qtiny, qcalib, method):
     qls = quant_linears(model)
     assert set(qls) == set(before) and len(qls) == 14
     assert report["total"]["method"] == method and report["total"]["layers"] == 14
-    assert report["total"]["bytes_per_weight"] == pytest.approx(0.5 + 5 / 32, abs=1e-4)
+    assert report["total"]["bytes_per_weight"] == pytest.approx(0.5 + 5 / 32, abs=1e-4)  # asymmetric g32
+    dequantized_zeros = sum(int((m.dequantized_weight() == 0).sum()) for m in qls.values())
+    assert report["total"]["zeros_after"] == dequantized_zeros > report["total"]["zeros"] == 0
     for name, m in qls.items():
         err = (m.dequantized_weight() - before[name]).abs()
         # RTN moves a weight by at most half a step; GPTQ also compensates earlier errors.

@@ -41,6 +41,7 @@ from .params import QuantParams
 
 WEIGHTS_FILE = "model.safetensors"
 CT_FORMAT = "pack-quantized"
+_LEAVES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
 
 
 def _scheme(m: QuantLinear) -> dict:
@@ -154,18 +155,21 @@ def _params_from_tensors(args: dict, tensors: dict, name: str) -> tuple[QuantPar
     elif args["strategy"] == "channel":
         group_size = cols
     else:
-        raise ArtifactError(f"{name}: strategy {args['strategy']!r} is not one slimtune writes")
+        raise ArtifactError(f"{name}: weight strategy {args['strategy']!r} is not supported; slimtune reads "
+                            "integer 'group', 'channel' and 'block' grids")
     if group_size == cols and scales.shape[1] == 1:
         group_size = -1  # one group per row
     off = 1 << (bits - 1)
     if sym:
         zeros = torch.full(scales.shape, off, dtype=torch.int32)
-    else:
+    elif tensors[f"{name}.weight_zero_point"].shape == scales.shape:  # int8, unpacked (slimtune's block layout)
         zeros = tensors[f"{name}.weight_zero_point"].to(torch.int32) + off
+    else:  # int32 packed along the output dimension (the group/channel layout llm-compressor writes)
+        zeros = unpack(tensors[f"{name}.weight_zero_point"].t().contiguous(), bits, out).t().to(torch.int32)
     codes = unpack(tensors[f"{name}.weight_packed"], bits, cols)
     if codes.shape[0] != out:
         raise ArtifactError(f"{name}: packed weight has {codes.shape[0]} rows, expected {out}")
-    return QuantParams(bits, group_size, sym, scales, zeros), codes
+    return QuantParams(bits, group_size, sym, scales, zeros, tensors.get(f"{name}.weight_g_idx")), codes
 
 
 def read_packed_layers(model_dir: str | os.PathLike):
@@ -179,7 +183,7 @@ def read_packed_layers(model_dir: str | os.PathLike):
         keys = set(st.keys())
         for name in sorted(k[:-len(".weight_packed")] for k in keys if k.endswith(".weight_packed")):
             tensors = {f"{name}.{leaf}": st.get_tensor(f"{name}.{leaf}")
-                       for leaf in ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
+                       for leaf in _LEAVES
                        if f"{name}.{leaf}" in keys}
             yield (name, *_params_from_tensors(_weight_args(qcfg, name), tensors, name))
 
@@ -208,7 +212,7 @@ def load_quantized(model_dir: str | os.PathLike, dtype: torch.dtype = torch.floa
         old = model.get_submodule(name)
         bias = tensors.pop(f"{name}.bias", None)
         _set_module(model, name, QuantLinear.from_codes(params, codes, bias))
-        for leaf in ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point"):
+        for leaf in _LEAVES:
             tensors.pop(f"{name}.{leaf}", None)
         del old
     missing, unexpected = model.load_state_dict(tensors, strict=False)

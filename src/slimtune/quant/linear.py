@@ -86,7 +86,9 @@ class QuantLinear(nn.Module):
         return self._cached_weight(torch.float32)
 
     def storage_bytes(self) -> int:
-        tensors = [self.qweight, self.scales, self.zeros] + ([self.g_idx] if self.g_idx is not None else [])
+        """Bytes of the packed export: codes, float32 scales, int8 zero points (asymmetric only), g_idx."""
+        tensors = [self.qweight, self.scales] + ([] if self.symmetric else [self.zeros]) \
+            + ([self.g_idx] if self.g_idx is not None else [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # ---- forward --------------------------------------------------------------------------

@@ -130,10 +130,16 @@ def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn"
         raise ConfigError("the model is already quantized (it has QuantLinear modules); quantize the float model")
 
     linears = linear_modules(model)
-    targets = [n for n in linears if not _skipped(n, skip)]
-    if spec.needs_hessian:
+    # Both methods quantize the same set: the linears inside the stack of transformer blocks
+    # (a model without one can still be rounded with RTN, but not calibrated layer by layer).
+    try:
         prefix, _ = decoder_layers(model)
-        targets = [n for n in targets if n.startswith(prefix + ".")]
+        in_blocks = [n for n in linears if n.startswith(prefix + ".")]
+    except ConfigError:
+        if spec.needs_hessian:
+            raise
+        in_blocks = list(linears)
+    targets = [n for n in in_blocks if not _skipped(n, skip)]
     if not targets:
         raise ConfigError(f"no linear module left to quantize (skip={list(skip)}); linear modules: "
                           f"{', '.join(list(linears)[:8]) or 'none'}{' ...' if len(linears) > 8 else ''}")
@@ -211,7 +217,8 @@ def quantize_model(model: nn.Module, tokenizer=None, method: str = "rtn", bits: 
     symmetric: z = 2^(bits-1) and scale from max|w|; else min-max with an integer zero point.
     act_order, damp, calibration ({source, n_samples, seq_len, seed, batch_size}): gptq only.
     skip: module-name patterns left in float (the output head always is).
-    Returns {layer: {"shape", "zeros"[, "loss"]}, ..., "total": {...}}.
+    Returns {layer: {"shape", "zeros"[, "loss"]}, ..., "total": {...}}; "zeros" counts the zero weights
+    of the input (all kept), "zeros_after" those of the quantized model (rounding adds some).
     """
     plan = validate_quantize_args(model, tokenizer, method, bits, group_size, symmetric, act_order,
                                   damp, calibration, skip)
@@ -222,8 +229,9 @@ def quantize_model(model: nn.Module, tokenizer=None, method: str = "rtn", bits: 
     n_weights = sum(m.in_features * m.out_features for m in qls.values())
     stored = sum(m.storage_bytes() for m in qls.values())
     report: dict[str, Any] = dict(details)
+    zeros_after = sum(int((m.dequantized_weight() == 0).sum()) for m in qls.values())
     report["total"] = {**plan.config(), "layers": len(qls), "weights": n_weights,
-                       "zeros": sum(d["zeros"] for d in details.values()),
+                       "zeros": sum(d["zeros"] for d in details.values()), "zeros_after": zeros_after,
                        "bytes_per_weight": round(stored / n_weights, 4),
                        "left_float": plan.left_float, "wall_time_s": round(wall, 3)}
     return report
