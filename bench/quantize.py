@@ -29,11 +29,9 @@ weights that rounded to zero) and, on the sparse base, the fraction of the base'
 zero (slimtune's GPTQ and RTN keep every one by construction; llm-compressor's GPTQ does not try to).
 
 Saving and the ONE evaluator: slimtune's output is reloaded with `slimtune.models.load_model` (packed
-QuantLinear modules). llm-compressor's symmetric results are saved pack-quantized
-(`save_compressed=True`), which load_model reads as well; its asymmetric ones are saved fake-quantized
-(`save_compressed=False`) and stripped to a plain HF directory, because compressed-tensors packs
-asymmetric group zero points along the output dimension ([out/8, groups] int32) and slimtune's loader
-(like transformers 5.23, see slimtune/quant/formats.py) expects them unpacked. Every saved directory is
+QuantLinear modules). llm-compressor's results are saved pack-quantized (`save_compressed=True`), which
+load_model reads too (asymmetric group grids with their int32 zero points packed along the output
+dimension included). Every saved directory is
 scored by slimtune's `perplexity` (fp32, seq_len 512, first 8 non-overlapping windows of
 `load_text("wiki")`), and each worker's in-memory loss on the first calibration sequence is recomputed
 on the reloaded model (check_loss), so the table shows what was made, not what a loader made of it.
@@ -178,7 +176,7 @@ def run_llmc(args, py, job: dict, calib) -> dict:
     cmd = [str(py), str(HERE / "_llmc_worker.py"), "--model", job["base_path"], "--calib", str(calib),
            "--method", "gptq", "--bits", str(BITS), "--group-size", str(job["group"]), "--damp", str(DAMP),
            "--block-size", "128", "--actorder", "static" if job["act_order"] else "none",
-           "--save", "compressed" if job["grid"] == "sym" else "dense",
+           "--save", "compressed",
            "--threads", str(args.threads), "--out", job["out"]] + (["--asymmetric"] if job["grid"] == "asym" else [])
     try:
         r = _last_json(subprocess.run(cmd, env=llmc_env(args.threads), capture_output=True, text=True),
@@ -413,9 +411,6 @@ def print_tables(args, bases, grids, groups, base_ppl, base_paths, results, py) 
                     if group == 64 and side == "slimtune" else "")
             print(f"| {side} | {grid} | {group} | {z['layers']} | {z['weights']:,} | {z['bytes']:,} "
                   f"| {z['fp16_bytes']:,} | {z['fraction']:.2%} | {goal} |")
-        if py is not None:
-            print("(llm-compressor's asymmetric results are saved as dense fake-quantized weights, so they have no "
-                  "packed size here.)")
 
 
 if __name__ == "__main__":
