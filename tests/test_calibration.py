@@ -129,3 +129,42 @@ def test_layerwise_restores_training_mode(tiny, text):
     model.train()
     run_layerwise(model, calibration_batches(tok, text, 2, 16), lambda ctx: None, progress=False)
     assert model.training
+
+
+def test_single_pass_prunes_each_linear_from_inputs_of_the_already_pruned_ones(tiny, text):
+    """single_pass: one forward per layer; each linear is pruned, just before it runs, from the
+    statistics of its actual input, i.e. after the linears before it in the same layer were pruned.
+    Check against a direct recomputation: for every linear, the sqnorm it was handed equals the
+    squared norms of its input in the final (fully pruned) model, and q/k/v share one input."""
+    from slimtune.sparsity import wanda_prune
+
+    model, tok = tiny
+    ids = calibration_batches(tok, text, 4, 24)
+    handed, calls = {}, []
+
+    def on_layer(ctx):
+        assert len(ctx.stats) == 1 and list(ctx.modules) == ctx.stats[0].names
+        (name,) = ctx.stats[0].names
+        calls.append(name)
+        handed[name] = ctx.stats[0].sqnorm.clone()
+        w = ctx.modules[name].weight
+        w.data.copy_(wanda_prune(w, ctx.stats[0].sqnorm, 0.5))
+
+    run_layerwise(model, ids, on_layer, batch_size=1, progress=False, single_pass=True)
+    assert calls[:7] == [f"model.layers.0.{n}" for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                          "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                          "mlp.down_proj")]
+    actual = {}
+    def record(name):
+        def fn(module, args):
+            actual[name] = args[0].reshape(-1, args[0].shape[-1])
+        return fn
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if n in handed]
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    for name, sq in handed.items():
+        torch.testing.assert_close(sq, actual[name].square().sum(0), rtol=1e-4, atol=1e-4)
+    assert torch.equal(handed["model.layers.1.self_attn.q_proj"], handed["model.layers.1.self_attn.v_proj"])

@@ -284,10 +284,39 @@ class LayerContext:
     modules: dict[str, nn.Linear]  # the layer's target linears by full name
 
 
+def _just_in_time(layer_index: int, lname: str, layer: nn.Module, inputs: list[LayerInputs],
+                  linears: dict[str, nn.Linear], want: tuple[str, ...], hessian_dtype: torch.dtype,
+                  on_layer: Callable[[LayerContext], None]) -> list:
+    """Forward pre-hooks that hand each linear its input statistics right before it runs, so the
+    callback can compress it in place and the linear then runs with the compressed weights.
+    Linears fed the same tensor (q/k/v) share one statistics object, computed once."""
+    seen: list[tuple[torch.Tensor, InputStats]] = []  # holding x keeps its identity unique
+    done: set[str] = set()
+
+    def hook(name):
+        def fn(module, args):
+            if name in done:
+                raise RuntimeError(f"linear {name} ran twice in one forward pass; layer-by-layer "
+                                   "calibration supports each linear being called once per layer call")
+            done.add(name)
+            x = args[0]
+            shared = next((st for t, st in seen if t is x), None)
+            if shared is None:
+                shared = InputStats([name], x.shape[-1], _want=want, _hdtype=hessian_dtype)
+                shared.add(x)
+                shared.finish()
+                seen.append((x, shared))
+            stats = InputStats([name], shared.in_features, shared.n_tokens, shared.sqnorm, shared.hessian)
+            on_layer(LayerContext(layer_index, lname, layer, [stats], inputs, {name: module}))
+        return fn
+
+    return [m.register_forward_pre_hook(hook(name)) for name, m in linears.items()]
+
+
 def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[[LayerContext], None],
                   *, collect: Iterable[str] = ("sqnorm",), targets: Iterable[str] | None = None,
                   batch_size: int = 8, hessian_dtype: torch.dtype = torch.float32,
-                  progress: bool = True, desc: str = "layers") -> None:
+                  progress: bool = True, desc: str = "layers", single_pass: bool = False) -> None:
     """Walk the decoder layers in order, collecting statistics of the target linears' inputs.
 
     For each layer: one pass with statistics hooks (stopped as soon as every target linear
@@ -295,21 +324,39 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[
     full pass of the (modified) layer whose outputs become the next layer's inputs.
     targets: full names of the linears to collect statistics for (default: every linear in
     the decoder layers). Memory: one layer's inputs and outputs for all calibration samples.
+
+    single_pass: every layer runs ONCE, on all samples as one batch (batch_size is ignored);
+    on_layer is called from a forward pre-hook of each target linear, with that linear alone
+    in ctx.modules and ctx.stats, just before it runs. So each linear's statistics come from
+    the already-compressed linears before it in the same layer too (true-sequential order),
+    and a layer costs one forward pass instead of two, for one batch of activations of all
+    samples in memory.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"calibration batch_size must be a positive integer, got {batch_size!r}")
+    unknown = [w for w in collect if w not in STATS]
+    if unknown:
+        raise ConfigError(f"unknown statistics {unknown}; choose from {', '.join(STATS)}")
     prefix, layers = decoder_layers(model)
     wanted = None if targets is None else set(targets)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            inputs = capture_layer_inputs(model, input_ids, batch_size)
+            inputs = capture_layer_inputs(model, input_ids, len(input_ids) if single_pass else batch_size)
             for i, layer in enumerate(tqdm(layers, desc=desc, unit="layer", disable=not progress)):
                 lname = f"{prefix}.{i}" if prefix else str(i)
                 linears = {f"{lname}.{n}": m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
                 if wanted is not None:
                     linears = {n: m for n, m in linears.items() if n in wanted}
+                if single_pass:
+                    handles = _just_in_time(i, lname, layer, inputs, linears, tuple(collect), hessian_dtype, on_layer)
+                    try:
+                        inputs = [LayerInputs(chunk.run(layer), chunk.args, chunk.kwargs) for chunk in inputs]
+                    finally:
+                        for h in handles:
+                            h.remove()
+                    continue
                 collector = StatsCollector(linears, collect, hessian_dtype)
                 if linears:
                     with collector:

@@ -75,6 +75,21 @@ def _add_merge(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _add_calibration_and_output(p, methods: str, left: str) -> None:
+    p.add_argument("--calibration", default="news",
+                   help=f"{methods} calibration text: 'news', 'wiki' or a UTF-8 file (default news)")
+    p.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
+    p.add_argument("--skip", type=_csv, help=f"comma-separated module patterns to leave {left} (default: the LM head)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _calibration(args) -> dict:
+    return {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
+
+
 def _add_sparsify(sub) -> None:
     p = sub.add_parser("sparsify", help="prune a model (magnitude, Wanda, SparseGPT)",
                        description="Prune every linear layer of the decoder (embeddings and the LM head stay dense) "
@@ -84,15 +99,9 @@ def _add_sparsify(sub) -> None:
     p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"], help="pruning method (default wanda)")
     p.add_argument("--sparsity", type=float, help="fraction of weights to zero, in [0, 1) (default 0.5; implied by an N:M pattern)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' (exact count per row) or N:M, e.g. 2:4 or 4:8 (keep N of every M inputs)")
-    p.add_argument("--calibration", default="news", help="calibration text: 'news', 'wiki' or a UTF-8 file (default news)")
-    p.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
-    p.add_argument("--skip", type=_csv, help="comma-separated module patterns to leave dense (default: the LM head)")
     p.add_argument("--damp", type=float, help="SparseGPT: Hessian dampening as a fraction of its mean diagonal (default 0.01)")
     p.add_argument("--block-size", type=int, help="SparseGPT: columns per block (default 128)")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_calibration_and_output(p, "Wanda/SparseGPT", "dense")
 
 
 def _add_quantize(sub) -> None:
@@ -117,13 +126,7 @@ def _add_quantize(sub) -> None:
                                                            "(static groups, so the export keeps contiguous groups)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal "
                                                            "(default 0.01)")
-    p.add_argument("--calibration", default="news", help="GPTQ calibration text: 'news', 'wiki' or a UTF-8 file (default news)")
-    p.add_argument("--samples", type=int, default=16, help="GPTQ calibration sequences (default 16)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
-    p.add_argument("--skip", type=_csv, help="comma-separated module patterns to leave in float (default: the LM head)")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_calibration_and_output(p, "GPTQ", "in float")
 
 
 def _add_inspect(sub) -> None:
@@ -174,18 +177,16 @@ def _run(args: argparse.Namespace) -> None:
         print(f"merged model written to {out}")
     elif args.command == "sparsify":
         options = {k: v for k, v in (("damp", args.damp), ("block_size", args.block_size)) if v is not None}
-        calibration = {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
         out = api.sparsify(args.model, out=args.out, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-                           calibration=None if args.method == "magnitude" else calibration, skip=args.skip,
+                           calibration=None if args.method == "magnitude" else _calibration(args), skip=args.skip,
                            options=options or None, overwrite=args.overwrite)
         from .summary import format_summary
 
         print(format_summary(api.inspect(out)))
     elif args.command == "quantize":
-        calibration = {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
         out = api.quantize(args.model, out=args.out, method=args.method, bits=args.bits, group_size=args.group_size,
                            symmetric=args.symmetric, act_order=args.act_order, damp=args.damp,
-                           calibration=calibration if args.method == "gptq" else None, skip=args.skip,
+                           calibration=_calibration(args) if args.method == "gptq" else None, skip=args.skip,
                            overwrite=args.overwrite)
         from .summary import format_summary
 

@@ -22,8 +22,10 @@ from .wanda import wanda_prune
 
 # The output head is never pruned (nor are embeddings, which are not linear layers).
 DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
+# batch_size >= n_samples: all samples in one batch, and every layer runs once (single pass, see
+# calibration.run_layerwise); a smaller batch_size bounds activation memory at two passes per layer.
 DEFAULT_CALIBRATION: dict[str, Any] = {"source": "news", "n_samples": 16, "seq_len": 512, "seed": 0,
-                                       "batch_size": 8}
+                                       "batch_size": 16}
 
 
 # ---- methods -------------------------------------------------------------------------------
@@ -205,8 +207,10 @@ def apply_plan(model: nn.Module, plan: SparsifyPlan, progress: bool = True) -> N
             modules = [ctx.modules[n] for n in stats.names]
             _write(modules, spec.prune([m.weight for m in modules], stats, plan.sparsity, plan.nm, **plan.options))
 
+    cal = plan.calibration
     run_layerwise(model, plan.input_ids, on_layer, collect=(spec.stats,), targets=plan.targets,
-                  batch_size=plan.calibration["batch_size"], progress=progress, desc=f"{spec.name}")
+                  batch_size=cal["batch_size"], progress=progress, desc=f"{spec.name}",
+                  single_pass=cal["batch_size"] >= cal["n_samples"])
 
 
 def sparsify_model(model: nn.Module, tokenizer, method: str, sparsity: float | None = None,
