@@ -38,13 +38,14 @@ def hinv_cholesky(hessian: torch.Tensor, damp: float = 0.01, max_tries: int = 6)
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     for attempt in range(max_tries):
         lam = damp * 10 ** attempt * mean if damp > 0 else (0.0 if attempt == 0 else 1e-8 * 10 ** attempt * mean)
-        chol, info = torch.linalg.cholesky_ex(h + lam * eye)
+        # With J the order-reversing permutation and J H J = L L^T: H^-1 = U^T U for the upper
+        # triangular U = J L^-1 J (positive diagonal, so it IS the Cholesky factor). One
+        # factorization and one triangular solve, instead of inverting H and factorizing again
+        # (4x less work: the down projection's 1536-wide H took 240 ms per layer that way).
+        chol, info = torch.linalg.cholesky_ex((h + lam * eye).flip(0, 1))
         if int(info) == 0:
-            # H^-1 = L^-T L^-1 through a triangular solve: torch.cholesky_inverse is ~10x slower on CPU.
-            chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
-            upper, info = torch.linalg.cholesky_ex(chol_inv.t() @ chol_inv, upper=True)
-            if int(info) == 0:
-                return upper.to(torch.float32), dead
+            upper = torch.linalg.solve_triangular(chol, eye, upper=False).flip(0, 1)
+            return upper.to(torch.float32), dead
     raise SlimtuneError(
         f"SparseGPT: the calibration Hessian ({h.shape[0]} inputs) is not positive definite even "
         f"with dampening {damp * 10 ** (max_tries - 1)}; use more calibration samples or a larger damp")
