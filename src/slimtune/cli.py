@@ -81,13 +81,17 @@ def _add_calibration_and_output(p, methods: str, left: str) -> None:
     p.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
+    p.add_argument("--calibration-batch", type=int, default=16,
+                   help="calibration sequences per forward pass (default 16); lower it to save memory. Pruning "
+                        "with all samples in one batch runs every block once (see README)")
     p.add_argument("--skip", type=_csv, help=f"comma-separated module patterns to leave {left} (default: the LM head)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def _calibration(args) -> dict:
-    return {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}
+    return {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed,
+            "batch_size": args.calibration_batch}
 
 
 def _add_sparsify(sub) -> None:

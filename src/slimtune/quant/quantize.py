@@ -27,7 +27,7 @@ from .rtn import rtn_quantize
 
 DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
 DEFAULT_CALIBRATION: dict[str, Any] = {"source": "news", "n_samples": 16, "seq_len": 512, "seed": 0,
-                                       "batch_size": 8}
+                                       "batch_size": 16}
 
 
 @dataclass(frozen=True)
