@@ -124,8 +124,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
                 e = w.sub_((q - z) * s).div_(u1[i, i])       # w now holds its scaled error
                 err[i] = e
                 if i + 1 < count:
-                    w1[i + 1:].addr_(u1[i, i + 1:], e, alpha=-1.0)
-        loss += float(err.square().sum()) / 2
+                    # rank-1 update as a 1-wide matmul: Tensor.addr_ takes a slow path on CPU
+                    w1[i + 1:].addmm_(u1[i, i + 1:].unsqueeze(1), e.unsqueeze(0), alpha=-1.0)
+        loss += float(torch.linalg.vector_norm(err)) ** 2 / 2
         if i2 < cols:
             wt[i2:].addmm_(upper[i1:i2, i2:].t(), err, alpha=-1.0)
 
