@@ -132,29 +132,32 @@ def test_layerwise_restores_training_mode(tiny, text):
 
 
 def test_single_pass_prunes_each_linear_from_inputs_of_the_already_pruned_ones(tiny, text):
-    """single_pass: one forward per layer; each linear is pruned, just before it runs, from the
-    statistics of its actual input, i.e. after the linears before it in the same layer were pruned.
-    Check against a direct recomputation: for every linear, the sqnorm it was handed equals the
-    squared norms of its input in the final (fully pruned) model, and q/k/v share one input."""
+    """single_pass: one forward per layer; each group of linears sharing an input is pruned, just
+    before it runs, from the statistics of its actual input, i.e. after the linears before it in
+    the same layer were pruned. Check against a direct recomputation: the sqnorm each group was
+    handed equals the squared norms of its input in the final (fully pruned) model."""
+    from slimtune.calibration import input_groups
     from slimtune.sparsity import wanda_prune
 
     model, tok = tiny
     ids = calibration_batches(tok, text, 4, 24)
+    assert input_groups(model, ids) == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                                        ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
     handed, calls = {}, []
 
     def on_layer(ctx):
-        assert len(ctx.stats) == 1 and list(ctx.modules) == ctx.stats[0].names
-        (name,) = ctx.stats[0].names
-        calls.append(name)
-        handed[name] = ctx.stats[0].sqnorm.clone()
-        w = ctx.modules[name].weight
-        w.data.copy_(wanda_prune(w, ctx.stats[0].sqnorm, 0.5))
+        (stats,) = ctx.stats
+        assert list(ctx.modules) == stats.names
+        calls.append([n.rpartition(".")[2] for n in stats.names])
+        for name in stats.names:
+            handed[name] = stats.sqnorm.clone()
+            w = ctx.modules[name].weight
+            w.data.copy_(wanda_prune(w, stats.sqnorm, 0.5))
 
     run_layerwise(model, ids, on_layer, batch_size=1, progress=False, single_pass=True)
-    assert calls[:7] == [f"model.layers.0.{n}" for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                          "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-                                                          "mlp.down_proj")]
+    assert calls == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]] * 2
     actual = {}
+
     def record(name):
         def fn(module, args):
             actual[name] = args[0].reshape(-1, args[0].shape[-1])
@@ -167,4 +170,3 @@ def test_single_pass_prunes_each_linear_from_inputs_of_the_already_pruned_ones(t
         h.remove()
     for name, sq in handed.items():
         torch.testing.assert_close(sq, actual[name].square().sum(0), rtol=1e-4, atol=1e-4)
-    assert torch.equal(handed["model.layers.1.self_attn.q_proj"], handed["model.layers.1.self_attn.v_proj"])

@@ -284,13 +284,39 @@ class LayerContext:
     modules: dict[str, nn.Linear]  # the layer's target linears by full name
 
 
+def input_groups(model: nn.Module, input_ids: torch.Tensor) -> list[list[str]]:
+    """Names (relative to the block) of decoder block 0's linears, grouped by shared input tensor
+    (e.g. [[q, k, v], [o], [gate, up], [down]]), in call order, from a forward pass on 8 tokens."""
+    _, layers = decoder_layers(model)
+    groups: list[tuple[torch.Tensor, list[str]]] = []
+
+    def hook(name):
+        def fn(module, args):
+            group = next((g for t, g in groups if t is args[0]), None)
+            if group is None:
+                groups.append((args[0], [name]))
+            else:
+                group.append(name)
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids[:1, :8].to(next(model.parameters()).device), **_forward_kwargs(model))
+    finally:
+        for h in handles:
+            h.remove()
+    return [names for _, names in groups]
+
+
 def _just_in_time(layer_index: int, lname: str, layer: nn.Module, inputs: list[LayerInputs],
-                  linears: dict[str, nn.Linear], want: tuple[str, ...], hessian_dtype: torch.dtype,
-                  on_layer: Callable[[LayerContext], None]) -> list:
-    """Forward pre-hooks that hand each linear its input statistics right before it runs, so the
-    callback can compress it in place and the linear then runs with the compressed weights.
-    Linears fed the same tensor (q/k/v) share one statistics object, computed once."""
-    seen: list[tuple[torch.Tensor, InputStats]] = []  # holding x keeps its identity unique
+                  linears: dict[str, nn.Linear], groups: list[list[str]], want: tuple[str, ...],
+                  hessian_dtype: torch.dtype, on_layer: Callable[[LayerContext], None]) -> list:
+    """Forward pre-hooks that hand each group of linears sharing an input (q/k/v) its statistics
+    right before the first of them runs, so the callback can compress the group in place and the
+    linears then run with the compressed weights."""
+    members = {n: [f"{lname}.{m}" for m in g if f"{lname}.{m}" in linears] for g in groups for n in g}
+    handled: dict[str, torch.Tensor] = {}  # linear -> the input its group was compressed for
     done: set[str] = set()
 
     def hook(name):
@@ -300,14 +326,17 @@ def _just_in_time(layer_index: int, lname: str, layer: nn.Module, inputs: list[L
                                    "calibration supports each linear being called once per layer call")
             done.add(name)
             x = args[0]
-            shared = next((st for t, st in seen if t is x), None)
-            if shared is None:
-                shared = InputStats([name], x.shape[-1], _want=want, _hdtype=hessian_dtype)
-                shared.add(x)
-                shared.finish()
-                seen.append((x, shared))
-            stats = InputStats([name], shared.in_features, shared.n_tokens, shared.sqnorm, shared.hessian)
-            on_layer(LayerContext(layer_index, lname, layer, [stats], inputs, {name: module}))
+            if name in handled:
+                if handled.pop(name) is not x:
+                    raise RuntimeError(f"linear {name} does not share its input with the linears it shared "
+                                       "it with in block 0; layer-by-layer calibration needs identical blocks")
+                return
+            group = members.get(name.removeprefix(lname + "."), [name])
+            stats = InputStats(group, x.shape[-1], _want=want, _hdtype=hessian_dtype)
+            stats.add(x)
+            stats.finish()
+            handled.update({n: x for n in group if n != name})
+            on_layer(LayerContext(layer_index, lname, layer, [stats], inputs, {n: linears[n] for n in group}))
         return fn
 
     return [m.register_forward_pre_hook(hook(name)) for name, m in linears.items()]
@@ -326,11 +355,11 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[
     the decoder layers). Memory: one layer's inputs and outputs for all calibration samples.
 
     single_pass: every layer runs ONCE, on all samples as one batch (batch_size is ignored);
-    on_layer is called from a forward pre-hook of each target linear, with that linear alone
-    in ctx.modules and ctx.stats, just before it runs. So each linear's statistics come from
-    the already-compressed linears before it in the same layer too (true-sequential order),
-    and a layer costs one forward pass instead of two, for one batch of activations of all
-    samples in memory.
+    on_layer is called from a forward pre-hook, for each group of target linears that read the
+    same input (ctx.stats has one entry), just before the first of them runs. So each group's
+    statistics come from the already-compressed linears before it in the same layer too
+    (true-sequential order), and a layer costs one forward pass instead of two, for one batch
+    of activations of all samples in memory. The groups are learnt from block 0.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"calibration batch_size must be a positive integer, got {batch_size!r}")
@@ -343,6 +372,7 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[
     model.eval()
     try:
         with torch.no_grad():
+            groups = input_groups(model, input_ids) if single_pass else []
             inputs = capture_layer_inputs(model, input_ids, len(input_ids) if single_pass else batch_size)
             for i, layer in enumerate(tqdm(layers, desc=desc, unit="layer", disable=not progress)):
                 lname = f"{prefix}.{i}" if prefix else str(i)
@@ -350,7 +380,8 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[
                 if wanted is not None:
                     linears = {n: m for n, m in linears.items() if n in wanted}
                 if single_pass:
-                    handles = _just_in_time(i, lname, layer, inputs, linears, tuple(collect), hessian_dtype, on_layer)
+                    handles = _just_in_time(i, lname, layer, inputs, linears, groups, tuple(collect), hessian_dtype,
+                                            on_layer)
                     try:
                         inputs = [LayerInputs(chunk.run(layer), chunk.args, chunk.kwargs) for chunk in inputs]
                     finally:
