@@ -21,6 +21,42 @@ VENV = Path.home() / ".cache" / "slimtune" / "bench-venvs" / "llmcompressor-0.14
 LLMC_REQS = ["torch==2.13.0", "llmcompressor==0.14.*"]
 
 
+def add_common_args(ap, models_kept: str) -> None:
+    """The options bench/sparsify.py and bench/quantize.py share (model, calibration, evaluation, runs)."""
+    import argparse
+
+    ap.add_argument("--model", default="smollm2-135m", help="model spec for slimtune.models.load_model")
+    ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--samples", type=int, default=16, help="calibration sequences (news text)")
+    ap.add_argument("--seq-len", type=int, default=512, help="calibration and evaluation window length")
+    ap.add_argument("--windows", type=int, default=8, help="perplexity windows of the Wikipedia excerpt")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-llmc", action="store_true", help="slimtune only")
+    ap.add_argument("--with-llmc", action="store_true", help="with --quick: run the llm-compressor side too")
+    ap.add_argument("--keep", default=None, help=f"keep the {models_kept} directories here (default: a temp dir)")
+    ap.add_argument("--json", default=None, help="also write all raw results to this JSON file")
+    ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def setup_run(args):
+    """(TemporaryDirectory, work dir): --keep or a temp dir. --quick switches to a tiny random Llama and
+    small sizes (slimtune only unless --with-llmc); args.model_path is resolved either way."""
+    import tempfile
+
+    from slimtune.models import build_tiny_model, resolve_model
+
+    tmp = tempfile.TemporaryDirectory()
+    work = Path(args.keep) if args.keep else Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        args.model_path = str(build_tiny_model(work / "tiny"))
+        args.model = "tiny-llama"
+        args.samples, args.seq_len, args.windows = 4, 64, 2
+        args.skip_llmc = args.skip_llmc or not args.with_llmc
+    args.model_path = args.model_path or str(resolve_model(args.model))
+    return tmp, work
+
+
 def _loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -54,7 +54,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # `python bench/quantize.py` has it already; other ways in may not
     sys.path.insert(0, str(HERE))
 
-from _common import (_env, _fmt, _last_json, _loadavg, llmc_env, llmc_python, llmc_version,  # noqa: E402
+from _common import (_env, _fmt, add_common_args, setup_run, _last_json, _loadavg, llmc_env, llmc_python, llmc_version,  # noqa: E402
                      load_for_eval, perplexity_of)
 
 BITS = 4
@@ -193,24 +192,14 @@ def _label(r) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="model spec for slimtune.models.load_model")
-    ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    add_common_args(ap, "model")
     ap.add_argument("--bases", default="dense,sparse", help="dense and/or sparse (Wanda 50%% of the model)")
     ap.add_argument("--methods", default="rtn,gptq", help="slimtune methods (llm-compressor: gptq only)")
     ap.add_argument("--grids", default="sym,asym")
     ap.add_argument("--groups", default=None, help="group sizes (default 64,192; --quick: 32)")
     ap.add_argument("--act-order", action="store_true",
                     help="GPTQ with activation ordering on both sides (slimtune act_order, llmc actorder=static)")
-    ap.add_argument("--samples", type=int, default=16, help="calibration sequences (news text)")
-    ap.add_argument("--seq-len", type=int, default=512, help="calibration and evaluation window length")
-    ap.add_argument("--windows", type=int, default=8, help="perplexity windows of the Wikipedia excerpt")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip-llmc", action="store_true", help="slimtune only")
     ap.add_argument("--quick", action="store_true", help="tiny random Llama, 4 x 64 tokens, group 32, slimtune only")
-    ap.add_argument("--with-llmc", action="store_true", help="with --quick: run the llm-compressor side too")
-    ap.add_argument("--keep", default=None, help="keep the model directories here (default: a temp dir)")
-    ap.add_argument("--json", default=None, help="also write all raw results to this JSON file")
-    ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_jobs", help=argparse.SUPPRESS)
     ap.add_argument("--_calib", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -223,20 +212,13 @@ def main(argv=None) -> int:
 
     from slimtune.api import sparsify
     from slimtune.calibration import calibration_batches
-    from slimtune.models import build_tiny_model, load_model, resolve_model
+    from slimtune.models import load_model
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tmp = tempfile.TemporaryDirectory()
-    work = Path(args.keep) if args.keep else Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
+    tmp, work = setup_run(args)
     if args.quick:
-        args.model_path = str(build_tiny_model(work / "tiny"))
-        args.model = "tiny-llama"
-        args.samples, args.seq_len, args.windows = 4, 64, 2
         args.groups = args.groups or "32"  # the tiny model's widths are 64 and 128
-        args.skip_llmc = args.skip_llmc or not args.with_llmc
-    args.model_path = args.model_path or str(resolve_model(args.model))
     bases, methods, grids = args.bases.split(","), args.methods.split(","), args.grids.split(",")
     groups = [int(g) for g in (args.groups or "64,192").split(",")]
     for what, values, known in (("bases", bases, {"dense", "sparse"}), ("methods", methods, {"rtn", "gptq"}),

@@ -35,7 +35,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # `python bench/sparsify.py` has it already; other ways in may not
     sys.path.insert(0, str(HERE))
 
-from _common import _env, _fmt, _last_json, _loadavg, evaluate, llmc_env, llmc_python, llmc_version  # noqa: E402
+from _common import _env, _fmt, add_common_args, setup_run, _last_json, _loadavg, evaluate, llmc_env, llmc_python, llmc_version  # noqa: E402
 
 # The reference points (llm-compressor 0.14, 16 x 512 news tokens, ppl over 8 x 512 wiki tokens).
 REFERENCE = {("dense", "-"): 21.2, ("magnitude", "unstructured"): 344.0, ("wanda", "unstructured"): 72.7,
@@ -99,23 +98,13 @@ def run_llmc(args, py, method, pattern, calib, out) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="model spec for slimtune.models.load_model")
-    ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    add_common_args(ap, "pruned model")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     ap.add_argument("--patterns", default="unstructured,2:4")
-    ap.add_argument("--samples", type=int, default=16, help="calibration sequences (news text)")
-    ap.add_argument("--seq-len", type=int, default=512, help="calibration and evaluation window length")
-    ap.add_argument("--windows", type=int, default=8, help="perplexity windows of the Wikipedia excerpt")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip-llmc", action="store_true", help="slimtune only")
     ap.add_argument("--sweep", action="store_true",
                     help="also Wanda vs SparseGPT (slimtune) at 16/64/128 calibration sequences, per pattern")
     ap.add_argument("--sweep-samples", default="16,64,128")
     ap.add_argument("--quick", action="store_true", help="tiny random Llama, 4 x 64 tokens, slimtune only: seconds")
-    ap.add_argument("--with-llmc", action="store_true", help="with --quick: run the llm-compressor side too")
-    ap.add_argument("--keep", default=None, help="keep the pruned model directories here (default: a temp dir)")
-    ap.add_argument("--json", default=None, help="also write all raw results to this JSON file")
-    ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_method", help=argparse.SUPPRESS)
     ap.add_argument("--_pattern", help=argparse.SUPPRESS)
     ap.add_argument("--_n", type=int, help=argparse.SUPPRESS)
@@ -129,18 +118,11 @@ def main(argv=None) -> int:
     import torch
 
     from slimtune.calibration import calibration_batches
-    from slimtune.models import build_tiny_model, load_model, resolve_model
+    from slimtune.models import load_model
 
-    tmp = tempfile.TemporaryDirectory()
-    work = Path(args.keep) if args.keep else Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
+    tmp, work = setup_run(args)
     if args.quick:
-        args.model_path = str(build_tiny_model(work / "tiny"))
-        args.model = "tiny-llama"
-        args.samples, args.seq_len, args.windows = 4, 64, 2
         args.sweep_samples = "4,8"
-        args.skip_llmc = args.skip_llmc or not args.with_llmc
-    args.model_path = args.model_path or str(resolve_model(args.model))
     methods, patterns = args.methods.split(","), args.patterns.split(",")
     sweep_ns = [int(x) for x in args.sweep_samples.split(",")]
 

@@ -30,6 +30,14 @@ def tiny_llama(tiny_llama_dir):
     return load_model(tiny_llama_dir)
 
 
+@pytest.fixture(scope="session")
+def news_snippet():
+    """20,000 characters of the news text: a calibration source that tokenizes instantly."""
+    from slimtune.data import load_text
+
+    return load_text("news")[:20000]
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -7,28 +5,15 @@ from slimtune.calibration import (StatsCollector, calibration_batches, capture_l
                                   run_layerwise)
 from slimtune.errors import ConfigError, DataError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    from slimtune.models import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_calib") / "model")
-
 
 @pytest.fixture
-def tiny(tiny_path):
-    from slimtune.models import load_model
-
-    return load_model(tiny_path)
+def tiny(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
-def text():
-    from slimtune.data import load_text
-
-    return load_text("news")[:20000]
+def text(news_snippet):
+    return news_snippet
 
 
 def test_batches_shape_deterministic_and_windows_of_the_text(tiny, text):

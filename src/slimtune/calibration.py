@@ -52,6 +52,30 @@ def _check_counts(n_samples, seq_len, seed) -> None:
         raise ConfigError(f"calibration seed must be an integer, got {seed!r}")
 
 
+def check_calibration(model, tokenizer, method: str, calibration: dict | None,
+                      defaults: dict) -> tuple[dict, torch.Tensor]:
+    """Validate a calibration dict against its defaults' keys and the model; return the completed
+    dict (a long raw-text source shortened for manifests) and the token ids [n_samples, seq_len].
+    Tokenizing is the check for "text too short" (DataError), so it happens here, before work."""
+    if calibration is not None and not isinstance(calibration, dict):
+        raise ConfigError(f"calibration must be a dict with keys {', '.join(defaults)}, got {calibration!r}")
+    unknown = sorted(set(calibration or {}) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown calibration key(s) {', '.join(unknown)}; accepted: {', '.join(defaults)}")
+    cal = {**defaults, **(calibration or {})}
+    _check_counts(cal["n_samples"], cal["seq_len"], cal["seed"])
+    if isinstance(cal["batch_size"], bool) or not isinstance(cal["batch_size"], int) or cal["batch_size"] < 1:
+        raise ConfigError(f"calibration batch_size must be a positive integer, got {cal['batch_size']!r}")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and cal["seq_len"] > limit:
+        raise ConfigError(f"calibration seq_len {cal['seq_len']} exceeds the model's context of {limit} positions")
+    if tokenizer is None:
+        raise ConfigError(f"method {method!r} needs calibration data, so a tokenizer is required")
+    input_ids = calibration_batches(tokenizer, cal["source"], cal["n_samples"], cal["seq_len"], cal["seed"])
+    cal["source"] = str(cal["source"]) if len(str(cal["source"])) <= 200 else "<text>"
+    return cal, input_ids
+
+
 def calibration_tokens(tokenizer, source: str = "news", n_samples: int = 16, seq_len: int = 512) -> list[int]:
     """The source's token ids, after checking there are enough for n_samples windows."""
     text, how = _calibration_text(source)

@@ -7,6 +7,7 @@ directory in the cache (the conversion takes ~15 s, a reload of the cache ~1 s).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -203,6 +204,11 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     """All linear layers except the output head (which slimtune keeps dense and unadapted)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+
+
+def skipped(name: str, patterns) -> bool:
+    """Whether a module is left out by a skip list: exact name, name suffix, or glob (sparsify, quantize)."""
+    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _matches(name: str, pattern: str) -> bool:

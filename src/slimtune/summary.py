@@ -59,8 +59,10 @@ def summarize(path: str | Path) -> dict:
     for f in _weight_files(directory):
         with safe_open(str(f), "pt") as st:
             for key in st.keys():
+                if not key.endswith("weight") or key.rpartition(".")[0] in packed:
+                    continue
                 tensor = st.get_tensor(key)
-                if tensor.dim() != 2 or not key.endswith("weight") or key.rpartition(".")[0] in packed:
+                if tensor.dim() != 2:
                     continue
                 z = int((tensor == 0).sum())
                 dense_by_default = any(k in key for k in _DENSE_BY_DEFAULT)

@@ -8,7 +8,6 @@ options, calibration settings.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import time
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..calibration import LayerContext, _check_counts, calibration_batches, decoder_layers, run_layerwise
+from ..calibration import LayerContext, check_calibration, decoder_layers, run_layerwise
 from ..errors import ConfigError, SlimtuneError
-from ..models import linear_modules
+from ..models import linear_modules, skipped
 from .gptq import gptq_quantize
 from .linear import quant_linears, quantize_model_linears
 from .params import QuantParams, check_bits, check_group_size
@@ -82,30 +81,6 @@ class QuantizePlan:
         return cfg
 
 
-def _skipped(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _check_calibration(model, tokenizer, method: str, calibration) -> tuple[dict, torch.Tensor]:
-    if calibration is not None and not isinstance(calibration, dict):
-        raise ConfigError(f"calibration must be a dict with keys {', '.join(DEFAULT_CALIBRATION)}, got {calibration!r}")
-    unknown = sorted(set(calibration or {}) - set(DEFAULT_CALIBRATION))
-    if unknown:
-        raise ConfigError(f"unknown calibration key(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULT_CALIBRATION)}")
-    cal = {**DEFAULT_CALIBRATION, **(calibration or {})}
-    _check_counts(cal["n_samples"], cal["seq_len"], cal["seed"])
-    if isinstance(cal["batch_size"], bool) or not isinstance(cal["batch_size"], int) or cal["batch_size"] < 1:
-        raise ConfigError(f"calibration batch_size must be a positive integer, got {cal['batch_size']!r}")
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit and cal["seq_len"] > limit:
-        raise ConfigError(f"calibration seq_len {cal['seq_len']} exceeds the model's context of {limit} positions")
-    if tokenizer is None:
-        raise ConfigError(f"method {method!r} needs calibration data, so a tokenizer is required")
-    input_ids = calibration_batches(tokenizer, cal["source"], cal["n_samples"], cal["seq_len"], cal["seed"])
-    cal["source"] = str(cal["source"]) if len(str(cal["source"])) <= 200 else "<text>"
-    return cal, input_ids
-
-
 def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn", bits: int = 4,
                            group_size: int = 64, symmetric: bool = True, act_order: bool = False,
                            damp: float = 0.01, calibration: dict | None = None,
@@ -139,7 +114,7 @@ def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn"
         if spec.needs_hessian:
             raise
         in_blocks = list(linears)
-    targets = [n for n in in_blocks if not _skipped(n, skip)]
+    targets = [n for n in in_blocks if not skipped(n, skip)]
     if not targets:
         raise ConfigError(f"no linear module left to quantize (skip={list(skip)}); linear modules: "
                           f"{', '.join(list(linears)[:8]) or 'none'}{' ...' if len(linears) > 8 else ''}")
@@ -147,7 +122,7 @@ def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn"
 
     cal, input_ids = (None, None)
     if spec.needs_hessian:
-        cal, input_ids = _check_calibration(model, tokenizer, method, calibration)
+        cal, input_ids = check_calibration(model, tokenizer, method, calibration, DEFAULT_CALIBRATION)
     chosen = set(targets)
     return QuantizePlan(spec, bits, group_size, symmetric, act_order, float(damp), targets,
                         [n for n in linears if n not in chosen], cal, input_ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import time
 from dataclasses import dataclass, field
@@ -11,9 +10,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..calibration import LayerContext, _check_counts, calibration_batches, decoder_layers, run_layerwise
+from ..calibration import LayerContext, check_calibration, decoder_layers, run_layerwise
 from ..errors import ConfigError
-from ..models import linear_modules
+from ..models import linear_modules, skipped
 from .magnitude import magnitude_prune
 from .masks import UNSTRUCTURED, check_exact, check_sparsity, parse_pattern, target_sparsity
 from .report import sparsity_report
@@ -112,10 +111,6 @@ class SparsifyPlan:
                 "options": self.options, "calibration": self.calibration}
 
 
-def _skipped(name: str, patterns: Sequence[str]) -> bool:
-    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: float | None = None,
                            pattern: str = UNSTRUCTURED, calibration: dict | None = None,
                            skip: Sequence[str] = DEFAULT_SKIP, options: dict | None = None) -> SparsifyPlan:
@@ -149,7 +144,7 @@ def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: f
     if not all(isinstance(p, str) for p in skip):
         raise ConfigError(f"skip must be a list of module-name patterns (strings), got {skip!r}")
     linears = linear_modules(model)
-    targets = [n for n in linears if not _skipped(n, skip)]
+    targets = [n for n in linears if not skipped(n, skip)]
     if spec.stats is not None:
         prefix, _ = decoder_layers(model)
         targets = [n for n in targets if n.startswith(prefix + ".")]
@@ -166,23 +161,7 @@ def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: f
 
     cal, input_ids = None, None
     if spec.stats is not None:
-        if calibration is not None and not isinstance(calibration, dict):
-            raise ConfigError(f"calibration must be a dict with keys {', '.join(DEFAULT_CALIBRATION)}, got {calibration!r}")
-        unknown = sorted(set(calibration or {}) - set(DEFAULT_CALIBRATION))
-        if unknown:
-            raise ConfigError(f"unknown calibration key(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULT_CALIBRATION)}")
-        cal = {**DEFAULT_CALIBRATION, **(calibration or {})}
-        _check_counts(cal["n_samples"], cal["seq_len"], cal["seed"])
-        if isinstance(cal["batch_size"], bool) or not isinstance(cal["batch_size"], int) or cal["batch_size"] < 1:
-            raise ConfigError(f"calibration batch_size must be a positive integer, got {cal['batch_size']!r}")
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if limit and cal["seq_len"] > limit:
-            raise ConfigError(f"calibration seq_len {cal['seq_len']} exceeds the model's context of {limit} positions")
-        if tokenizer is None:
-            raise ConfigError(f"method {method!r} needs calibration data, so a tokenizer is required")
-        # Tokenizing is the check for "text too short" (DataError); keep the result.
-        input_ids = calibration_batches(tokenizer, cal["source"], cal["n_samples"], cal["seq_len"], cal["seed"])
-        cal["source"] = str(cal["source"]) if len(str(cal["source"])) <= 200 else "<text>"
+        cal, input_ids = check_calibration(model, tokenizer, method, calibration, DEFAULT_CALIBRATION)
     return SparsifyPlan(spec, sparsity, pattern if nm is None else f"{nm[0]}:{nm[1]}", nm, targets,
                         options, cal, input_ids, left_dense)
 
