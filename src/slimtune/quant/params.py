@@ -108,26 +108,37 @@ class QuantParams:
             raise ValueError("a per-channel grid does not know its input width")
         return self.n_groups * self.group_size
 
-    def _expand(self, in_features: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scales and zeros broadcast to [out, in] (float32)."""
-        idx = _group_index(in_features, self.group_size, self.g_idx, device)
-        s = self.scales.to(device).index_select(1, idx)
-        z = self.zeros.to(device).index_select(1, idx).to(torch.float32)
-        return s, z
+    def _grid(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w viewed per group, scales, zeros) broadcastable against each other.
+
+        Contiguous groups reshape w to [out, G, group] and broadcast the [out, G, 1] grid, so no
+        [out, in] copy of the scales is made (quantization-aware training does this every step);
+        a g_idx grid gathers per-column scales. Both give bitwise the same values.
+        """
+        out, cols = w.shape
+        if self.g_idx is None and self.group_size != -1:
+            g = cols // self.group_size
+            return (w.reshape(out, g, self.group_size), self.scales.to(w.device)[:, :, None],
+                    self.zeros.to(w.device)[:, :, None].to(torch.float32))
+        idx = _group_index(cols, self.group_size, self.g_idx, w.device)
+        return (w, self.scales.to(w.device).index_select(1, idx),
+                self.zeros.to(w.device).index_select(1, idx).to(torch.float32))
 
     # ---- the grid -----------------------------------------------------------------------
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """Integer codes uint8 [out, in]: clamp(round(w/s + z), 0, 2^b - 1)."""
-        s, z = self._expand(w.shape[1], w.device)
-        return quantize_with(w.to(torch.float32), s, z, self.maxq).to(torch.uint8)
+        wg, s, z = self._grid(w.to(torch.float32))
+        return quantize_with(wg, s, z, self.maxq).to(torch.uint8).reshape(w.shape)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         """float32 [out, in]: s * (q - z)."""
-        s, z = self._expand(q.shape[1], q.device)
-        return dequantize_with(q, s, z)
+        qg, s, z = self._grid(q)
+        return dequantize_with(qg, s, z).reshape(q.shape)
 
     def fake_quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return self.dequantize(self.quantize(w))
+        """dequantize(quantize(w)) without the uint8 round trip; bitwise the same values."""
+        wg, s, z = self._grid(w.to(torch.float32))
+        return dequantize_with(quantize_with(wg, s, z, self.maxq), s, z).reshape(w.shape)
 
     # ---- serialization ------------------------------------------------------------------
     def meta(self) -> dict:
