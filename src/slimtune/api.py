@@ -38,6 +38,11 @@ def _describe_validation(e: ValidationError, what: str) -> str:
     return f"invalid {what}: " + "; ".join(parts)
 
 
+def task_score(result: dict) -> float:
+    """The headline number of an evaluate_model result: acc (multiple choice) or accuracy (generation)."""
+    return result["acc"] if "acc" in result else result["accuracy"]
+
+
 def _task(task: str | Task, seed: int) -> Task:
     return task if isinstance(task, Task) else load_task(task, seed=seed)
 
@@ -67,9 +72,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
         raise ConfigError("nothing to evaluate: give a task, a perplexity text, or both")
     task_obj = _task(task, seed) if task is not None else None
     text = load_text(perplexity_text) if perplexity_text is not None else None
-    net, tokenizer = load_model(model)
-    if adapter is not None:
-        load_adapter(net, adapter)
+    net, tokenizer = load_adapted(model, adapter) if adapter is not None else load_model(model)
     result = evaluate_model(net, tokenizer, task=task_obj, split=split, limit=limit, text=text,
                             seq_len=seq_len, max_windows=max_windows, batch_size=batch_size,
                             progress=progress)
@@ -80,38 +83,239 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
     return result
 
 
-def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TASK, out: str | Path,
-             targets: Sequence[str] | None = None, rank: int = 16, alpha: float = 32.0,
-             dropout: float = 0.05, train_config: TrainConfig | dict | None = None,
-             overwrite: bool = False, progress: bool = True, **train_overrides: Any) -> Path:
-    """Train a LoRA adapter on the task's training split; write it as a PEFT adapter to `out`.
+ADAPTERS = ("lora", "nls")
+QA_WEIGHTS = ("quantized", "float")
 
+
+def _check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str, qa_weights: str,
+                        quant_aware: bool, float_base, alpha: float, dropout: float) -> tuple[int, list[int] | None]:
+    """The cheap checks of finetune's adapter options; returns (maximal rank, rank space or None)."""
+    from .adapters.lora import check_rank_space
+    from .nas import PRESETS
+
+    if adapter not in ADAPTERS:
+        raise ConfigError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
+    if rank is not None and rank < 1:
+        raise ConfigError(f"rank must be >= 1, got {rank}")
+    if alpha <= 0 or not 0 <= dropout < 1:
+        raise ConfigError(f"need alpha > 0 and 0 <= dropout < 1; got alpha={alpha}, dropout={dropout}")
+    if qa_weights not in QA_WEIGHTS:
+        raise ConfigError(f"qa_weights must be one of {', '.join(QA_WEIGHTS)}, got {qa_weights!r}")
+    if (qa_weights != "quantized" or float_base is not None) and not quant_aware:
+        raise ConfigError("qa_weights / float_base only apply to quantization-aware adapters (--quant-aware)")
+    if adapter == "lora":
+        if rank_space is not None:
+            raise ConfigError("a rank space makes the adapter elastic: pass --adapter nls with --rank-space")
+        return rank or 16, None
+    if groups not in PRESETS:
+        raise ConfigError(f"unknown rank-group preset {groups!r}; choose from {', '.join(PRESETS)}")
+    if rank_space is None:  # Shears' default shape: [r, 3r/4, r/2]
+        r = rank or 32
+        rank_space = sorted({r, max(1, 3 * r // 4), max(1, r // 2)}, reverse=True)
+    space = check_rank_space(rank_space, rank)
+    return space[0], space
+
+
+def _float_weights(float_base: str | Path, names: Sequence[str]) -> dict:
+    """The float weights of `names` in `float_base` (QA-SparsePEFT with qa_weights='float')."""
+    net, _ = load_model(float_base)
+    modules = dict(net.named_modules())
+    missing = [n for n in names if n not in modules or not hasattr(modules[n], "weight")]
+    if missing:
+        raise ConfigError(f"float base {float_base} has no linear module {missing[0]}; pass the float model "
+                          "the quantized base was made from")
+    return {n: modules[n].weight.detach().float() for n in names}
+
+
+def _quantized_input(model: str | Path) -> str | None:
+    """The model a slimtune quantize artifact was made from (the float weights of 'float' QA)."""
+    try:
+        return read_manifest(model)["config"]["model"]
+    except (ArtifactError, KeyError):
+        return None
+
+
+def _zero_fraction(net, names: Sequence[str]) -> float:
+    modules = dict(net.named_modules())
+    zeros = total = 0
+    for n in names:
+        w = modules[n].weight
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+
+
+SPARSE_BASE_MIN = 0.05  # a base with fewer zeros in its adapted layers is dense for SparsePEFT
+
+
+def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False):
+    """(model, tokenizer) with the adapter applied in its own mode (sparse, quantization-aware)."""
+    from .adapters.peft_io import adapter_mode, read_adapter_config
+
+    mode = adapter_mode(adapter)
+    read_adapter_config(adapter)
+    net, tokenizer = load_model(model)
+    qa = None
+    if mode["quant_aware"] and mode["qa_weights"] == "float":
+        from safetensors.torch import load_file
+
+        names = sorted({k[len("base_model.model."):].rsplit(".lora_", 1)[0]
+                        for k in load_file(str(Path(adapter) / "adapter_model.safetensors"))})
+        qa = _float_weights(mode["float_base"], names)
+    load_adapter(net, adapter, trainable=trainable, qa_weights=qa)
+    return net, tokenizer
+
+
+def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TASK, out: str | Path,
+             targets: Sequence[str] | None = None, adapter: str = "lora", rank: int | None = None,
+             alpha: float = 32.0, dropout: float | None = None, rank_space: Sequence[int] | None = None,
+             groups: str = "shears", sparse_adapter: bool = False, quant_aware: bool = False,
+             qa_weights: str = "quantized", float_base: str | Path | None = None,
+             train_config: TrainConfig | dict | None = None, overwrite: bool = False, progress: bool = True,
+             **train_overrides: Any) -> Path:
+    """Train an adapter on the task's training split; write it as a PEFT adapter to `out`.
+
+    adapter='lora' trains a fixed rank (default 16); adapter='nls' trains an elastic super-adapter
+    over `rank_space` (default [r, 3r/4, r/2], r = 32) with ranks shared by `groups` (shears,
+    block, module) and sampled once per optimizer step; the artifact adds elastic_config.json and
+    the per-step training history. sparse_adapter masks the update by the base's zeros
+    (SparsePEFT); quant_aware trains on the quantized base's own grid (QA-SparsePEFT), merging into
+    the dequantized base (qa_weights='quantized') or into the float weights before quantization
+    ('float', SQFT's choice; float_base defaults to the model the quantized base was made from).
     An interrupted run resumes from its last checkpoint (kept beside `out` until it finishes).
     """
+    from .models import is_packed_quantized, resolve_model
+
     started = time.time()
     out = check_output_dir(out, overwrite)
     config = _train_config(train_config, **train_overrides)
-    if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
-        raise ConfigError(f"need rank >= 1, alpha > 0 and 0 <= dropout < 1; got rank={rank}, alpha={alpha}, dropout={dropout}")
+    sparse_like = sparse_adapter or quant_aware
+    dropout = (0.0 if sparse_like else 0.05) if dropout is None else dropout
+    r_max, space = _check_adapter_args(adapter, rank, list(rank_space) if rank_space is not None else None,
+                                       groups, qa_weights, quant_aware, float_base, alpha, dropout)
+    if sparse_like and dropout > 0:
+        raise ConfigError("sparse and quantization-aware adapters apply their update to the weight, which leaves "
+                          f"no adapter input to drop out: pass --dropout 0 (got {dropout})")
+    if quant_aware and not is_packed_quantized(resolve_model(model)):
+        raise ConfigError(f"--quant-aware needs a quantized base, and {model} is not one; quantize it first "
+                          "(slimtune quantize --model ... --out DIR) and fine-tune DIR")
+    if quant_aware and qa_weights == "float" and float_base is None:
+        float_base = _quantized_input(model)
+        if float_base is None:
+            raise ConfigError(f"qa_weights='float' needs the float model {model} was quantized from; pass float_base")
     task_obj = _task(task, config.seed)
     net, tokenizer = load_model(model)
     names = target_modules(net, list(targets) if targets else None)
-    add_lora(net, names, r=rank, alpha=alpha, dropout=dropout, seed=config.seed)
+    zeros = _zero_fraction(net, names)
+    if sparse_adapter and zeros < SPARSE_BASE_MIN:
+        raise ConfigError(f"--sparse-adapter needs a sparse base, but only {zeros:.1%} of the adapted layers' weights "
+                          f"of {model} are zero; drop --sparse-adapter, or sparsify the base first (slimtune sparsify)")
+    if not sparse_adapter and zeros >= SPARSE_BASE_MIN:
+        import warnings
+
+        warnings.warn(f"the base is {zeros:.0%} sparse in the adapted layers; a plain adapter's merge fills those "
+                      "zeros: pass --sparse-adapter to keep them", stacklevel=2)
+    qa = _float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
+    add_lora(net, names, r=r_max, alpha=alpha, dropout=dropout, seed=config.seed, rank_space=space,
+             sparse=sparse_adapter, quant_aware=quant_aware, qa_weights=qa)
+    callbacks, elastic = [], None
+    if space is not None:
+        from .nas import ElasticSampler, ElasticSpace
+
+        elastic = ElasticSpace.build(names, space, groups)
+        callbacks.append(ElasticSampler(net, elastic, seed=config.seed))
     checkpoints = out.parent / f".{out.name}.checkpoints"
-    metrics = train(net, tokenizer, task_obj.train, config, checkpoints,
+    metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks,
                     add_eos=task_obj.kind == "generation", progress=progress)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    if elastic is not None:
+        from .nas import frequencies
+
+        history = callbacks[0].history
+        metrics.update(rank_groups=len(elastic.groups), sampled_steps=len(history),
+                       rank_frequencies={g: {str(r): n for r, n in f.items()} for g, f in frequencies(history).items()})
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
+        if elastic is not None:
+            elastic.save(tmp)
+            callbacks[0].save_checkpoint(tmp)
         write_manifest(
-            tmp, stage="finetune", method="lora",
-            config={"model": str(model), "task": task_obj.name, "targets": names, "rank": rank,
-                    "alpha": alpha, "dropout": dropout, "train": config.model_dump()},
+            tmp, stage="finetune", method=_method_name(adapter, sparse_adapter, quant_aware),
+            config={"model": str(model), "task": task_obj.name, "targets": names, "adapter": adapter,
+                    "rank": r_max, "rank_space": space, "groups": groups if space else None, "alpha": alpha,
+                    "dropout": dropout, "sparse": sparse_adapter, "quant_aware": quant_aware,
+                    "qa_weights": qa_weights, "float_base": str(float_base) if float_base else None,
+                    "train": config.model_dump()},
             inputs={"model": model} if Path(str(model)).exists() else None,
-            metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(lora_layers(net))},
+            metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(lora_layers(net)),
+                     "base_zero_fraction": zeros},
             started=started, seed=config.seed,
         )
     shutil.rmtree(checkpoints, ignore_errors=True)
+    return out
+
+
+def _method_name(adapter: str, sparse: bool, quant_aware: bool) -> str:
+    """lora, nls, sparsepeft, sparsepeft+nls, qa-sparsepeft, qa-sparsepeft+nls (qa-lora without a mask)."""
+    base = ("qa-sparsepeft" if sparse else "qa-lora") if quant_aware else ("sparsepeft" if sparse else "")
+    if not base:
+        return adapter
+    return f"{base}+nls" if adapter == "nls" else base
+
+
+def extract(adapter: str | Path, *, out: str | Path, select: str | dict = "median", model: str | Path | None = None,
+            task: str | Task | None = None, limit: int | None = None, seed: int | None = None,
+            overwrite: bool = False, progress: bool = True) -> Path:
+    """Export one sub-adapter of an elastic super-adapter as a standard PEFT LoRA (rank_pattern,
+    alpha_pattern). `select`: maximal, median, minimal, nncf (the best of NNCF's candidates on the
+    task's VALIDATION split), or an explicit {group: rank} configuration."""
+    from .nas import ElasticSpace, nncf_candidates, parse_selection
+    from .nas.sampling import HISTORY_FILE
+
+    started = time.time()
+    out = check_output_dir(out, overwrite)
+    space = ElasticSpace.load(adapter)
+    label, config = parse_selection(space, select)
+    manifest = read_manifest(adapter) if (Path(adapter) / "slimtune.json").is_file() else {"config": {}}
+    model = model or _base_of_adapter(adapter)
+    candidates = []
+    if config is None:  # nncf: score the candidates on the validation split
+        import json
+
+        history_path = Path(adapter) / HISTORY_FILE
+        if not history_path.is_file():
+            raise ArtifactError(f"{adapter} has no {HISTORY_FILE}: the nncf selection needs the training history")
+        task = task or manifest["config"].get("task")
+        if task is None:
+            raise ConfigError("the nncf selection scores candidates on a task's validation split: pass --task")
+        seed = manifest["config"].get("train", {}).get("seed", 0) if seed is None else seed
+        task_obj = _task(task, seed)
+        if not task_obj.validation:
+            raise ConfigError(f"task {task_obj.name} has no validation split to score candidates on")
+        pending = nncf_candidates(space, json.loads(history_path.read_text()))
+    net, tokenizer = load_adapted(model, adapter)
+    if config is None:
+        from .evaluate import evaluate_model
+
+        for cand_label, cand in pending:
+            space.apply(net, cand)
+            result = evaluate_model(net, tokenizer, task=task_obj, split="validation", limit=limit, progress=progress)
+            candidates.append({"label": cand_label, "config": cand, "score": task_score(result)})
+        best = max(candidates, key=lambda c: c["score"])  # first of equals: median first
+        label, config = f"nncf:{best['label']}", best["config"]
+    space.apply(net, config)
+    widths = {n: (l.in_features, l.out_features) for n, l in lora_layers(net).items()}
+    with atomic_dir(out, overwrite) as tmp:
+        save_adapter(net, tmp, base_model_name_or_path=str(model))
+        mode = {k: manifest["config"].get(k) for k in ("sparse", "quant_aware", "qa_weights", "float_base", "task")}
+        write_manifest(tmp, stage="extract", method=label,
+                       config={"model": str(model), "super_adapter": str(adapter), "selection": label,
+                               "ranks": config, **mode},
+                       inputs={"adapter": adapter},
+                       metrics={"adapter_parameters": space.size(config, widths),
+                                "maximal_parameters": space.size(space.maximal(), widths),
+                                "candidates": candidates},
+                       started=started)
     return out
 
 
@@ -195,16 +399,50 @@ def inspect(path: str | Path) -> dict:
 
 def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = None,
           overwrite: bool = False) -> Path:
-    """Fold an adapter into its base model and save the result as a plain HF model directory."""
+    """Fold an adapter into its base model and save the result.
+
+    Float bases give an HF directory (a SparsePEFT adapter keeps every zero of the base). A
+    quantization-aware adapter on a packed INT4 base gives a packed INT4 directory on the base's own
+    grid (same scales and zero points). A plain adapter on a quantized base leaves the grid, so the
+    result is a float (dequantized + update) directory: re-quantize it with `slimtune quantize`.
+    """
+    from .quant.formats import write_quantized
+    from .quant.linear import quant_linears
+
     started = time.time()
     out = check_output_dir(out, overwrite)
     model = model or _base_of_adapter(adapter)
-    net, tokenizer = load_model(model)
-    load_adapter(net, adapter)
+    net, tokenizer = load_adapted(model, adapter)
+    quant_aware = any(l.quant_aware for l in lora_layers(net).values())
     merge_lora(net)
+    quantized = bool(quant_linears(net))
+    if quantized and not quant_aware:
+        _dequantize_all(net)
+        quantized = False
     with atomic_dir(out, overwrite) as tmp:
-        net.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, stage="merge", method="lora", config={"model": str(model), "adapter": str(adapter)},
+        if quantized:
+            write_quantized(net, tmp, tokenizer)
+        else:
+            net.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
+                       config={"model": str(model), "adapter": str(adapter)},
                        inputs={"adapter": adapter}, started=started)
     return out
+
+
+def _dequantize_all(net) -> None:
+    """Replace every QuantLinear by an nn.Linear holding its dequantized weight."""
+    import torch
+
+    from .quant.linear import _set_module, quant_linears
+
+    for name, q in quant_linears(net).items():
+        dense = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
+        with torch.no_grad():
+            dense.weight.copy_(q.dequantized_weight())
+            if q.bias is not None:
+                dense.bias.copy_(q.bias)
+        _set_module(net, name, dense.requires_grad_(False))
+    if hasattr(getattr(net, "config", None), "quantization_config"):
+        del net.config.quantization_config

@@ -206,6 +206,14 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
 
 
+def adaptable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear layers an adapter can wrap: nn.Linear and QuantLinear, except the output head."""
+    from .quant.linear import QuantLinear
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear)) and m is not head}
+
+
 def skipped(name: str, patterns) -> bool:
     """Whether a module is left out by a skip list: exact name, name suffix, or glob (sparsify, quantize)."""
     return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -229,7 +237,7 @@ def target_modules(model: nn.Module, patterns: list[str] | tuple[str, ...] | Non
     contains regex characters, whose full name (or last component) matches it fully.
     Default: the architecture's attention and MLP projections (DEFAULT_TARGETS).
     """
-    linears = linear_modules(model)
+    linears = adaptable_modules(model)
     if patterns is None:
         family = model_family(model)
         if family not in DEFAULT_TARGETS:

@@ -97,7 +97,20 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class AdapterTrainer(Trainer):
-        """Checkpoints hold only the trainable parameters; resume loads them back."""
+        """Checkpoints hold only the trainable parameters; resume loads them back.
+
+        Callbacks with `save_checkpoint(dir)` / `load_checkpoint(dir)` keep their state in the
+        checkpoints too, and those with `add_micro_batch_loss(loss)` see each micro-batch's loss.
+        """
+
+        def _stateful_callbacks(self, method: str) -> list:
+            return [getattr(cb, method) for cb in self.callback_handler.callbacks if hasattr(cb, method)]
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            for observe in self._stateful_callbacks("add_micro_batch_loss"):
+                observe(loss.item())
+            return loss
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             output_dir = output_dir or self.args.output_dir
@@ -106,6 +119,8 @@ def _make_trainer_class():
             os.makedirs(output_dir, exist_ok=True)
             model = self.accelerator.unwrap_model(self.model)
             save_file(trainable_state(model), os.path.join(output_dir, TRAINABLE_FILE))
+            for save in self._stateful_callbacks("save_checkpoint"):
+                save(output_dir)
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
             model = self.accelerator.unwrap_model(model or self.model)
@@ -117,6 +132,8 @@ def _make_trainer_class():
             with torch.no_grad():
                 for name, value in state.items():
                     params[name].copy_(value)
+            for load in self._stateful_callbacks("load_checkpoint"):
+                load(resume_from_checkpoint)
 
     return AdapterTrainer
 

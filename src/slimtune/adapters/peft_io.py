@@ -16,11 +16,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ArtifactError
-from .lora import add_lora, lora_layers
+from .lora import add_lora, check_rank_space, lora_layers
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+ELASTIC_CONFIG = "elastic_config.json"  # written by nas.space.ElasticSpace
 
 
 def _task_type(model: nn.Module) -> str:
@@ -39,7 +40,11 @@ def _target_spec(model: nn.Module, names: list[str]) -> list[str]:
 
 
 def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
-    """Write the model's LoRA layers as a PEFT LoRA adapter into `out_dir`."""
+    """Write the model's LoRA layers, at their active ranks, as a PEFT LoRA adapter into `out_dir`.
+
+    An elastic layer at active rank r' is written as the rank-r' slices A[:r'], B[:, :r'] with
+    alpha' = alpha·r'/r_max, so PEFT's scaling alpha'/r' is the super-adapter's alpha/r_max.
+    """
     from peft import LoraConfig
 
     layers = lora_layers(model)
@@ -47,8 +52,9 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
         raise ArtifactError("the model has no LoRA layers to save")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ranks = {n: l.r for n, l in layers.items()}
-    alphas = {n: l.lora_alpha for n, l in layers.items()}
+    ranks = {n: l.active_rank for n, l in layers.items()}
+    alphas = {n: l.lora_alpha * l.active_rank / l.r if l.active_rank != l.r else l.lora_alpha
+              for n, l in layers.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     dropout = next(iter(layers.values())).dropout
@@ -62,8 +68,9 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
     config.save_pretrained(str(out_dir))
     tensors = {}
     for name, layer in layers.items():
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous()
+        a, b = layer.active_factors()
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = a.detach().contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = b.detach().contiguous()
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     return out_dir
 
@@ -78,8 +85,28 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     return config
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False) -> dict:
-    """Wrap `model` with the LoRA adapter saved in `adapter_dir` (PEFT format) and load its weights."""
+def adapter_mode(adapter_dir: str | Path) -> dict:
+    """How a slimtune adapter applies its update (from its manifest; plain LoRA for foreign adapters):
+    sparse (SparsePEFT mask), quant_aware (QA-SparsePEFT), qa_weights ('quantized' or 'float') and
+    float_base (the float model whose weights a 'float' QA adapter merges into)."""
+    from ..artifacts import read_manifest
+
+    mode = {"sparse": False, "quant_aware": False, "qa_weights": "quantized", "float_base": None}
+    try:
+        config = read_manifest(adapter_dir).get("config", {})
+    except ArtifactError:
+        return mode
+    return {k: config.get(k, v) for k, v in mode.items()}
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False,
+                 qa_weights: dict | None = None) -> dict:
+    """Wrap `model` with the LoRA adapter saved in `adapter_dir` (PEFT format) and load its weights.
+
+    The adapter's mode (sparse, quantization-aware) comes from its manifest, and an elastic
+    super-adapter's rank spaces from its elastic_config.json; `qa_weights` are the float weights
+    of a 'float' quantization-aware adapter (see api.finetune).
+    """
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
     weights_path = adapter_dir / WEIGHTS_FILE
@@ -94,9 +121,17 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
         raise ArtifactError(f"{weights_path} holds no LoRA weights")
     ranks = {n: tensors[f"{PREFIX}{n}.lora_A.weight"].shape[0] for n in names}
     alpha_of = _alpha_lookup(config)
+    mode = adapter_mode(adapter_dir)
     layers = add_lora(model, names, r=config["r"], alpha=config["lora_alpha"],
                       dropout=config.get("lora_dropout", 0.0), rank_pattern=ranks,
-                      alpha_pattern={n: alpha_of(n) for n in names})
+                      alpha_pattern={n: alpha_of(n) for n in names}, sparse=mode["sparse"],
+                      quant_aware=mode["quant_aware"], qa_weights=qa_weights)
+    if (adapter_dir / ELASTIC_CONFIG).is_file():
+        from ..nas.space import ElasticSpace
+
+        for group in ElasticSpace.load(adapter_dir).groups.values():
+            for name in group.modules:
+                layers[name].rank_space = check_rank_space(group.space, layers[name].r)
     with torch.no_grad():
         for name, layer in layers.items():
             layer.lora_A.weight.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])

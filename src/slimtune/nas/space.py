@@ -1,0 +1,154 @@
+"""The search space of an elastic super-adapter: groups of LoRA modules that share one rank.
+
+A group has a name, its modules and a descending rank space (the first rank is the maximal one).
+Presets group the adapted modules of each transformer block:
+  shears  Shears' grouping: [q, k, v], [gate, up], [down]; any other module alone
+  block   NNCF's: one rank for all adapted modules of a block
+  module  every module alone
+Group names are '<block prefix>:<kind>', e.g. 'model.layers.3:qkv'.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..adapters.lora import check_rank_space, lora_layers
+from ..errors import ArtifactError, ConfigError
+
+PRESETS = ("shears", "block", "module")
+from ..adapters.peft_io import ELASTIC_CONFIG
+
+# Module-name suffixes per Shears group, across the architectures slimtune knows (Llama, BERT, GPT-2-style).
+_SHEARS_KINDS = {
+    "qkv": ("q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj"),
+    "gate_up": ("gate_proj", "up_proj", "intermediate.dense", "fc1", "c_fc", "gate_up_proj", "w1", "w3"),
+    "down": ("down_proj", "output.dense", "fc2", "w2"),
+}
+_BLOCK = re.compile(r"^(.*?\.\d+)\.(.+)$")  # 'model.layers.3' + 'self_attn.q_proj'
+
+
+def _split(module: str) -> tuple[str, str]:
+    m = _BLOCK.match(module)
+    return (m.group(1), m.group(2)) if m else ("", module)
+
+
+def _kind(rest: str) -> str:
+    for kind, suffixes in _SHEARS_KINDS.items():
+        if any(rest == s or rest.endswith("." + s) for s in suffixes):
+            return kind
+    return rest.rsplit(".", 1)[-1]
+
+
+def group_name(module: str, preset: str) -> str:
+    block, rest = _split(module)
+    if preset == "module" or not block:
+        return module
+    if preset == "block":
+        return block
+    return f"{block}:{_kind(rest)}"
+
+
+@dataclass
+class RankGroup:
+    modules: list[str]
+    space: list[int]
+
+
+class ElasticSpace:
+    """Groups of modules that share a rank; a configuration maps each group to a rank in its space."""
+
+    def __init__(self, groups: dict[str, RankGroup], preset: str | None = None):
+        if not groups:
+            raise ConfigError("an elastic space needs at least one group")
+        self.groups, self.preset = groups, preset
+
+    @classmethod
+    def build(cls, modules: list[str], rank_space: list[int], preset: str = "shears") -> "ElasticSpace":
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown rank-group preset {preset!r}; choose from {', '.join(PRESETS)}")
+        space = check_rank_space(rank_space)
+        groups: dict[str, RankGroup] = {}
+        for module in modules:
+            groups.setdefault(group_name(module, preset), RankGroup([], list(space))).modules.append(module)
+        return cls(groups, preset)
+
+    # ---- configurations ---------------------------------------------------------------
+    def maximal(self) -> dict[str, int]:
+        return {g: grp.space[0] for g, grp in self.groups.items()}
+
+    def minimal(self) -> dict[str, int]:
+        return {g: grp.space[-1] for g, grp in self.groups.items()}
+
+    def median(self) -> dict[str, int]:
+        """Shears' heuristic: space[(len - 1) // 2] of each descending space ([32, 24, 16] -> 24)."""
+        return {g: grp.space[(len(grp.space) - 1) // 2] for g, grp in self.groups.items()}
+
+    def check(self, config: dict[str, int]) -> dict[str, int]:
+        """Validate a full or partial configuration; missing groups take their maximal rank."""
+        unknown = sorted(set(config) - set(self.groups))
+        if unknown:
+            raise ConfigError(f"unknown rank group(s) {unknown[:5]}; this space's groups are e.g. {list(self.groups)[:4]}")
+        for g, r in config.items():
+            if r not in self.groups[g].space:
+                raise ConfigError(f"rank {r!r} for group {g} is outside its space {self.groups[g].space}")
+        return {**self.maximal(), **{g: int(r) for g, r in config.items()}}
+
+    def module_ranks(self, config: dict[str, int]) -> dict[str, int]:
+        config = self.check(config)
+        return {m: config[g] for g, grp in self.groups.items() for m in grp.modules}
+
+    def size(self, config: dict[str, int], widths: dict[str, tuple[int, int]]) -> int:
+        """Adapter parameters of a configuration: r·(in + out) per module; widths maps module -> (in, out)."""
+        return sum(r * sum(widths[m]) for m, r in self.module_ranks(config).items())
+
+    # ---- the model --------------------------------------------------------------------
+    def apply(self, model: nn.Module, config: dict[str, int]) -> dict[str, int]:
+        """Set every elastic layer's active rank; returns the full configuration."""
+        config = self.check(config)
+        layers = lora_layers(model)
+        ranks = self.module_ranks(config)
+        missing = sorted(set(ranks) - set(layers))
+        if missing:
+            raise ConfigError(f"the model has no LoRA layer for module(s) {missing[:3]} of the elastic space")
+        for name, r in ranks.items():
+            layers[name].active_rank = r
+        return config
+
+    # ---- files --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"preset": self.preset,
+                "groups": {g: {"modules": grp.modules, "space": grp.space} for g, grp in self.groups.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ElasticSpace":
+        groups = {g: RankGroup(list(v["modules"]), check_rank_space(v["space"])) for g, v in data["groups"].items()}
+        return cls(groups, data.get("preset"))
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / ELASTIC_CONFIG).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ElasticSpace":
+        path = Path(directory) / ELASTIC_CONFIG
+        if not path.is_file():
+            raise ArtifactError(f"{directory} is not an elastic super-adapter (no {ELASTIC_CONFIG}); "
+                                "train one with `slimtune finetune --adapter nls`")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{path} is not a valid elastic configuration ({e})") from e
+
+
+def frequencies(history: list[dict]) -> dict[str, dict[int, int]]:
+    """How often each rank was active per group over a training history [{config, loss}, ...]."""
+    out: dict[str, dict[int, int]] = {}
+    for entry in history:
+        for g, r in entry["config"].items():
+            out.setdefault(g, {}).setdefault(int(r), 0)
+            out[g][int(r)] += 1
+    return out
