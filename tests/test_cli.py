@@ -7,7 +7,10 @@ from slimtune.cli import build_parser, main
 
 @pytest.mark.parametrize("command,options", [
     ("evaluate", ["--model", "--adapter", "--task", "--split", "--limit", "--perplexity-text", "--seq-len", "--max-windows", "--batch-size", "--out"]),
-    ("finetune", ["--model", "--task", "--out", "--targets", "--rank", "--alpha", "--dropout", "--epochs", "--lr", "--batch-size", "--grad-accum", "--max-length", "--seed", "--overwrite"]),
+    ("finetune", ["--model", "--task", "--out", "--targets", "--adapter", "--rank", "--rank-space", "--groups", "--alpha",
+                  "--dropout", "--sparse-adapter", "--quant-aware", "--qa-weights", "--float-base", "--epochs", "--lr",
+                  "--batch-size", "--grad-accum", "--max-length", "--seed", "--overwrite"]),
+    ("extract", ["--adapter", "--out", "--select", "--model", "--task", "--limit", "--overwrite"]),
     ("merge", ["--adapter", "--out", "--model", "--overwrite"]),
     ("demo", ["--out", "--model", "--task"]),
 ])
@@ -40,3 +43,19 @@ def test_finetune_merge_evaluate_from_the_cli(tiny_llama_dir, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["n"] == 6 and 0 <= printed["acc"] <= 1
     assert json.loads((tmp_path / "r.json").read_text())["acc"] == printed["acc"]
+
+
+def test_nls_finetune_and_extract_from_the_cli(tiny_llama_dir, tmp_path, capsys):
+    sup, sub = tmp_path / "super", tmp_path / "sub"
+    assert main(["finetune", "--model", str(tiny_llama_dir), "--out", str(sup), "--adapter", "nls", "--rank-space",
+                 "4,3,2", "--groups", "block", "--max-steps", "2", "--batch-size", "4"]) == 0
+    assert main(["extract", "--adapter", str(sup), "--out", str(sub), "--select", '{"model.layers.1": 2}']) == 0
+    assert "sub-adapter (explicit) written" in capsys.readouterr().out
+    ranks = json.loads((sub / "adapter_config.json").read_text())["rank_pattern"]
+    assert set(ranks.values()) == {2} and all(k.startswith("model.layers.1.") for k in ranks) and len(ranks) == 7
+    assert main(["finetune", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x"), "--sparse-adapter"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a sparse base" in err and "drop --sparse-adapter" in err
+    assert main(["finetune", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x"), "--adapter", "nls",
+                 "--rank-space", "4,8"]) == 2
+    assert "strictly descending" in capsys.readouterr().err

@@ -19,6 +19,13 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,24,16, got {value!r}") from None
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy on a task and/or perplexity on a text",
                        description="Evaluate a model (optionally with an adapter): task accuracy on one split "
@@ -48,9 +55,31 @@ def _add_finetune(sub) -> None:
     p.add_argument("--out", required=True, help="output adapter directory (must not exist unless --overwrite)")
     p.add_argument("--targets", type=_csv, help="comma-separated module-name patterns to adapt, e.g. q_proj,v_proj "
                    "(suffix match, or a regex on the full name); default: all attention and MLP projections")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank r (default 16)")
-    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/r (default 32)")
-    p.add_argument("--dropout", type=float, default=0.05, help="dropout on the adapter's input (default 0.05)")
+    p.add_argument("--adapter", default="lora", choices=["lora", "nls"],
+                   help="lora: one fixed rank; nls: an elastic super-adapter whose rank groups are sampled from "
+                        "--rank-space once per optimizer step (Shears/SQFT), for `slimtune extract` (default lora)")
+    p.add_argument("--rank", type=int, help="LoRA rank r, the maximal rank for nls (default 16 for lora, 32 for nls)")
+    p.add_argument("--rank-space", type=_ints, help="nls: descending ranks, the first being the maximal one "
+                                                    "(default r,3r/4,r/2, e.g. 32,24,16)")
+    p.add_argument("--groups", default="shears", choices=["shears", "block", "module"],
+                   help="nls: modules sharing a rank: shears = per block [q,k,v], [gate,up], [down], others alone; "
+                        "block = one rank per block (NNCF); module = every module alone (default shears)")
+    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/r (alpha/r_max "
+                                                             "for every nls sub-adapter) (default 32)")
+    p.add_argument("--dropout", type=float, help="dropout on the adapter's input (default 0.05; 0 and the only choice "
+                                                 "with --sparse-adapter or --quant-aware)")
+    p.add_argument("--sparse-adapter", action="store_true",
+                   help="SparsePEFT: mask the update by the base's zeros, in training and in merge, so the merged "
+                        "model keeps the base's sparsity (needs a sparse base)")
+    p.add_argument("--quant-aware", action="store_true",
+                   help="QA-SparsePEFT: train through the quantized base's own grid (straight-through), so the "
+                        "merge lands on the same INT grid exactly (needs a `slimtune quantize` base)")
+    p.add_argument("--qa-weights", default="quantized", choices=["quantized", "float"],
+                   help="--quant-aware: merge the update into the dequantized base (exact at the start, keeps "
+                        "GPTQ's rounding) or into the float weights before quantization, as the SQFT paper does "
+                        "(default quantized)")
+    p.add_argument("--float-base", help="--qa-weights float: the float model the base was quantized from "
+                                        "(default: the one the quantized base's manifest records)")
     p.add_argument("--epochs", type=float, help="passes over the training split (default 3)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
     p.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 3e-4)")
@@ -65,10 +94,30 @@ def _add_finetune(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="export a sub-adapter of an elastic (nls) super-adapter",
+                       description="Pick one sub-adapter of an nls super-adapter and write it as a standard PEFT LoRA "
+                                   "(per-module ranks in rank_pattern, the super-adapter's scaling kept through "
+                                   "alpha_pattern), which peft.PeftModel loads and `slimtune merge` merges.")
+    p.add_argument("--adapter", required=True, help="super-adapter directory (slimtune finetune --adapter nls)")
+    p.add_argument("--out", required=True, help="output adapter directory")
+    p.add_argument("--select", default="median",
+                   help="maximal | median | minimal | nncf (the best on the task's VALIDATION split of the median, the "
+                        "most frequently sampled and the 5 lowest-loss training configurations) | a JSON object "
+                        "{group: rank}, groups as in elastic_config.json (default median)")
+    p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
+    p.add_argument("--task", help="nncf: task whose validation split scores the candidates (default: the training task)")
+    p.add_argument("--limit", type=int, help="nncf: score on the first N validation examples")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="fold an adapter into its base model",
-                       description="Merge a LoRA adapter into its base model and save a plain Hugging Face model "
-                                   "directory whose outputs equal the adapted model's.")
+                       description="Merge a LoRA adapter into its base model and save a Hugging Face model directory "
+                                   "whose outputs equal the adapted model's. A SparsePEFT adapter keeps the base's "
+                                   "zeros; a quantization-aware one lands on the INT base's own grid (packed, same "
+                                   "scales and zero points); a plain adapter on a quantized base gives a float model "
+                                   "to re-quantize.")
     p.add_argument("--adapter", required=True, help="adapter directory written by `slimtune finetune` (or any PEFT LoRA)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
@@ -155,7 +204,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_merge, _add_inspect, _add_demo):
+    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_merge, _add_inspect, _add_demo):
         add(sub)
     return parser
 
@@ -173,9 +222,16 @@ def _run(args: argparse.Namespace) -> None:
         overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "learning_rate", "batch_size", "grad_accum",
                                                    "max_length", "warmup_steps", "lr_scheduler", "save_steps",
                                                    "gradient_checkpointing", "seed")}
-        out = api.finetune(args.model, task=args.task, out=args.out, targets=args.targets, rank=args.rank,
-                           alpha=args.alpha, dropout=args.dropout, overwrite=args.overwrite, **overrides)
+        out = api.finetune(args.model, task=args.task, out=args.out, targets=args.targets, adapter=args.adapter,
+                           rank=args.rank, rank_space=args.rank_space, groups=args.groups, alpha=args.alpha,
+                           dropout=args.dropout, sparse_adapter=args.sparse_adapter, quant_aware=args.quant_aware,
+                           qa_weights=args.qa_weights, float_base=args.float_base, overwrite=args.overwrite,
+                           **overrides)
         print(f"adapter written to {out}")
+    elif args.command == "extract":
+        out = api.extract(args.adapter, out=args.out, select=args.select, model=args.model, task=args.task,
+                          limit=args.limit, overwrite=args.overwrite)
+        print(f"sub-adapter ({json.loads((out / 'slimtune.json').read_text())['method']}) written to {out}")
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)
         print(f"merged model written to {out}")
