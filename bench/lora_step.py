@@ -1,8 +1,10 @@
-"""LoRA training-step time and peak memory: slimtune's LoRA vs PEFT's LoRA vs the frozen floor.
+"""Adapter training-step time and peak memory: slimtune's LoRA, NLS, SparsePEFT and QA-SparsePEFT vs
+PEFT's LoRA vs the frozen floor.
 
     python bench/lora_step.py                       # default model, r=32, 4x256 tokens, fp32, 2 threads
     python bench/lora_step.py --dropout 0.1 0.0     # one table per dropout, floor measured once per round
     python bench/lora_step.py --quick               # seconds: tiny random Llama, for a smoke test
+    python bench/nls.py                             # the NLS / QA-SparsePEFT variants (bench/nls.py)
 
 Variants, all on the same model, token batch (fixed seed), rank, alpha, targets and dropout:
   floor     every weight frozen, the input embeddings require grad (`enable_input_require_grads`),
@@ -10,6 +12,13 @@ Variants, all on the same model, token batch (fixed seed), rank, alpha, targets 
             No optimizer (nothing to update). This is the lower bound for any adapter method.
   peft      `peft.get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules))`.
   slimtune  `slimtune.adapters.lora.add_lora(model, target_modules(model), r, alpha, dropout)`.
+  nls       slimtune's elastic LoRA over [r, 3r/4, r/2], Shears' rank groups; before every step the
+            sub-adapter is sampled and set exactly as ElasticSampler does in training (counted).
+  sparsepeft     the base pruned 50% (magnitude, per row) and the update masked by its zeros.
+  qa-sparsepeft  that sparse base quantized INT4 g64 asym (RTN) and the update trained through its
+                 grid (quantization-aware, straight-through); +nls: elastic ranks as above.
+  The sparse variants have no adapter dropout (their update is applied to the weight), so they run
+  only in the dropout-0 table. Their base preparation is not timed.
 
 A step is: forward (`model(input_ids, labels=input_ids)`), loss, backward, AdamW step, zero_grad.
 `model.train()` is on, so LoRA dropout is active. Each variant runs in its own fresh Python
@@ -102,9 +111,19 @@ def _build(args, variant: str, dropout: float):
         cfg = LoraConfig(r=args.rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGETS)
         model = get_peft_model(model, cfg)
         model.train()
-    elif variant == "slimtune":
+    elif variant in ADAPTER_VARIANTS:
+        sparse, quant_aware, elastic = ADAPTER_VARIANTS[variant]
+        if sparse:
+            _sparse_int4_base(model, quant_aware)
         names = target_modules(model, TARGETS)
-        add_lora(model, names, r=args.rank, alpha=alpha, dropout=dropout)
+        space = sorted({args.rank, 3 * args.rank // 4, args.rank // 2}, reverse=True) if elastic else None
+        add_lora(model, names, r=args.rank, alpha=alpha, dropout=dropout, rank_space=space, sparse=sparse,
+                 quant_aware=quant_aware)
+        if elastic:
+            from slimtune.nas import ElasticSampler, ElasticSpace
+
+            sampler = ElasticSampler(model, ElasticSpace.build(names, space, "shears"), seed=args.seed)
+            model.before_step = lambda step: sampler.space.apply(model, sampler.sample(step))
         model.train()
     else:
         raise SystemExit(f"unknown variant {variant!r}")
@@ -114,6 +133,26 @@ def _build(args, variant: str, dropout: float):
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=g)
     return model, opt, ids, sum(p.numel() for p in params), n_adapted
+
+
+# variant: (sparse base + masked update, INT4 base + quantization-aware, elastic ranks)
+ADAPTER_VARIANTS = {"slimtune": (False, False, False), "nls": (False, False, True),
+                    "sparsepeft": (True, False, False), "sparsepeft+nls": (True, False, True),
+                    "qa-sparsepeft": (True, True, False), "qa-sparsepeft+nls": (True, True, True)}
+
+
+def _sparse_int4_base(model, quantize: bool) -> None:
+    """Prune 50% per row by magnitude and (optionally) quantize INT4 g64 asym with RTN, in place."""
+    from slimtune.quant import quantize_model
+    from slimtune.sparsity import sparsify_model
+
+    sparsify_model(model, None, "magnitude", 0.5, progress=False)
+    if quantize:
+        quantize_model(model, None, "rtn", 4, 64, symmetric=False, progress=False)
+
+
+def supports(variant: str, dropout: float) -> bool:
+    return dropout == 0.0 or not ADAPTER_VARIANTS.get(variant, (False,))[0]
 
 
 def worker(args, variant: str, dropout: float) -> dict:
@@ -128,6 +167,8 @@ def worker(args, variant: str, dropout: float) -> dict:
     times, cpu_times, losses = [], [], []
     for i in range(args.warmup + args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
+        if hasattr(model, "before_step"):
+            model.before_step(i)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         if opt is not None:
@@ -217,7 +258,7 @@ def main(argv=None) -> int:
     if "floor" in variants:
         jobs.append(("floor", 0.0))
     for d in args.dropout:
-        jobs += [(v, d) for v in variants if v != "floor"]
+        jobs += [(v, d) for v in variants if v != "floor" and supports(v, d)]
     alpha = args.alpha if args.alpha is not None else 2.0 * args.rank
     print(f"model {args.model}, r={args.rank}, alpha={alpha:g}, targets {','.join(TARGETS)}, "
           f"{args.batch}x{args.seq_len} tokens, fp32, {args.threads} threads, warmup {args.warmup}, "
@@ -229,7 +270,7 @@ def main(argv=None) -> int:
         for job in order:
             r = _run_worker(args, *job)
             results[job].append(r)
-            print(f"  round {rnd + 1}: {job[0]:<8} dropout {job[1]:<4g} "
+            print(f"  round {rnd + 1}: {job[0]:<17} dropout {job[1]:<4g} "
                   f"steps {' '.join(f'{t:.2f}' for t in r['times'])} s, peak +{r['peak_mb']:.0f} MB, "
                   f"load {_loadavg()}", flush=True)
     if tmp is not None:
@@ -249,15 +290,17 @@ def main(argv=None) -> int:
     rows_out = []
     for d in args.dropout:
         print(f"\ndropout {d:g}:")
-        print("| variant  | s/step | vs PEFT | vs floor | min s/step | min vs PEFT | CPU s/step | CPU vs PEFT "
-              "| peak MB | mem vs PEFT | trainable | LoRA modules |")
-        print("|----------|-------:|--------:|---------:|-----------:|------------:|-----------:|------------:"
-              "|--------:|------------:|----------:|-------------:|")
+        print("| variant           | s/step | vs PEFT | vs LoRA | vs floor | min s/step | min vs PEFT | CPU s/step "
+              "| CPU vs PEFT | peak MB | mem vs PEFT | trainable | LoRA modules |")
+        print("|-------------------|-------:|--------:|--------:|---------:|-----------:|------------:|-----------:"
+              "|------------:|--------:|------------:|----------:|-------------:|")
+        ours = summary(("slimtune", d)) if ("slimtune", d) in results else None
         peft = summary(("peft", d)) if ("peft", d) in results else None
-        row_jobs = ([("floor", 0.0)] if floor else []) + [(v, d) for v in variants if v != "floor"]
+        row_jobs = ([("floor", 0.0)] if floor else []) + [(v, d) for v in variants if v != "floor" and supports(v, d)]
         for job in row_jobs:
             s = summary(job)
-            print(f"| {job[0]:<8} | {s['t']:6.3f} | {ratio(s['t'], peft and peft['t']):>7} "
+            print(f"| {job[0]:<17} | {s['t']:6.3f} | {ratio(s['t'], peft and peft['t']):>7} "
+                  f"| {ratio(s['t'], ours and ours['t']):>7} "
                   f"| {ratio(s['t'], floor and floor['t']):>8} | {s['min']:10.3f} "
                   f"| {ratio(s['min'], peft and peft['min']):>11} | {s['cpu']:10.3f} "
                   f"| {ratio(s['cpu'], peft and peft['cpu']):>11} | {s['mem']:7.0f} "
@@ -266,7 +309,7 @@ def main(argv=None) -> int:
             rows_out.append({"variant": job[0], "dropout": d, "s_per_step": s["t"], "min_s_per_step": s["min"],
                              "cpu_s_per_step": s["cpu"], "peak_mb": s["mem"]})
     first = next(iter(results.values()))[0]
-    print(f"\ns/step: median wall time of the measured steps (min s/step: the fastest); CPU s/step: median process CPU time (all "
+    print(f"\nvs LoRA: against slimtune's own LoRA (variant slimtune). s/step: median wall time of the measured steps (min s/step: the fastest); CPU s/step: median process CPU time (all "
           f"threads) of the same steps; peak MB: peak RSS growth during training ({first['peak_method']}). "
           f"Load average after: {_loadavg()}")
     if args.json:
