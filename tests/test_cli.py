@@ -49,6 +49,9 @@ def test_nls_finetune_and_extract_from_the_cli(tiny_llama_dir, tmp_path, capsys)
     sup, sub = tmp_path / "super", tmp_path / "sub"
     assert main(["finetune", "--model", str(tiny_llama_dir), "--out", str(sup), "--adapter", "nls", "--rank-space",
                  "4,3,2", "--groups", "block", "--max-steps", "2", "--batch-size", "4"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(sup)]) == 0
+    assert "elastic super-adapter: 2 rank groups (block), rank spaces [(4, 3, 2)]" in capsys.readouterr().out
     assert main(["extract", "--adapter", str(sup), "--out", str(sub), "--select", '{"model.layers.1": 2}']) == 0
     assert "sub-adapter (explicit) written" in capsys.readouterr().out
     ranks = json.loads((sub / "adapter_config.json").read_text())["rank_pattern"]

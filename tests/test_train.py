@@ -77,3 +77,27 @@ def test_finetune_rejects_bad_input_before_work(tiny_llama_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown_key: Extra inputs are not permitted"):
         api.finetune(tiny_llama_dir, out=tmp_path / "x", unknown_key=1)
     assert not (tmp_path / "x").exists()
+
+
+def _run_nls(model_dir, ckpt, callbacks=()):
+    from slimtune.nas import ElasticSampler, ElasticSpace
+
+    model, tok = load_model(model_dir)
+    names = target_modules(model)
+    add_lora(model, names, r=4, alpha=8, dropout=0.0, seed=0, rank_space=[4, 3, 2])
+    sampler = ElasticSampler(model, ElasticSpace.build(names, [4, 3, 2], "shears"), seed=7)
+    config = TrainConfig(max_steps=5, save_steps=2, batch_size=4, learning_rate=1e-2, warmup_steps=0, seed=1)
+    train(model, tok, load_task("polarity").train, config, ckpt, callbacks=[sampler, *callbacks], progress=False)
+    return model, sampler.history
+
+
+def test_interrupted_nls_run_resumes_the_same_sub_adapters_and_history(tiny_llama_dir, tmp_path):
+    reference, history = _run_nls(tiny_llama_dir, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _run_nls(tiny_llama_dir, tmp_path / "b", callbacks=[_Interrupt()])
+    resumed, resumed_history = _run_nls(tiny_llama_dir, tmp_path / "b")
+    assert [h["step"] for h in resumed_history] == [1, 2, 3, 4, 5]
+    assert [h["config"] for h in resumed_history] == [h["config"] for h in history]
+    assert len({json.dumps(h["config"], sort_keys=True) for h in history}) > 1  # it did sample
+    for (n, p), (_, q) in zip(reference.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from .adapters.peft_io import ELASTIC_CONFIG
 from .artifacts import MANIFEST, read_manifest
 from .errors import ArtifactError
 from .models import is_packed_quantized
@@ -41,6 +42,11 @@ def summarize(path: str | Path) -> dict:
                     if key.endswith("lora_A.weight"):
                         ranks[key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")] = st.get_slice(key).get_shape()[0]
         summary["ranks"] = ranks
+        if (directory / ELASTIC_CONFIG).is_file():
+            from .nas import ElasticSpace
+
+            space = ElasticSpace.load(directory)
+            summary["elastic"] = {"preset": space.preset, "groups": {g: grp.space for g, grp in space.groups.items()}}
         return summary
     if not (directory / "config.json").is_file():
         raise ArtifactError(f"{directory} is neither a model directory (config.json) nor an adapter (adapter_config.json)")
@@ -82,6 +88,10 @@ def format_summary(summary: dict) -> str:
              + (f" from stage {summary['stage']} ({summary['method']})" if summary.get("stage") else "")]
     if summary["kind"] == "adapter":
         lines += [f"  {name:60s} rank {r}" for name, r in summary["ranks"].items()]
+        if "elastic" in summary:
+            spaces = {tuple(v) for v in summary["elastic"]["groups"].values()}
+            lines.append(f"  elastic super-adapter: {len(summary['elastic']['groups'])} rank groups "
+                         f"({summary['elastic']['preset']}), rank spaces {sorted(spaces, reverse=True)}")
         return "\n".join(lines)
     lines.append(f"  {'matrix':60s} {'shape':>14s} {'sparsity':>9s}")
     for name, m in summary["matrices"].items():
