@@ -43,6 +43,28 @@ def task_score(result: dict) -> float:
     return result["acc"] if "acc" in result else result["accuracy"]
 
 
+def _distributed() -> bool:
+    """True inside a multi-process run (torchrun) whose process group is up."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a multi-process run, or the only process."""
+    import torch.distributed as dist
+
+    return not _distributed() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    """Wait until every process of a multi-process run gets here (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if _distributed():
+        dist.barrier()
+
+
 def _task(task: str | Task, seed: int) -> Task:
     return task if isinstance(task, Task) else load_task(task, seed=seed)
 
@@ -234,6 +256,9 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
         history = callbacks[0].history
         metrics.update(rank_groups=len(elastic.groups), sampled_steps=len(history),
                        rank_frequencies={g: {str(r): n for r, n in f.items()} for g, f in frequencies(history).items()})
+    if not _is_main_process():  # under torchrun rank 0 writes the artifact; the others wait until it is complete
+        _barrier()
+        return out
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
         if elastic is not None:
@@ -252,6 +277,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             started=started, seed=config.seed,
         )
     shutil.rmtree(checkpoints, ignore_errors=True)
+    _barrier()
     return out
 
 
@@ -263,19 +289,28 @@ def _method_name(adapter: str, sparse: bool, quant_aware: bool) -> str:
     return f"{base}+nls" if adapter == "nls" else base
 
 
-def extract(adapter: str | Path, *, out: str | Path, select: str | dict = "median", model: str | Path | None = None,
+def extract(adapter: str | Path | None = None, *, out: str | Path, select: str | dict = "median",
+            from_search: str | Path | None = None, pick: str = "knee", model: str | Path | None = None,
             task: str | Task | None = None, limit: int | None = None, seed: int | None = None,
             overwrite: bool = False, progress: bool = True) -> Path:
     """Export one sub-adapter of an elastic super-adapter as a standard PEFT LoRA (rank_pattern,
     alpha_pattern). `select`: maximal, median, minimal, nncf (the best of NNCF's candidates on the
-    task's VALIDATION split), or an explicit {group: rank} configuration."""
+    task's VALIDATION split), or an explicit {group: rank} configuration. With `from_search` (a
+    `search` run directory), the configuration is a searched trial instead: `pick` is
+    best-accuracy, smallest, knee (of the Pareto front) or trial=N."""
     from .nas import ElasticSpace, nncf_candidates, parse_selection
     from .nas.sampling import HISTORY_FILE
 
     started = time.time()
     out = check_output_dir(out, overwrite)
+    if from_search is not None:
+        adapter, select, picked = _searched_config(from_search, pick)
+    elif adapter is None:
+        raise ConfigError("extract needs a super-adapter (--adapter) or a search run (--from-search)")
     space = ElasticSpace.load(adapter)
     label, config = parse_selection(space, select)
+    if from_search is not None:
+        label = f"search:{pick}:trial={picked['trial']}"
     manifest = read_manifest(adapter) if (Path(adapter) / "slimtune.json").is_file() else {"config": {}}
     model = model or _base_of_adapter(adapter)
     candidates = []
@@ -314,7 +349,8 @@ def extract(adapter: str | Path, *, out: str | Path, select: str | dict = "media
                        inputs={"adapter": adapter},
                        metrics={"adapter_parameters": space.size(config, widths),
                                 "maximal_parameters": space.size(space.maximal(), widths),
-                                "candidates": candidates},
+                                "candidates": candidates,
+                                **({"search_objectives": picked["objectives"]} if from_search is not None else {})},
                        started=started)
     return out
 
@@ -395,6 +431,155 @@ def inspect(path: str | Path) -> dict:
     from .summary import summarize
 
     return summarize(path)
+
+
+SEARCH_CONFIG, SEARCH_DB, TRIALS_FILE, PARETO_FILE, PARETO_PLOT = (
+    "search_config.json", "search.db", "trials.jsonl", "pareto.json", "pareto.png")
+
+
+def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = None,
+           objectives: Sequence[str] = ("accuracy", "params"), trials: int = 30, storage: str | None = None,
+           study_name: str = "slimtune-search", sampler: str = "nsga2", population: int | None = None,
+           seed: int = 0, limit: int | None = None, model: str | Path | None = None,
+           enqueue: dict[str, dict] | None = None, progress: bool = True) -> Path:
+    """Multi-objective search over the rank groups of an elastic super-adapter (optuna; NSGA-II by default).
+
+    Objectives: accuracy (validation, maximised) or loss (validation completion loss), and params
+    (adapter parameters) or nonzero (non-zero base weights + adapter parameters), minimised. The
+    maximal, median and minimal (and, with a training history, most frequently sampled)
+    configurations, then `enqueue` ({label: configuration}), are the first trials. Trials persist in `storage` (default: SQLite
+    in `out`); re-running the same command resumes, and several workers given the same storage and
+    `out` share one study and one budget of `trials` completed trials. Writes trials.jsonl,
+    pareto.json and pareto.png into `out`.
+    """
+    import json
+    import os
+    import socket
+
+    from .artifacts import write_json_atomic
+    from .nas import ElasticSpace, most_frequent
+    from .nas.sampling import HISTORY_FILE
+    from .nas.search import (Searcher, check_objectives, completed_trials, make_sampler, open_study, pareto_front,
+                             plot_front)
+
+    started = time.time()
+    objectives = check_objectives(objectives)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"trials must be a positive integer, got {trials!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    space = ElasticSpace.load(adapter)
+    manifest = read_manifest(adapter) if (Path(adapter) / "slimtune.json").is_file() else {"config": {}}
+    task = task or manifest["config"].get("task")
+    if task is None and any(o in ("accuracy", "loss") for o in objectives):
+        raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
+    sampler_obj = make_sampler(sampler, seed, population)
+    out = Path(out)
+    settings = {"adapter": str(adapter), "task": task if isinstance(task, str) or task is None else task.name,
+                "objectives": objectives, "sampler": sampler, "population": population, "seed": seed, "limit": limit,
+                "study_name": study_name}
+    config_path = out / SEARCH_CONFIG
+    if config_path.is_file():  # resuming, or another worker: the settings must agree (the budget may grow)
+        previous = json.loads(config_path.read_text())
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if changed:
+            raise ConfigError(f"{out} holds a search with other settings ({', '.join(f'{k}: {previous.get(k)!r}' for k in changed)}); "
+                              "use another --out, or the same settings to resume it")
+    elif out.exists() and any(not _search_file(f.name) for f in out.iterdir()):
+        raise ConfigError(f"{out} exists and is not a search run directory; choose another --out")
+    storage = storage or f"sqlite:///{(out / SEARCH_DB).resolve()}"
+    if storage.startswith("sqlite:///"):
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    study = open_study(storage, study_name, objectives, sampler_obj)
+    out.mkdir(parents=True, exist_ok=True)
+    if not config_path.is_file():
+        write_json_atomic(config_path, settings)
+
+    model = model or _base_of_adapter(adapter)
+    task_obj = _task(task, manifest["config"].get("train", {}).get("seed", 0)) if task is not None else None
+    if task_obj is not None and not task_obj.validation:
+        raise ConfigError(f"task {task_obj.name} has no validation split to search on")
+    net, tokenizer = load_adapted(model, adapter)
+    layers = lora_layers(net)
+    widths = {n: (l.in_features, l.out_features) for n, l in layers.items()}
+    base_nonzero = sum(int((l.base_layer.weight != 0).sum()) for l in layers.values()) if "nonzero" in objectives else 0
+
+    def evaluate_config(config: dict[str, int]) -> dict[str, float]:
+        from .evaluate import evaluate_model
+        from .evaluate.loss import completion_loss
+
+        values: dict[str, float] = {}
+        if "accuracy" in objectives:
+            values["accuracy"] = task_score(evaluate_model(net, tokenizer, task=task_obj, split="validation",
+                                                           limit=limit, progress=False))
+        if "loss" in objectives:
+            values["loss"] = completion_loss(net, tokenizer, task_obj.validation[:limit],
+                                             add_eos=task_obj.kind == "generation")["loss"]
+        params = space.size(config, widths)
+        values["params"] = float(params)
+        values["nonzero"] = float(base_nonzero + params)
+        return values
+
+    searcher = Searcher(study, space, objectives, evaluate_config, trials, apply=lambda c: space.apply(net, c),
+                        worker=f"{socket.gethostname()}:{os.getpid()}")
+    heuristics = {"maximal": space.maximal(), "median": space.median(), "minimal": space.minimal()}
+    if (Path(adapter) / HISTORY_FILE).is_file():
+        heuristics["most_frequent"] = most_frequent(space, json.loads((Path(adapter) / HISTORY_FILE).read_text()))
+    heuristics.update({label: space.check(c) for label, c in (enqueue or {}).items()})
+    searcher.enqueue({k: v for i, (k, v) in enumerate(heuristics.items()) if v not in list(heuristics.values())[:i]})
+    searcher.run()
+
+    records = completed_trials(study, objectives)
+    front = pareto_front(records, objectives)
+    _write_text_atomic(out / TRIALS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    write_json_atomic(out / PARETO_FILE, {"objectives": objectives, "front": front})
+    tmp_png = out / f".{PARETO_PLOT}.tmp-{os.getpid()}.png"
+    plot_front(records, front, objectives, tmp_png)
+    os.replace(tmp_png, out / PARETO_PLOT)
+    fractions = [1.0 - r["eval_s"] / r["trial_s"] for r in records if r["eval_s"] and r["trial_s"]]
+    write_manifest(out, stage="search", method=sampler, config={"model": str(model), **settings, "trials": trials,
+                                                                "storage": storage},
+                   inputs={"adapter": adapter},
+                   metrics={"completed_trials": len(records), "pareto_size": len(front),
+                            "this_worker_trials": len(searcher.ran),
+                            "median_overhead_fraction": sorted(fractions)[len(fractions) // 2] if fractions else None},
+                   started=started, seed=seed)
+    return out
+
+
+def _search_file(name: str) -> bool:
+    """Files a search run directory holds (others starting a worker on it may have written them)."""
+    return name.startswith(".") or name.startswith(SEARCH_DB) or name in (
+        SEARCH_CONFIG, TRIALS_FILE, PARETO_FILE, PARETO_PLOT, "slimtune.json")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import uuid
+
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _searched_config(search_dir: str | Path, pick: str) -> tuple[str, dict, dict]:
+    """(super-adapter, configuration, trial record) of the trial `pick` chooses in a search run."""
+    import json
+
+    from .nas.search import pareto_front
+    from .nas.search import pick as pick_trial
+
+    search_dir = Path(search_dir)
+    config_path, trials_path = search_dir / SEARCH_CONFIG, search_dir / TRIALS_FILE
+    if not config_path.is_file() or not trials_path.is_file():
+        raise ArtifactError(f"{search_dir} is not a finished search run (no {SEARCH_CONFIG} / {TRIALS_FILE}); "
+                            "run `slimtune search` first")
+    settings = json.loads(config_path.read_text())
+    records = [json.loads(line) for line in trials_path.read_text().splitlines() if line.strip()]
+    if not records:
+        raise ArtifactError(f"{trials_path} holds no completed trials")
+    chosen = pick_trial(records, pareto_front(records, settings["objectives"]), settings["objectives"], pick)
+    return settings["adapter"], chosen["config"], chosen
 
 
 def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = None,

@@ -99,8 +99,12 @@ def _add_extract(sub) -> None:
                        description="Pick one sub-adapter of an nls super-adapter and write it as a standard PEFT LoRA "
                                    "(per-module ranks in rank_pattern, the super-adapter's scaling kept through "
                                    "alpha_pattern), which peft.PeftModel loads and `slimtune merge` merges.")
-    p.add_argument("--adapter", required=True, help="super-adapter directory (slimtune finetune --adapter nls)")
+    p.add_argument("--adapter", help="super-adapter directory (slimtune finetune --adapter nls)")
     p.add_argument("--out", required=True, help="output adapter directory")
+    p.add_argument("--from-search", help="a `slimtune search` run directory: extract one of its trials (see --pick) "
+                                         "instead of --select from --adapter")
+    p.add_argument("--pick", default="knee", help="with --from-search: best-accuracy | smallest | knee (of the Pareto "
+                                                  "front) | trial=N (default knee)")
     p.add_argument("--select", default="median",
                    help="maximal | median | minimal | nncf (the best on the task's VALIDATION split of the median, the "
                         "most frequently sampled and the 5 lowest-loss training configurations) | a JSON object "
@@ -109,6 +113,32 @@ def _add_extract(sub) -> None:
     p.add_argument("--task", help="nncf: task whose validation split scores the candidates (default: the training task)")
     p.add_argument("--limit", type=int, help="nncf: score on the first N validation examples")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="multi-objective search for sub-adapters of an nls super-adapter",
+                       description="Search the rank groups of an elastic super-adapter with optuna (NSGA-II by default): "
+                                   "maximise validation accuracy (or minimise validation loss) and minimise adapter size. "
+                                   "The heuristic configurations are the first trials. Trials persist in SQLite inside "
+                                   "--out (or in --storage); re-running resumes, and several workers given the same "
+                                   "--out and --storage share the study and its trial budget. Writes trials.jsonl, "
+                                   "pareto.json and pareto.png; `slimtune extract --from-search` exports a trial.")
+    p.add_argument("--super-adapter", required=True, help="super-adapter directory (slimtune finetune --adapter nls)")
+    p.add_argument("--out", required=True, help="search run directory (created, or resumed)")
+    p.add_argument("--task", help="task whose validation split is scored (default: the super-adapter's training task)")
+    p.add_argument("--objectives", type=_csv, default=["accuracy", "params"],
+                   help="comma-separated: accuracy or loss, and params (adapter parameters) or nonzero (non-zero base "
+                        "weights + adapter parameters) (default accuracy,params)")
+    p.add_argument("--trials", type=int, default=30, help="completed trials in all, over all workers (default 30)")
+    p.add_argument("--storage", help="optuna storage URL shared by workers, e.g. sqlite:///runs/s.db or "
+                                     "postgresql://user@host/db (default: sqlite in --out)")
+    p.add_argument("--study-name", default="slimtune-search", help="study name inside the storage")
+    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "nsga3", "tpe", "random"],
+                   help="optuna sampler (default nsga2)")
+    p.add_argument("--population", type=int, help="NSGA-II/III population size (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--limit", type=int, help="score on the first N validation examples (the same slice every trial)")
+    p.add_argument("--model", help="base model (default: the one recorded in the super-adapter)")
 
 
 def _add_merge(sub) -> None:
@@ -204,7 +234,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_merge, _add_inspect, _add_demo):
+    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_demo):
         add(sub)
     return parser
 
@@ -229,9 +259,16 @@ def _run(args: argparse.Namespace) -> None:
                            **overrides)
         print(f"adapter written to {out}")
     elif args.command == "extract":
-        out = api.extract(args.adapter, out=args.out, select=args.select, model=args.model, task=args.task,
-                          limit=args.limit, overwrite=args.overwrite)
+        out = api.extract(args.adapter, out=args.out, select=args.select, from_search=args.from_search, pick=args.pick,
+                          model=args.model, task=args.task, limit=args.limit, overwrite=args.overwrite)
         print(f"sub-adapter ({json.loads((out / 'slimtune.json').read_text())['method']}) written to {out}")
+    elif args.command == "search":
+        out = api.search(args.super_adapter, out=args.out, task=args.task, objectives=args.objectives,
+                         trials=args.trials, storage=args.storage, study_name=args.study_name, sampler=args.sampler,
+                         population=args.population, seed=args.seed, limit=args.limit, model=args.model)
+        metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
+        print(f"{metrics['completed_trials']} trials, {metrics['pareto_size']} on the Pareto front; "
+              f"{out}/pareto.json, {out}/pareto.png")
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)
         print(f"merged model written to {out}")

@@ -108,8 +108,12 @@ def _make_trainer_class():
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
-            for observe in self._stateful_callbacks("add_micro_batch_loss"):
-                observe(loss.item())
+            observers = self._stateful_callbacks("add_micro_batch_loss")
+            if observers:
+                # Under DDP each process holds the loss of its own shard: observers see the mean over processes.
+                value = self.accelerator.reduce(loss, "mean").item() if self.args.world_size > 1 else loss.item()
+                for observe in observers:
+                    observe(value)
             return loss
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -199,6 +203,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: Trai
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "train_examples": len(dataset),
+        "world_size": args.world_size,  # processes (torchrun); each takes batch_size examples per micro-batch
         "runtime_s": result.metrics.get("train_runtime"),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
     }

@@ -164,3 +164,14 @@ def test_sampled_drop_positions_have_the_dropout_rate():
     hits[idx] = True
     pairs = (hits[:-1] & hits[1:]).float().mean().item()  # neighbours dropped independently
     assert abs(pairs - p * p) < 0.003
+
+
+def test_an_adapter_added_to_a_model_in_eval_mode_applies_no_dropout(tiny_llama):
+    model, tok = tiny_llama
+    model.eval()
+    add_lora(model, target_modules(model), r=4, alpha=8, dropout=0.5, seed=0)
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.lora_B.weight)
+    ids = tok("stocks rose", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)

@@ -347,6 +347,7 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 16, alpha: float = 3
         layer = LoraLinear(base, (rank_pattern or {}).get(name, r), (alpha_pattern or {}).get(name, alpha), dropout,
                            rank_space=rank_space, sparse=sparse, quant_aware=quant_aware,
                            qa_weight=(qa_weights or {}).get(name))
+        layer.train(base.training)  # an adapter added to a model in eval mode must not apply dropout
         _set_submodule(model, name, layer)
         layers[name] = layer
     return layers
