@@ -141,6 +141,25 @@ def _add_search(sub) -> None:
     p.add_argument("--model", help="base model (default: the one recorded in the super-adapter)")
 
 
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run the stages of a recipe (YAML)",
+                       description="Run a recipe: its stages in order, each writing its artifact into --out/<stage "
+                                   "name>, then report.md. The whole recipe is validated first. Re-running skips "
+                                   "complete stages whose config and inputs are unchanged and resumes an interrupted "
+                                   "one. See examples/recipes/.")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--model", help="override the recipe's model")
+    p.add_argument("--task", help="override the recipe's task")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild the report of a recipe run",
+                       description="Rebuild report.md, metrics.json and the PNG plots of a `slimtune run` directory "
+                                   "from its artifacts.")
+    p.add_argument("run_dir", help="a `slimtune run` output directory")
+
+
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="fold an adapter into its base model",
                        description="Merge a LoRA adapter into its base model and save a Hugging Face model directory "
@@ -234,7 +253,8 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_demo):
+    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_run,
+                _add_report, _add_demo):
         add(sub)
     return parser
 
@@ -269,6 +289,15 @@ def _run(args: argparse.Namespace) -> None:
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
         print(f"{metrics['completed_trials']} trials, {metrics['pareto_size']} on the Pareto front; "
               f"{out}/pareto.json, {out}/pareto.png")
+    elif args.command == "run":
+        from .recipe import run_recipe
+
+        overrides = {k: v for k, v in (("model", args.model), ("task", args.task)) if v}
+        run_recipe(args.recipe, args.out, overrides=overrides)
+    elif args.command == "report":
+        from .report import build_report
+
+        print(f"report written to {build_report(args.run_dir)}")
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)
         print(f"merged model written to {out}")

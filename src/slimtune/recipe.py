@@ -1,0 +1,347 @@
+"""Recipes: a YAML file lists the stages of a run; `slimtune run recipe.yaml` runs them in order.
+
+    model: smollm2-135m            # the input of the first stage
+    task: polarity                 # default task of finetune / extract / search / evaluate
+    stages:
+      - {name: sparse, stage: sparsify, method: wanda, sparsity: 0.5}
+      - {name: int4, stage: quantize, method: gptq, bits: 4, group_size: 64, symmetric: false}
+      - {name: super, stage: finetune, adapter: nls, rank_space: [32, 24, 16], sparse_adapter: true,
+         quant_aware: true, train: {epochs: 4, learning_rate: 5.0e-4}}
+      - {name: sub, stage: extract, select: median}
+      - {name: final, stage: merge}
+      - {name: eval, stage: evaluate, models: [model, int4, final]}
+
+Each stage writes its artifact to <run dir>/<name>. A stage's input is the stage named by `input`,
+or else the latest stage before it that makes what it needs (a model for sparsify, quantize and
+finetune; a super-adapter or search for extract; an adapter for merge). The recipe is validated as a
+whole before any stage runs. A stage whose artifact is complete and whose fingerprint (its config
+and its inputs' fingerprints) is unchanged is skipped; an interrupted stage resumes (fine-tuning from
+its last checkpoint, search from its study); a changed stage is re-run, and so is everything after
+it that depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .artifacts import MANIFEST, write_json_atomic
+from .errors import ConfigError
+
+STATE_DIR = ".recipe"  # per-stage fingerprints of the run directory
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    input: str | None = None
+
+
+class SparsifyStage(_Stage):
+    stage: Literal["sparsify"]
+    method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
+    sparsity: float | None = Field(None, ge=0, lt=1)
+    pattern: str = "unstructured"
+    calibration: dict[str, Any] | None = None
+    skip: list[str] | None = None
+    options: dict[str, Any] | None = None
+
+
+class QuantizeStage(_Stage):
+    stage: Literal["quantize"]
+    method: Literal["rtn", "gptq"] = "gptq"
+    bits: int = 4
+    group_size: int = 64
+    symmetric: bool = True
+    act_order: bool = False
+    damp: float = 0.01
+    calibration: dict[str, Any] | None = None
+    skip: list[str] | None = None
+
+
+class FinetuneStage(_Stage):
+    stage: Literal["finetune"]
+    task: str | None = None
+    adapter: Literal["lora", "nls"] = "lora"
+    targets: list[str] | None = None
+    rank: int | None = Field(None, ge=1)
+    rank_space: list[int] | None = None
+    groups: Literal["shears", "block", "module"] = "shears"
+    alpha: float = Field(32.0, gt=0)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    sparse_adapter: bool = False
+    quant_aware: bool = False
+    qa_weights: Literal["quantized", "float"] = "quantized"
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExtractStage(_Stage):
+    stage: Literal["extract"]
+    select: str | dict[str, int] = "median"
+    pick: str | None = Field(None, description="with a search input: best-accuracy, smallest, knee or trial=N")
+    task: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class SearchStage(_Stage):
+    stage: Literal["search"]
+    task: str | None = None
+    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "params"])
+    trials: int = Field(30, ge=1)
+    sampler: Literal["nsga2", "nsga3", "tpe", "random"] = "nsga2"
+    population: int | None = Field(None, ge=2)
+    seed: int = 0
+    limit: int | None = Field(None, ge=1)
+    storage: str | None = None
+
+
+class MergeStage(_Stage):
+    stage: Literal["merge"]
+
+
+class EvaluateStage(_Stage):
+    stage: Literal["evaluate"]
+    models: list[str] = Field(default_factory=lambda: ["model"], description="'model' or names of earlier model stages")
+    task: str | None = None
+    split: Literal["train", "validation", "test"] = "test"
+    limit: int | None = Field(None, ge=1)
+    perplexity_text: str | None = "wiki"
+    seq_len: int = Field(512, ge=8)
+    max_windows: int | None = Field(8, ge=1)
+
+
+StageConfig = Annotated[Union[SparsifyStage, QuantizeStage, FinetuneStage, ExtractStage, SearchStage, MergeStage,
+                              EvaluateStage], Field(discriminator="stage")]
+MAKES = {"sparsify": "model", "quantize": "model", "merge": "model", "finetune": "adapter", "extract": "adapter",
+         "search": "search", "evaluate": "evaluation"}
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = "smollm2-135m"
+    task: str = "polarity"
+    stages: list[StageConfig] = Field(min_length=1)
+
+
+def _path(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(e: ValidationError, source: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in MAKES)]  # drop the union tag
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{_path(loc) or '<top>'}: {err['msg']}{shown}")
+    return f"invalid recipe {source}: " + "; ".join(parts)
+
+
+def load_recipe(source: str | Path | dict, overrides: dict | None = None) -> Recipe:
+    """Parse and validate a recipe (YAML file or dict); `overrides` are merged into its top level."""
+    name = str(source) if not isinstance(source, dict) else "<dict>"
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {name} must be a mapping with 'stages' (and optionally 'model', 'task')")
+    data = {**data, **(overrides or {})}
+    try:
+        recipe = Recipe(**data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, name)) from e
+    plan(recipe)  # consistency of the whole recipe, before any work
+    return recipe
+
+
+def plan(recipe: Recipe) -> dict[str, str]:
+    """{stage name: input name ('model' for the recipe's model)}; errors name the stage's path."""
+    from .nas.search import check_objectives
+
+    inputs: dict[str, str] = {}
+    seen: dict[str, BaseModel] = {}
+    latest = {"model": "model"}
+    for i, st in enumerate(recipe.stages):
+        where = f"stages[{i}] ({st.name})"
+        if st.name in seen or st.name == "model":
+            raise ConfigError(f"{where}.name: stage name {st.name!r} is used twice (or is the reserved 'model')")
+        need = {"sparsify": "model", "quantize": "model", "finetune": "model", "extract": "adapter-or-search",
+                "search": "adapter", "merge": "adapter", "evaluate": None}[st.stage]
+        if need is not None:
+            source = st.input
+            if source is None:
+                kinds = ("adapter", "search") if need == "adapter-or-search" else (need,)
+                source = next((latest[k] for k in ("search", "adapter", "model") if k in kinds and k in latest), None)
+                if source is None:
+                    raise ConfigError(f"{where}: a {st.stage} stage needs an earlier "
+                                      f"{' or '.join(kinds).replace('adapter', 'finetune')} stage")
+            elif source != "model" and source not in seen:
+                raise ConfigError(f"{where}.input: {source!r} is not an earlier stage (earlier: "
+                                  f"{', '.join(['model', *seen]) })")
+            made = "model" if source == "model" else MAKES[seen[source].stage]
+            if need == "model" and made != "model" or need == "adapter" and made != "adapter" \
+                    or need == "adapter-or-search" and made not in ("adapter", "search"):
+                raise ConfigError(f"{where}.input: {source!r} makes a {made}, a {st.stage} stage reads a "
+                                  f"{need.replace('-or-', ' or ')}")
+            inputs[st.name] = source
+        if st.stage == "finetune" and st.quant_aware and not (
+                _derives_from(source, "quantize", seen, inputs) if source != "model" else _model_is_quantized(recipe.model)):
+            raise ConfigError(f"{where}.quant_aware: its input {source!r} is not quantized; add a quantize stage "
+                              "before it (or set quant_aware: false)")
+        if st.stage == "finetune" and st.sparse_adapter and source != "model" \
+                and not _derives_from(source, "sparsify", seen, inputs):
+            raise ConfigError(f"{where}.sparse_adapter: its input {source!r} is not a sparsify stage's output or "
+                              "derived from one; add a sparsify stage before it (or set sparse_adapter: false)")
+        if st.stage in ("extract", "search"):
+            adapter = seen.get(inputs[st.name])
+            base = adapter if adapter is None or adapter.stage != "search" else seen.get(inputs[adapter.name])
+            if base is not None and base.stage == "finetune" and base.adapter != "nls":
+                raise ConfigError(f"{where}: {st.stage} needs an elastic super-adapter; set adapter: nls in stage "
+                                  f"{base.name!r}")
+        if st.stage == "extract":
+            from_search = seen[inputs[st.name]].stage == "search"
+            if st.pick is not None and not from_search:
+                raise ConfigError(f"{where}.pick: picks a searched trial; its input must be a search stage")
+        if st.stage == "search":
+            check_objectives(st.objectives)
+        if st.stage == "finetune":
+            from .train import TrainConfig
+
+            try:
+                TrainConfig(**st.train)
+            except ValidationError as e:
+                raise ConfigError(_describe(e, f"{where}.train")) from e
+        if st.stage == "evaluate":
+            for m in st.models:
+                if m != "model" and (m not in seen or MAKES[seen[m].stage] != "model"):
+                    raise ConfigError(f"{where}.models: {m!r} is not 'model' or an earlier stage that makes a model")
+        seen[st.name] = st
+        if MAKES[st.stage] != "evaluation":
+            latest[MAKES[st.stage]] = st.name
+    return inputs
+
+
+def _derives_from(source: str, kind: str, seen: dict, inputs: dict) -> bool:
+    """Whether `source` is a `kind` stage or is made (through its inputs) from one."""
+    while source in seen:
+        if seen[source].stage == kind:
+            return True
+        source = inputs.get(source)
+    return False
+
+
+def _model_is_quantized(model: str) -> bool:
+    from .models import is_packed_quantized, resolve_model
+
+    try:
+        return is_packed_quantized(resolve_model(model))
+    except Exception:  # an unresolvable model is reported by the first stage that loads it
+        return False
+
+
+def _fingerprint(stage: BaseModel, recipe: Recipe, input_prints: list[str]) -> str:
+    payload = json.dumps({"stage": stage.model_dump(), "model": recipe.model, "task": recipe.task,
+                          "inputs": input_prints}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_recipe(recipe: Recipe | str | Path, run_dir: str | Path, *, overrides: dict | None = None,
+               progress: bool = True, log=print) -> dict[str, Path]:
+    """Run every stage that is not complete with the same fingerprint; returns {stage: artifact path}."""
+    from . import api
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    inputs = plan(recipe)
+    run_dir = Path(run_dir)
+    (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / STATE_DIR / "recipe.json", recipe.model_dump())
+    paths: dict[str, Path] = {"model": Path(recipe.model) if Path(recipe.model).exists() else recipe.model}
+    prints: dict[str, str] = {"model": recipe.model}
+    for i, st in enumerate(recipe.stages):
+        deps = [inputs[st.name]] if st.name in inputs else []
+        if st.stage == "evaluate":
+            deps = list(st.models)
+        fp = _fingerprint(st, recipe, [prints[d] for d in deps])
+        prints[st.name] = fp
+        out = run_dir / st.name
+        paths[st.name] = out
+        state = run_dir / STATE_DIR / f"{st.name}.json"
+        done = out.is_dir() and (out / MANIFEST).is_file() and state.is_file() \
+            and json.loads(state.read_text()).get("fingerprint") == fp
+        tag = f"[{i + 1}/{len(recipe.stages)}] {st.stage} {st.name}"
+        if done:
+            log(f"{tag}: complete, skipped")
+            continue
+        log(f"{tag}: running")
+        t0 = time.time()
+        stale = out.exists() and not (st.stage == "search" and state.is_file()
+                                      and json.loads(state.read_text()).get("fingerprint") == fp)
+        src = paths[deps[0]] if deps else None
+        _run_stage(api, st, recipe, src, out, paths, overwrite=stale, progress=progress)
+        write_json_atomic(state, {"fingerprint": fp, "stage": st.model_dump(), "seconds": round(time.time() - t0, 1)})
+        log(f"{tag}: done in {time.time() - t0:.0f} s")
+    from .report import build_report
+
+    log(f"report: {build_report(run_dir)}")
+    return paths
+
+
+def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: bool, progress: bool) -> None:
+    task = getattr(st, "task", None) or recipe.task
+    if st.stage == "sparsify":
+        api.sparsify(src, out=out, method=st.method, sparsity=st.sparsity, pattern=st.pattern,
+                     calibration=st.calibration, skip=st.skip, options=st.options, overwrite=overwrite, progress=progress)
+    elif st.stage == "quantize":
+        api.quantize(src, out=out, method=st.method, bits=st.bits, group_size=st.group_size, symmetric=st.symmetric,
+                     act_order=st.act_order, damp=st.damp, calibration=st.calibration, skip=st.skip,
+                     overwrite=overwrite, progress=progress)
+    elif st.stage == "finetune":
+        api.finetune(src, task=task, out=out, targets=st.targets, adapter=st.adapter, rank=st.rank,
+                     rank_space=st.rank_space, groups=st.groups, alpha=st.alpha, dropout=st.dropout,
+                     sparse_adapter=st.sparse_adapter, quant_aware=st.quant_aware, qa_weights=st.qa_weights,
+                     train_config=st.train, overwrite=overwrite, progress=progress)
+    elif st.stage == "extract":
+        if (Path(src) / api.SEARCH_CONFIG).is_file():
+            api.extract(out=out, from_search=src, pick=st.pick or "knee", overwrite=overwrite, progress=progress)
+        else:
+            api.extract(src, out=out, select=st.select, task=st.task, limit=st.limit, overwrite=overwrite,
+                        progress=progress)
+    elif st.stage == "search":
+        if overwrite:
+            import shutil
+
+            shutil.rmtree(out)
+        api.search(src, out=out, task=task, objectives=st.objectives, trials=st.trials, sampler=st.sampler,
+                   population=st.population, seed=st.seed, limit=st.limit, storage=st.storage, progress=progress)
+    elif st.stage == "merge":
+        api.merge(src, out=out, overwrite=overwrite)
+    elif st.stage == "evaluate":
+        from .artifacts import atomic_dir, write_manifest
+
+        started = time.time()
+        results = {}
+        for m in st.models:
+            results[m] = api.evaluate(paths[m], task=task, split=st.split, limit=st.limit,
+                                      perplexity_text=st.perplexity_text, seq_len=st.seq_len,
+                                      max_windows=st.max_windows, progress=progress)
+        with atomic_dir(out, overwrite) as tmp:
+            write_json_atomic(tmp / "results.json", results)
+            write_manifest(tmp, stage="evaluate", method="evaluate", config=st.model_dump(),
+                           metrics={m: {k: v for k, v in r.items() if k not in ("samples", "predictions")}
+                                    for m, r in results.items()}, started=started)
