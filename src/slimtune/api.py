@@ -172,18 +172,14 @@ SPARSE_BASE_MIN = 0.05  # a base with fewer zeros in its adapted layers is dense
 
 def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False):
     """(model, tokenizer) with the adapter applied in its own mode (sparse, quantization-aware)."""
-    from .adapters.peft_io import adapter_mode, read_adapter_config
+    from .adapters.peft_io import adapter_mode, adapter_modules, read_adapter_config
 
     mode = adapter_mode(adapter)
     read_adapter_config(adapter)
     net, tokenizer = load_model(model)
     qa = None
     if mode["quant_aware"] and mode["qa_weights"] == "float":
-        from safetensors.torch import load_file
-
-        names = sorted({k[len("base_model.model."):].rsplit(".lora_", 1)[0]
-                        for k in load_file(str(Path(adapter) / "adapter_model.safetensors"))})
-        qa = _float_weights(mode["float_base"], names)
+        qa = _float_weights(mode["float_base"], adapter_modules(adapter))
     load_adapter(net, adapter, trainable=trainable, qa_weights=qa)
     return net, tokenizer
 

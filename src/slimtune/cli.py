@@ -241,13 +241,16 @@ def _add_inspect(sub) -> None:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded default model and task",
-                       description="Evaluate the default model zero-shot, fine-tune a LoRA adapter on the task, merge "
-                                   "it, evaluate again, and print a before/after table. All offline.")
+                       description="The full SQFT pipeline on the embedded default model and task: prune 50% with "
+                                   "Wanda, quantize INT4 with GPTQ, fine-tune a QA-SparsePEFT + NLS adapter, pick the "
+                                   "sub-adapter on the validation split, merge it onto the INT4 grid, and print a table "
+                                   "of the dense base, the sparse-INT4 base and the final model. All offline; re-running "
+                                   "skips finished stages.")
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--task", default="polarity", help=TASK_HELP)
     p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the demo's setting)")
-    p.add_argument("--max-windows", type=int, default=8, help="perplexity windows of 256 tokens on the Wikipedia text (default 8)")
+    p.add_argument("--max-windows", type=int, default=4, help="perplexity windows of 512 tokens on the Wikipedia text (default 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -116,7 +116,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
         tensors = load_file(str(weights_path))
     except Exception as e:
         raise ArtifactError(f"{weights_path} cannot be read ({e}); the adapter is damaged") from e
-    names = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(PREFIX)})
+    names = module_names(tensors)
     if not names:
         raise ArtifactError(f"{weights_path} holds no LoRA weights")
     ranks = {n: tensors[f"{PREFIX}{n}.lora_A.weight"].shape[0] for n in names}
@@ -139,6 +139,19 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
             layer.lora_A.weight.requires_grad_(trainable)
             layer.lora_B.weight.requires_grad_(trainable)
     return config
+
+
+def module_names(keys) -> list[str]:
+    """The adapted modules named by an adapter's weight keys."""
+    return sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in keys if k.startswith(PREFIX)})
+
+
+def adapter_modules(adapter_dir: str | Path) -> list[str]:
+    """The adapted modules of a saved adapter, read from its weight file's index (no tensors loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter_dir) / WEIGHTS_FILE), "pt") as f:
+        return module_names(f.keys())
 
 
 def _alpha_lookup(config: dict):
