@@ -126,6 +126,13 @@ def _pyplot():
     return plt
 
 
+
+def matplotlib_integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _plot_models(models: dict, path: Path) -> str:
     plt = _pyplot()
     names = list(models)
@@ -140,7 +147,7 @@ def _plot_models(models: dict, path: Path) -> str:
     a2.bar(names, size, color="tab:orange")
     a2.set_ylabel("size on disk (MB)")
     for i, (v, n) in enumerate(zip(size, names)):
-        a2.text(i, v, f"{v:.0f} MB\n{models[n]['sparsity']:.0%} zero, {models[n]['bits']} bit", ha="center",
+        a2.text(i, v, f"{v:.1f} MB\n{models[n]['sparsity']:.0%} zero, {models[n]['bits']} bit", ha="center",
                 va="bottom", fontsize=7)
     a2.set_ylim(0, max(size + [1.0]) * 1.3)
     for ax in (a1, a2):
@@ -163,6 +170,7 @@ def _plot_layer_sparsity(layers: dict[str, float], name: str, path: Path) -> str
             xs, ys = zip(*sorted(pts))
             ax.plot(xs, ys, "o-", ms=3, label=kind)
     ax.set_xlabel("block")
+    ax.xaxis.set_major_locator(matplotlib_integer_ticks())
     ax.set_ylabel("fraction of zero weights")
     ax.set_ylim(0, 1)
     ax.set_title(f"{name}: per-layer sparsity", fontsize=10)
@@ -187,11 +195,13 @@ def _plot_ranks(adapter_dir: Path, path: Path) -> str:
                and (m := re.search(r"\.(\d+)\.", k))]
         if pts:
             xs, ys = zip(*sorted(pts))
-            ax.bar([x + j * width for x in xs], ys, width=width, label=kind)
+            ax.bar([x + (j - (len(kinds) - 1) / 2) * width for x in xs], ys, width=width, label=kind)
     ax.set_xlabel("block")
+    ax.xaxis.set_major_locator(matplotlib_integer_ticks())
     ax.set_ylabel("rank")
+    ax.set_ylim(0, max(ranks.values()) * 1.35)
     ax.set_title("sub-adapter ranks per layer", fontsize=10)
-    ax.legend(fontsize=7, ncol=len(kinds))
+    ax.legend(fontsize=7, ncol=len(kinds), loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
