@@ -281,20 +281,26 @@ def run_recipe(recipe: Recipe | str | Path, run_dir: str | Path, *, overrides: d
         prints[st.name] = fp
         out = run_dir / st.name
         paths[st.name] = out
-        state = run_dir / STATE_DIR / f"{st.name}.json"
-        done = out.is_dir() and (out / MANIFEST).is_file() and state.is_file() \
-            and json.loads(state.read_text()).get("fingerprint") == fp
+        state_path = run_dir / STATE_DIR / f"{st.name}.json"
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        same = state.get("fingerprint") == fp
         tag = f"[{i + 1}/{len(recipe.stages)}] {st.stage} {st.name}"
-        if done:
+        if same and state.get("done") and (out / MANIFEST).is_file():
             log(f"{tag}: complete, skipped")
             continue
-        log(f"{tag}: running")
+        if not same:  # new or changed: nothing of an earlier attempt may be resumed
+            import shutil
+
+            shutil.rmtree(run_dir / f".{st.name}.checkpoints", ignore_errors=True)
+            if st.stage == "search":
+                shutil.rmtree(out, ignore_errors=True)
+        log(f"{tag}: {'resuming' if same else 'running'}")
+        write_json_atomic(state_path, {"fingerprint": fp, "done": False, "stage": st.model_dump()})
         t0 = time.time()
-        stale = out.exists() and not (st.stage == "search" and state.is_file()
-                                      and json.loads(state.read_text()).get("fingerprint") == fp)
         src = paths[deps[0]] if deps else None
-        _run_stage(api, st, recipe, src, out, paths, overwrite=stale, progress=progress)
-        write_json_atomic(state, {"fingerprint": fp, "stage": st.model_dump(), "seconds": round(time.time() - t0, 1)})
+        _run_stage(api, st, recipe, src, out, paths, overwrite=st.stage != "search", progress=progress)
+        write_json_atomic(state_path, {"fingerprint": fp, "done": True, "stage": st.model_dump(),
+                                       "seconds": round(time.time() - t0, 1)})
         log(f"{tag}: done in {time.time() - t0:.0f} s")
     from .report import build_report
 
@@ -323,10 +329,6 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
             api.extract(src, out=out, select=st.select, task=st.task, limit=st.limit, overwrite=overwrite,
                         progress=progress)
     elif st.stage == "search":
-        if overwrite:
-            import shutil
-
-            shutil.rmtree(out)
         api.search(src, out=out, task=task, objectives=st.objectives, trials=st.trials, sampler=st.sampler,
                    population=st.population, seed=st.seed, limit=st.limit, storage=st.storage, progress=progress)
     elif st.stage == "merge":
