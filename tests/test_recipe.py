@@ -174,6 +174,7 @@ def test_merged_logits_of_the_qa_recipe_equal_the_quant_aware_forward(tiny_llama
     data = _small(recipe, tiny_llama_dir)
     data["stages"] = data["stages"][:4]  # no evaluate
     run_recipe(load_recipe(data), run, progress=False, log=_quiet)
+    assert json.loads((run / "adapter" / "slimtune.json").read_text())["config"]["qa_weights"] == "float"  # auto
     net, tok = api.load_adapted(run / "int4", run / "adapter")
     merged, _ = load_model(run / "final")
     ids = tok("prices rose", return_tensors="pt")["input_ids"]

@@ -106,7 +106,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
 
 
 ADAPTERS = ("lora", "nls")
-QA_WEIGHTS = ("quantized", "float")
+QA_WEIGHTS = ("auto", "float", "quantized")
 
 
 def _check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str, qa_weights: str,
@@ -123,7 +123,7 @@ def _check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str,
         raise ConfigError(f"need alpha > 0 and 0 <= dropout < 1; got alpha={alpha}, dropout={dropout}")
     if qa_weights not in QA_WEIGHTS:
         raise ConfigError(f"qa_weights must be one of {', '.join(QA_WEIGHTS)}, got {qa_weights!r}")
-    if (qa_weights != "quantized" or float_base is not None) and not quant_aware:
+    if (qa_weights != "auto" or float_base is not None) and not quant_aware:
         raise ConfigError("qa_weights / float_base only apply to quantization-aware adapters (--quant-aware)")
     if adapter == "lora":
         if rank_space is not None:
@@ -188,7 +188,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
              targets: Sequence[str] | None = None, adapter: str = "lora", rank: int | None = None,
              alpha: float = 32.0, dropout: float | None = None, rank_space: Sequence[int] | None = None,
              groups: str = "shears", sparse_adapter: bool = False, quant_aware: bool = False,
-             qa_weights: str = "quantized", float_base: str | Path | None = None,
+             qa_weights: str = "auto", float_base: str | Path | None = None,
              train_config: TrainConfig | dict | None = None, overwrite: bool = False, progress: bool = True,
              **train_overrides: Any) -> Path:
     """Train an adapter on the task's training split; write it as a PEFT adapter to `out`.
@@ -198,8 +198,11 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     block, module) and sampled once per optimizer step; the artifact adds elastic_config.json and
     the per-step training history. sparse_adapter masks the update by the base's zeros
     (SparsePEFT); quant_aware trains on the quantized base's own grid (QA-SparsePEFT), merging into
-    the dequantized base (qa_weights='quantized') or into the float weights before quantization
-    ('float', SQFT's choice; float_base defaults to the model the quantized base was made from).
+    the float weights before quantization (qa_weights='float', SQFT's choice; float_base defaults to
+    the model a slimtune-quantized base was made from) or into the dequantized base ('quantized':
+    exact GPTQ model at the start, but an update changes it only once it crosses half a grid step,
+    so it learns far more slowly: bench/RESULTS.md). 'auto' is 'float' when the float model is
+    known, else 'quantized' (with a warning).
     An interrupted run resumes from its last checkpoint (kept beside `out` until it finishes).
     """
     from .models import is_packed_quantized, resolve_model
@@ -217,10 +220,18 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     if quant_aware and not is_packed_quantized(resolve_model(model)):
         raise ConfigError(f"--quant-aware needs a quantized base, and {model} is not one; quantize it first "
                           "(slimtune quantize --model ... --out DIR) and fine-tune DIR")
-    if quant_aware and qa_weights == "float" and float_base is None:
+    if quant_aware and qa_weights in ("auto", "float") and float_base is None:
         float_base = _quantized_input(model)
-        if float_base is None:
+        if float_base is None and qa_weights == "float":
             raise ConfigError(f"qa_weights='float' needs the float model {model} was quantized from; pass float_base")
+    if quant_aware and qa_weights == "auto":
+        qa_weights = "float" if float_base is not None else "quantized"
+        if float_base is None:
+            import warnings
+
+            warnings.warn(f"the float model {model} was quantized from is unknown, so the adapter merges into the "
+                          "dequantized base (qa_weights='quantized'), which learns slowly; pass float_base to use "
+                          "the float weights", stacklevel=2)
     task_obj = _task(task, config.seed)
     net, tokenizer = load_model(model)
     names = target_modules(net, list(targets) if targets else None)

@@ -74,10 +74,11 @@ def _add_finetune(sub) -> None:
     p.add_argument("--quant-aware", action="store_true",
                    help="QA-SparsePEFT: train through the quantized base's own grid (straight-through), so the "
                         "merge lands on the same INT grid exactly (needs a `slimtune quantize` base)")
-    p.add_argument("--qa-weights", default="quantized", choices=["quantized", "float"],
-                   help="--quant-aware: merge the update into the dequantized base (exact at the start, keeps "
-                        "GPTQ's rounding) or into the float weights before quantization, as the SQFT paper does "
-                        "(default quantized)")
+    p.add_argument("--qa-weights", default="auto", choices=["auto", "float", "quantized"],
+                   help="--quant-aware: merge the update into the float weights before quantization (SQFT's choice; "
+                        "trains well) or into the dequantized base (starts exactly at the GPTQ model, but an update "
+                        "counts only once it crosses half a grid step, so it learns slowly); auto: float when the "
+                        "float model is known, else quantized (default auto)")
     p.add_argument("--float-base", help="--qa-weights float: the float model the base was quantized from "
                                         "(default: the one the quantized base's manifest records)")
     p.add_argument("--epochs", type=float, help="passes over the training split (default 3)")

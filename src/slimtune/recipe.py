@@ -77,7 +77,7 @@ class FinetuneStage(_Stage):
     dropout: float | None = Field(None, ge=0, lt=1)
     sparse_adapter: bool = False
     quant_aware: bool = False
-    qa_weights: Literal["quantized", "float"] = "quantized"
+    qa_weights: Literal["auto", "float", "quantized"] = "auto"
     train: dict[str, Any] = Field(default_factory=dict)
 
 
