@@ -48,29 +48,37 @@ def make_sampler(name: str, seed: int, population: int | None):
     raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
-def open_study(storage_url: str, study_name: str, objectives: list[str], sampler):
-    """Create or load the study; a URL that cannot be opened is a ConfigError naming it."""
+def _create_study(storage_url: str, study_name: str, objectives: list[str], sampler):
     import warnings
 
     import optuna
 
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what makes workers safe
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # A worker that dies leaves its trial RUNNING; after the grace period another worker marks it
-            # failed and re-enqueues its configuration once.
-            storage = optuna.storages.RDBStorage(
-                storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else None,
-                heartbeat_interval=30, grace_period=90,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-        study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, load_if_exists=True,
-                                    directions=[OBJECTIVES[o] for o in objectives])
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"cannot open the search storage {storage_url!r}: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''} (use a database URL optuna supports, e.g. "
-                          "sqlite:///path/search.db or postgresql://user@host/db)") from e
+    with warnings.catch_warnings():  # heartbeats are marked experimental; they are what makes workers safe
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # A worker that dies leaves its trial RUNNING; after the grace period another worker marks it
+        # failed and re-enqueues its configuration once.
+        storage = optuna.storages.RDBStorage(
+            storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else None,
+            heartbeat_interval=30, grace_period=90,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    return optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, load_if_exists=True,
+                               directions=[OBJECTIVES[o] for o in objectives])
+
+
+def open_study(storage_url: str, study_name: str, objectives: list[str], sampler):
+    """Create or load the study; a URL that cannot be opened is a ConfigError naming it."""
+    for attempt in range(5):
+        try:
+            study = _create_study(storage_url, study_name, objectives, sampler)
+            break
+        except Exception as e:
+            # Workers started together race to create the tables of a new database; the loser retries.
+            if attempt < 4 and "already exists" in str(e):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(f"cannot open the search storage {storage_url!r}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''} (use a database URL optuna supports, e.g. "
+                              "sqlite:///path/search.db or postgresql://user@host/db)") from e
     want = [OBJECTIVES[o] for o in objectives]
     have = [d.name.lower() for d in study.directions]
     if have != want:
