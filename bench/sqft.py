@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         bits = {m.get("bits", 32) for k, m in summary["matrices"].items() if m["prunable"]}
         rows.append({"method": label, "nls": nls, "acc": r.get("acc", r.get("accuracy")), "ppl": r["perplexity"],
                      "sparsity": summary["total"]["sparsity"], "bits": "/".join(map(str, sorted(bits))),
-                     "size_mb": _size_mb(Path(model_dir)) + (_size_mb(Path(adapter)) if adapter else 0.0),
+                     "size_mb": _size_mb(Path(resolve_model(model_dir))) + (_size_mb(Path(adapter)) if adapter else 0.0),
                      "note": note, "eval_s": round(time.time() - t0, 1)})
         print(f"  {label}{' + NLS' if nls else ''}: acc {rows[-1]['acc']:.3f}, ppl {rows[-1]['ppl']:.2f}, "
               f"sparsity {rows[-1]['sparsity']:.3f}, bits {rows[-1]['bits']}", flush=True)
