@@ -33,10 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _size_mb(directory: Path) -> float:
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and f.suffix == ".safetensors") / 2**20
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -60,7 +56,8 @@ def main(argv=None) -> int:
     import torch
 
     from slimtune import api
-    from slimtune.models import build_tiny_model, resolve_model
+    from slimtune.models import build_tiny_model
+    from slimtune.report import model_facts, size_mb
 
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
@@ -109,11 +106,10 @@ def main(argv=None) -> int:
     def row(label, nls, model_dir, adapter=None, note=""):
         t0 = time.time()
         r = api.evaluate(model_dir, task=args.task, adapter=adapter, **evaluation)
-        summary = api.inspect(resolve_model(model_dir))
-        bits = {m.get("bits", 32) for k, m in summary["matrices"].items() if m["prunable"]}
-        rows.append({"method": label, "nls": nls, "acc": r.get("acc", r.get("accuracy")), "ppl": r["perplexity"],
-                     "sparsity": summary["total"]["sparsity"], "bits": "/".join(map(str, sorted(bits))),
-                     "size_mb": _size_mb(Path(resolve_model(model_dir))) + (_size_mb(Path(adapter)) if adapter else 0.0),
+        facts = model_facts(model_dir)
+        rows.append({"method": label, "nls": nls, "acc": api.task_score(r), "ppl": r["perplexity"],
+                     "sparsity": facts["sparsity"], "bits": facts["bits"],
+                     "size_mb": facts["size_mb"] + (size_mb(Path(adapter)) if adapter else 0.0),
                      "note": note, "eval_s": round(time.time() - t0, 1)})
         print(f"  {label}{' + NLS' if nls else ''}: acc {rows[-1]['acc']:.3f}, ppl {rows[-1]['ppl']:.2f}, "
               f"sparsity {rows[-1]['sparsity']:.3f}, bits {rows[-1]['bits']}", flush=True)

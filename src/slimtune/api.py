@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from pydantic import ValidationError
 
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest
+from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest, write_text_atomic
 from .data import DEFAULT_TASK, Task, load_task, load_text
 from .errors import ArtifactError, ConfigError
 from .models import DEFAULT_MODEL, load_model, target_modules
@@ -463,7 +463,6 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     import os
     import socket
 
-    from .artifacts import write_json_atomic
     from .nas import ElasticSpace, most_frequent
     from .nas.sampling import HISTORY_FILE
     from .nas.search import (Searcher, check_objectives, completed_trials, make_sampler, open_study, pareto_front,
@@ -538,7 +537,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
 
     records = completed_trials(study, objectives)
     front = pareto_front(records, objectives)
-    _write_text_atomic(out / TRIALS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(out / TRIALS_FILE, "".join(json.dumps(r) + "\n" for r in records))
     write_json_atomic(out / PARETO_FILE, {"objectives": objectives, "front": front})
     tmp_png = out / f".{PARETO_PLOT}.tmp-{os.getpid()}.png"
     plot_front(records, front, objectives, tmp_png)
@@ -558,15 +557,6 @@ def _search_file(name: str) -> bool:
     """Files a search run directory holds (others starting a worker on it may have written them)."""
     return name.startswith(".") or name.startswith(SEARCH_DB) or name in (
         SEARCH_CONFIG, TRIALS_FILE, PARETO_FILE, PARETO_PLOT, "slimtune.json")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import uuid
-
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _searched_config(search_dir: str | Path, pick: str) -> tuple[str, dict, dict]:
@@ -625,16 +615,9 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
 
 def _dequantize_all(net) -> None:
     """Replace every QuantLinear by an nn.Linear holding its dequantized weight."""
-    import torch
-
     from .quant.linear import _set_module, quant_linears
 
     for name, q in quant_linears(net).items():
-        dense = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(q.dequantized_weight())
-            if q.bias is not None:
-                dense.bias.copy_(q.bias)
-        _set_module(net, name, dense.requires_grad_(False))
+        _set_module(net, name, q.to_linear())
     if hasattr(getattr(net, "config", None), "quantization_config"):
         del net.config.quantization_config

@@ -68,11 +68,16 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         tmp.rename(out)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file via a temporary sibling and a rename: readers see the old or the new text, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def dir_hash(path: str | os.PathLike) -> str:

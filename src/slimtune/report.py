@@ -18,7 +18,8 @@ from .recipe import STATE_DIR
 RECIPE_FILE = "recipe.json"  # the validated recipe, written into STATE_DIR by `run`
 
 
-def _size_mb(directory: Path) -> float | None:
+def size_mb(directory: Path) -> float | None:
+    """Size on disk of a directory's safetensors files (MB)."""
     if not directory.is_dir():
         return None
     return sum(f.stat().st_size for f in directory.rglob("*.safetensors")) / 2**20
@@ -33,7 +34,7 @@ def model_facts(path: str | Path) -> dict:
     summary = summarize(directory)
     bits = sorted({m.get("bits", 16 if _is_half(directory) else 32) for m in summary["matrices"].values() if m["prunable"]})
     layers = {k: m["sparsity"] for k, m in summary["matrices"].items() if m["prunable"]}
-    return {"sparsity": summary["total"]["sparsity"], "bits": "/".join(map(str, bits)), "size_mb": _size_mb(directory),
+    return {"sparsity": summary["total"]["sparsity"], "bits": "/".join(map(str, bits)), "size_mb": size_mb(directory),
             "layer_sparsity": layers}
 
 

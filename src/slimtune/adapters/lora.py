@@ -260,22 +260,25 @@ class LoraLinear(nn.Module):
         """The update as merging adds it (out × in): W_merged = W + delta_weight()."""
         return self.update()
 
+    def _merged(self, lora_a: torch.Tensor | None, lora_b: torch.Tensor | None) -> torch.Tensor:
+        """W + update, before any grid (float32 for quantization-aware layers, whose grid is float32)."""
+        w = self._frozen_weight()
+        dtype = torch.float32 if self.grid is not None else w.dtype
+        return w.to(dtype) + self.update(lora_a, lora_b).to(dtype)
+
     @torch.no_grad()
     def effective_weight(self, lora_a: torch.Tensor | None = None, lora_b: torch.Tensor | None = None) -> torch.Tensor:
         """The weight the layer computes with: W + update, on the base's grid if quantization-aware.
 
         The merge writes exactly this tensor (or its integer codes), so merged == unmerged bitwise.
         """
-        w = self._frozen_weight()
-        merged = w.to(torch.float32) + self.update(lora_a, lora_b).to(torch.float32) if self.grid is not None \
-            else w + self.update(lora_a, lora_b).to(w.dtype)
+        merged = self._merged(lora_a, lora_b)
         return self.grid.fake_quantize(merged) if self.grid is not None else merged
 
     @torch.no_grad()
     def merged_codes(self) -> torch.Tensor:
         """Quantization-aware only: the integer codes of the merged weight on the base's grid."""
-        w = self._frozen_weight().to(torch.float32) + self.update().to(torch.float32)
-        return self.grid.quantize(w)
+        return self.grid.quantize(self._merged(None, None))
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -381,13 +384,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             codes = layer.merged_codes()
             base.set_quantized(base.params, codes)
         elif isinstance(base, QuantLinear):
-            dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                              device=base.qweight.device)
-            dense.weight.copy_(layer.effective_weight())
-            if base.bias is not None:
-                dense.bias.copy_(base.bias)
-            dense.requires_grad_(False)
-            base = dense
+            base = base.to_linear(layer.effective_weight())
         else:
             base.weight.copy_(layer.effective_weight())
         _set_submodule(model, name, base)

@@ -85,6 +85,15 @@ class QuantLinear(nn.Module):
         """The dequantized weight (read-only, cached), for code that inspects .weight."""
         return self._cached_weight(torch.float32)
 
+    @torch.no_grad()
+    def to_linear(self, weight: torch.Tensor | None = None) -> nn.Linear:
+        """A frozen nn.Linear holding `weight` (default: the dequantized weight) and this layer's bias."""
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.qweight.device)
+        dense.weight.copy_(self.dequantized_weight() if weight is None else weight)
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense.requires_grad_(False)
+
     def storage_bytes(self) -> int:
         """Bytes of the packed export: codes, float32 scales, int8 zero points (asymmetric only), g_idx."""
         tensors = [self.qweight, self.scales] + ([] if self.symmetric else [self.zeros]) \
