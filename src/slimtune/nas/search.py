@@ -10,6 +10,7 @@ workers: a trial runs only if the completed trials plus the running trials creat
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -65,15 +66,35 @@ def _create_study(storage_url: str, study_name: str, objectives: list[str], samp
                                directions=[OBJECTIVES[o] for o in objectives])
 
 
+@contextlib.contextmanager
+def _creation_lock(storage_url: str):
+    """Workers on one machine sharing a SQLite file create its tables one at a time (an OS file lock)."""
+    if not storage_url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(storage_url[len("sqlite:///"):] + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_study(storage_url: str, study_name: str, objectives: list[str], sampler):
     """Create or load the study; a URL that cannot be opened is a ConfigError naming it."""
     for attempt in range(5):
         try:
-            study = _create_study(storage_url, study_name, objectives, sampler)
+            with _creation_lock(storage_url):
+                study = _create_study(storage_url, study_name, objectives, sampler)
             break
         except Exception as e:
-            # Workers started together race to create the tables of a new database; the loser retries.
-            if attempt < 4 and "already exists" in str(e):
+            # Workers started together race to create the tables (and schema version row) of a new
+            # database; the loser retries and then finds them.
+            racing = type(e).__name__ == "IntegrityError" or any(
+                m in str(e) for m in ("already exists", "database is locked"))
+            if attempt < 4 and racing:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise ConfigError(f"cannot open the search storage {storage_url!r}: {type(e).__name__}: "
