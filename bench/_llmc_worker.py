@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--asymmetric", action="store_true", help="gptq: asymmetric grid (default symmetric)")
     ap.add_argument("--actorder", choices=["none", "static", "group", "weight"], default="none",
                     help="gptq: activation ordering (passed explicitly; 'none' turns it off)")
+    ap.add_argument("--observer", default=None, help="gptq: weight observer (default: llm-compressor's, min-max)")
     ap.add_argument("--save", choices=["compressed", "dense"], default="compressed",
                     help="gptq: pack-quantized directory, or plain HF directory of fake-quantized weights")
     ap.add_argument("--damp", type=float, default=0.01)
@@ -104,12 +105,12 @@ def main(argv=None) -> int:
         from llmcompressor.modifiers.quantization import GPTQModifier
 
         weights = QuantizationArgs(num_bits=args.bits, type="int", symmetric=not args.asymmetric, strategy="group",
-                                   group_size=args.group_size)
+                                   group_size=args.group_size, observer=args.observer)
         recipe = GPTQModifier(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
                               ignore=["lm_head"], dampening_frac=args.damp, block_size=args.block_size,
                               actorder=None if args.actorder == "none" else args.actorder)
         extra = {"bits": args.bits, "group_size": args.group_size, "symmetric": not args.asymmetric,
-                 "actorder": args.actorder, "saved": args.save}
+                 "actorder": args.actorder, "observer": args.observer, "saved": args.save}
     else:
         from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 

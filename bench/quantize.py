@@ -4,7 +4,8 @@ dense model and on a 50%-sparse (Wanda) base.
     python bench/quantize.py                               # default model: {dense, sparse} x {sym, asym} x g{64, 192}
     python bench/quantize.py --groups 64 --grids asym      # a subset
     python bench/quantize.py --bases dense --methods gptq  # dense base, GPTQ only (no RTN)
-    python bench/quantize.py --act-order                   # GPTQ with activation ordering on both sides
+    python bench/quantize.py --no-act-order                # GPTQ without activation ordering on both sides
+    python bench/quantize.py --observers minmax            # GPTQ with min-max group scales only
     python bench/quantize.py --skip-llmc                   # slimtune only
     python bench/quantize.py --quick                       # seconds: tiny random Llama, group 32, slimtune only
     python bench/quantize.py --quick --with-llmc           # ... and the llm-compressor worker too
@@ -13,14 +14,19 @@ Both sides quantize the same fp32 model with the same calibration token ids: sli
 `calibration_batches(tokenizer, "news", 16, 512, seed=0)` (the slimtune worker checks that the ids it
 calibrates on equal the ones llm-compressor gets). slimtune runs `quantize_model(model, tokenizer,
 method, 4, group_size, symmetric, act_order, 0.01, calibration={source: news, n_samples: 16, seq_len:
-512, seed: 0}, progress=False)` then `save_quantized` (compressed-tensors pack-quantized), in a fresh
-subprocess of this venv. llm-compressor 0.14 (own venv, see bench/sparsify.py and bench/_common.py)
-runs `oneshot` with `GPTQModifier(config_groups={"group_0": QuantizationScheme(targets=["Linear"],
-weights=QuantizationArgs(num_bits=4, type="int", symmetric=..., strategy="group", group_size=...))},
-ignore=["lm_head"], dampening_frac=0.01, block_size=128, actorder=None)` (bench/_llmc_worker.py), on
-the token ids as a `datasets.Dataset`, unshuffled, batch_size 1. Activation ordering is off on both
-sides unless --act-order, which turns it on on both: slimtune's act_order=True (static groups) and
-llm-compressor's actorder="static".
+512, seed: 0}, progress=False, observer=...)` then `save_quantized` (compressed-tensors pack-quantized),
+in a fresh subprocess of this venv. llm-compressor 0.14 (own venv, see bench/sparsify.py and
+bench/_common.py) runs `oneshot` with `GPTQModifier(config_groups={"group_0": QuantizationScheme(
+targets=["Linear"], weights=QuantizationArgs(num_bits=4, type="int", symmetric=..., strategy="group",
+group_size=..., observer=...))}, ignore=["lm_head"], dampening_frac=0.01, block_size=128,
+actorder="static")` (bench/_llmc_worker.py), on the token ids as a `datasets.Dataset`, unshuffled,
+batch_size 1. Activation ordering is on on both sides (slimtune's default act_order, static groups;
+llm-compressor's default actorder="static"), off on both with --no-act-order.
+
+GPTQ runs once per observer (--observers, default both): "minmax" (the paper's group scales; slimtune
+observer="minmax", llm-compressor's default observer) and "imatrix" (each group's scale from a shrink
+search weighting each input's rounding error by its mean square activation; slimtune's default
+observer="imatrix", llm-compressor's observer="imatrix_mse"). RTN always uses min-max scales.
 
 The sparse base is made once per run with slimtune's Wanda, 50% unstructured (`api.sparsify`, same
 calibration settings), and both sides quantize it. Reported: the fraction of exact zeros in the
@@ -72,6 +78,7 @@ DAMP = 0.01
 REFERENCE = {("dense", "-", None): 21.2, ("dense", "asym", 64): 26.2, ("dense", "sym", 64): 29.8,
              ("dense", "sym", 192): 30.9}
 REFERENCE_CPU_S = 305
+LLMC_OBSERVER = {"minmax": None, "imatrix": "imatrix_mse"}  # slimtune's observer -> llm-compressor's
 SIZE_GOAL = 0.31  # INT4 g64 export, fraction of the fp16 size of the quantized layers
 QUANT_LEAVES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
 
@@ -125,7 +132,8 @@ def _slimtune_job(job: dict, calib) -> dict:
     before = {name: m.weight == 0 for name, m in linear_modules(model).items()}
     t0, c0 = time.perf_counter(), time.process_time()
     report = quantize_model(model, tokenizer, job["method"], BITS, job["group"], job["grid"] == "sym",
-                            job["act_order"] and gptq, DAMP, calibration=calibration, progress=False)
+                            job["act_order"] and gptq, DAMP, calibration=calibration, progress=False,
+                            observer=job["observer"])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     zeros = total = zeros_before = kept = 0
     for name, m in quant_linears(model).items():
@@ -175,18 +183,18 @@ def run_llmc(args, py, job: dict, calib) -> dict:
     cmd = [str(py), str(HERE / "_llmc_worker.py"), "--model", job["base_path"], "--calib", str(calib),
            "--method", "gptq", "--bits", str(BITS), "--group-size", str(job["group"]), "--damp", str(DAMP),
            "--block-size", "128", "--actorder", "static" if job["act_order"] else "none",
-           "--save", "compressed",
+           "--save", "compressed"] + (["--observer", LLMC_OBSERVER[job["observer"]]] if LLMC_OBSERVER[job["observer"]] else []) + [
            "--threads", str(args.threads), "--out", job["out"]] + (["--asymmetric"] if job["grid"] == "asym" else [])
     try:
         r = _last_json(subprocess.run(cmd, env=llmc_env(args.threads), capture_output=True, text=True),
                        f"llm-compressor gptq {job['base']} {job['grid']} g{job['group']}")
     except RuntimeError as e:
         return {**job, "error": str(e)}
-    return {**job, **{k: v for k, v in r.items() if k not in ("side", "method", "out")}}
+    return {**job, **{k: v for k, v in r.items() if k not in ("side", "method", "out", "observer")}}
 
 
 def _label(r) -> str:
-    return f"{r['side']:<8} {r['method']:<4} {r['base']:<6} {r['grid']:<4} g{r['group']:<4}"
+    return f"{r['side']:<8} {r['method']:<4} {r['base']:<6} {r['grid']:<4} g{r['group']:<4} {r['observer']:<7}"
 
 
 def main(argv=None) -> int:
@@ -197,8 +205,10 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="rtn,gptq", help="slimtune methods (llm-compressor: gptq only)")
     ap.add_argument("--grids", default="sym,asym")
     ap.add_argument("--groups", default=None, help="group sizes (default 64,192; --quick: 32)")
-    ap.add_argument("--act-order", action="store_true",
-                    help="GPTQ with activation ordering on both sides (slimtune act_order, llmc actorder=static)")
+    ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                    help="GPTQ with activation ordering on both sides (slimtune act_order, llmc actorder=static; "
+                         "default on, both sides' default)")
+    ap.add_argument("--observers", default="minmax,imatrix", help="GPTQ group-scale observers (minmax, imatrix)")
     ap.add_argument("--quick", action="store_true", help="tiny random Llama, 4 x 64 tokens, group 32, slimtune only")
     ap.add_argument("--_jobs", help=argparse.SUPPRESS)
     ap.add_argument("--_calib", help=argparse.SUPPRESS)
@@ -220,9 +230,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.groups = args.groups or "32"  # the tiny model's widths are 64 and 128
     bases, methods, grids = args.bases.split(","), args.methods.split(","), args.grids.split(",")
+    observers = args.observers.split(",")
     groups = [int(g) for g in (args.groups or "64,192").split(",")]
     for what, values, known in (("bases", bases, {"dense", "sparse"}), ("methods", methods, {"rtn", "gptq"}),
-                                ("grids", grids, {"sym", "asym"})):
+                                ("grids", grids, {"sym", "asym"}), ("observers", observers, set(LLMC_OBSERVER))):
         if not set(values) <= known:
             ap.error(f"--{what}: unknown {', '.join(sorted(set(values) - known))}; choose from {', '.join(sorted(known))}")
 
@@ -246,21 +257,22 @@ def main(argv=None) -> int:
         print(f"  sparse base: slimtune Wanda 50% unstructured in {time.perf_counter() - t0:.1f} s -> "
               f"{base_paths['sparse']}", flush=True)
 
-    # Jobs: per setting slimtune RTN, then slimtune GPTQ and llm-compressor GPTQ in alternating order.
+    # Jobs: per setting slimtune RTN, then per observer slimtune GPTQ and llm-compressor GPTQ in
+    # alternating order.
     jobs, k = [], 0
     for base in bases:
         for grid in grids:
             for group in groups:
                 setting = {"base": base, "base_path": base_paths[base], "grid": grid, "group": group,
                            "act_order": args.act_order}
-                sides = [("slimtune", m) for m in ("rtn", "gptq") if m in methods]
-                if py is not None and "gptq" in methods:
-                    pair = [("slimtune", "gptq"), ("llmc", "gptq")]
-                    sides = [s for s in sides if s not in pair] + (pair[::-1] if k % 2 else pair)
+                sides = [("slimtune", "rtn", "minmax")] if "rtn" in methods else []
+                for observer in observers if "gptq" in methods else []:
+                    pair = [("slimtune", "gptq", observer)] + ([("llmc", "gptq", observer)] if py is not None else [])
+                    sides += pair[::-1] if k % 2 else pair
                     k += 1
-                for side, method in sides:
-                    out = work / f"{side}-{method}-{base}-{grid}-g{group}{'-ao' if args.act_order else ''}"
-                    jobs.append({**setting, "side": side, "method": method, "out": str(out)})
+                for side, method, observer in sides:
+                    out = work / f"{side}-{method}-{base}-{grid}-g{group}-{observer}{'-ao' if args.act_order else ''}"
+                    jobs.append({**setting, "side": side, "method": method, "observer": observer, "out": str(out)})
     chunks = []  # worker calls: one job each, or (--quick) runs of consecutive slimtune jobs
     for job in jobs:
         if args.quick and chunks and job["side"] == "slimtune" and chunks[-1][0]["side"] == "slimtune":
@@ -301,7 +313,7 @@ def main(argv=None) -> int:
         print(f"  evaluated {_label(r)} ppl {r['ppl']:.2f} (loss check {r['check_loss']:.6f} in memory, "
               f"{r['reloaded_loss']:.6f} reloaded)", flush=True)
 
-    print_tables(args, bases, grids, groups, base_ppl, base_paths, results, py)
+    print_tables(args, bases, grids, groups, observers, base_ppl, results)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "base_ppl": base_ppl, "raw": results},
                                               indent=1, default=str))
@@ -309,10 +321,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_tables(args, bases, grids, groups, base_ppl, base_paths, results, py) -> None:
-    def find(side, method, base, grid, group):
-        return next((r for r in results if (r["side"], r["method"], r["base"], r["grid"], r["group"])
-                     == (side, method, base, grid, group)), None)
+def print_tables(args, bases, grids, groups, observers, base_ppl, results) -> None:
+    def find(side, method, base, grid, group, observer):
+        return next((r for r in results if (r["side"], r["method"], r["base"], r["grid"], r["group"], r["observer"])
+                     == (side, method, base, grid, group, observer)), None)
 
     notes = []
 
@@ -334,34 +346,35 @@ def print_tables(args, bases, grids, groups, base_ppl, base_paths, results, py) 
     def pair(a, b, key, spec=".3f"):
         return " / ".join(_fmt(None if r is None or "error" in r else r.get(key), spec) for r in (a, b))
 
-    ao = " (act-order on both sides)" if args.act_order else ""
+    ao = " (act-order on both sides)" if args.act_order else " (no act-order)"
     print(f"\nINT{BITS} weight quantization{ao}; calibration {args.samples} x {args.seq_len} news tokens; "
           f"ppl: {args.windows} x {args.seq_len} wiki tokens; ref: llm-compressor as measured by the issue author "
           f"(about {REFERENCE_CPU_S} CPU-seconds each)")
-    head = ("| setting | slimtune RTN ppl | slimtune GPTQ ppl | llmc GPTQ ppl | ppl ours/llmc | ref (llmc) "
+    head = ("| setting | GPTQ observer | slimtune RTN ppl | slimtune GPTQ ppl | llmc GPTQ ppl | ppl ours/llmc | ref (llmc) "
             "| slimtune GPTQ s | llmc s | time ratio | slimtune CPU s | llmc CPU s | CPU ratio "
             "| zeros after (ours / llmc) | base zeros kept (ours / llmc) |")
     print(head)
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(head.count("|") - 1)) + "|")
     for base, label in (("dense", "dense, not quantized"), ("sparse", "sparse base (Wanda 50%), not quantized")):
         if base in base_ppl:
-            print(f"| {label} | {base_ppl[base]:.2f} | | | | {_fmt(REFERENCE.get((base, '-', None)), '.1f')} "
+            print(f"| {label} | | {base_ppl[base]:.2f} | | | | {_fmt(REFERENCE.get((base, '-', None)), '.1f')} "
                   "| | | | | | | | |")
-    for base in bases:
-        for grid in grids:
-            for group in groups:
-                rtn, s, l = (find("slimtune", "rtn", base, grid, group), find("slimtune", "gptq", base, grid, group),
-                             find("llmc", "gptq", base, grid, group))
-                kept = pair(s, l, "zeros_kept") if base == "sparse" else ""
-                print(f"| {base} {grid} g{group} | {cell(rtn, 'ppl', '.2f')} | {cell(s, 'ppl', '.2f')} "
-                      f"| {cell(l, 'ppl', '.2f')} | {ratio(s, l, 'ppl')} | {_fmt(REFERENCE.get((base, grid, group)), '.1f')} "
-                      f"| {cell(s, 'wall_s', '.1f')} | {cell(l, 'wall_s', '.1f')} | {ratio(s, l, 'wall_s')} "
-                      f"| {cell(s, 'cpu_s', '.1f')} | {cell(l, 'cpu_s', '.1f')} | {ratio(s, l, 'cpu_s')} "
-                      f"| {pair(s, l, 'sparsity')} | {kept} |")
+    settings = [(base, grid, group, observer) for base in bases for grid in grids for group in groups
+                for observer in observers]
+    for base, grid, group, observer in settings:
+        rtn = find("slimtune", "rtn", base, grid, group, "minmax")
+        s, l = find("slimtune", "gptq", base, grid, group, observer), find("llmc", "gptq", base, grid, group, observer)
+        kept = pair(s, l, "zeros_kept") if base == "sparse" else ""
+        ref = REFERENCE.get((base, grid, group)) if observer == "minmax" else None
+        print(f"| {base} {grid} g{group} | {observer} | {cell(rtn, 'ppl', '.2f')} | {cell(s, 'ppl', '.2f')} "
+              f"| {cell(l, 'ppl', '.2f')} | {ratio(s, l, 'ppl')} | {_fmt(ref, '.1f')} "
+              f"| {cell(s, 'wall_s', '.1f')} | {cell(l, 'wall_s', '.1f')} | {ratio(s, l, 'wall_s')} "
+              f"| {cell(s, 'cpu_s', '.1f')} | {cell(l, 'cpu_s', '.1f')} | {ratio(s, l, 'cpu_s')} "
+              f"| {pair(s, l, 'sparsity')} | {kept} |")
     for i, n in enumerate(notes, 1):
         print(f"\n[{i}] {n}")
     print("\nref (llmc): the issue author's llm-compressor numbers; the issue does not state the activation "
-          "ordering, and GPTQModifier defaults to actorder=\"static\", so compare them with an --act-order run.")
+          "ordering; GPTQModifier defaults to actorder=\"static\" and min-max scales, as the minmax rows here.")
     print(f"s: wall time of the quantization call only (model loaded, before saving); CPU s: process CPU time of "
           f"the same call (all threads). zeros after: fraction of exact zeros among the quantized layers' "
           f"dequantized weights. base zeros kept: fraction of the sparse base's zeros still zero. "

@@ -143,6 +143,9 @@ def test_an_interrupted_finetune_stage_resumes_from_its_checkpoint(tiny_llama_di
     ({"stages": [{"name": "q", "stage": "quantize", "input": "later"}, {"name": "later", "stage": "sparsify"}]},
      "stages[0] (q).input: 'later' is not an earlier stage"),
     ({"stagez": []}, "stagez: Extra inputs are not permitted"),
+    ({"stages": [{"name": "q", "stage": "quantize", "method": "rtn", "observer": "imatrix"}]},
+     "stages[0] (q).observer: observer 'imatrix' needs the calibration statistics that only method gptq collects"),
+    ({"stages": [{"name": "q", "stage": "quantize", "observer": "max"}]}, "stages[0].observer: Input should be 'minmax', 'mse' or 'imatrix' (got 'max')"),
 ])
 def test_bad_recipes_are_rejected_with_the_path_of_the_key(tiny_llama_dir, tmp_path, change, message):
     with pytest.raises(ConfigError) as e:

@@ -398,12 +398,14 @@ def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
 
 
 def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str = "gptq", bits: int = 4,
-             group_size: int = 64, symmetric: bool = True, act_order: bool = False, damp: float = 0.01,
-             calibration: dict | None = None, skip: Sequence[str] | None = None, overwrite: bool = False,
-             progress: bool = True) -> Path:
+             group_size: int = 64, symmetric: bool = True, act_order: bool | None = None, damp: float = 0.01,
+             observer: str | None = None, calibration: dict | None = None, skip: Sequence[str] | None = None,
+             overwrite: bool = False, progress: bool = True) -> Path:
     """Quantize a (dense or sparse) model's decoder linears with RTN or GPTQ, keeping its zeros, and
     save it as a compressed-tensors pack-quantized HF directory (transformers loads it; so does
-    load_model, with exact QuantParams for the later stages)."""
+    load_model, with exact QuantParams for the later stages). observer: how group scales are
+    chosen, "minmax", "mse" or "imatrix" (None: the method's default, gptq imatrix, rtn minmax);
+    act_order None: on for gptq."""
     from .quant import DEFAULT_SKIP, QUANTIZERS, check_bits, quantize_model
     from .quant.formats import write_quantized
 
@@ -415,9 +417,10 @@ def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
     skip = DEFAULT_SKIP if skip is None else tuple(skip)
     net, tokenizer = load_model(model)
     report = quantize_model(net, tokenizer, method, bits, group_size, symmetric, act_order, damp, calibration,
-                            skip, progress=progress)
+                            skip, progress=progress, observer=observer)
     total = report.pop("total")
-    config = {k: total[k] for k in ("method", "bits", "group_size", "symmetric", "act_order", "damp", "calibration")
+    config = {k: total[k] for k in ("method", "bits", "group_size", "symmetric", "observer", "act_order", "damp",
+                                    "calibration")
               if k in total}
     with atomic_dir(out, overwrite) as tmp:
         write_quantized(net, tmp, tokenizer)

@@ -225,10 +225,15 @@ def _add_quantize(sub) -> None:
                       help="symmetric grid: zero point fixed at 2^(bits-1), scale from max|w| (default)")
     grid.add_argument("--asym", dest="symmetric", action="store_false",
                       help="asymmetric grid: min-max scale with an integer zero point per group")
-    p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns in order of decreasing Hessian diagonal "
-                                                           "(static groups, so the export keeps contiguous groups)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so the export "
+                        "keeps contiguous groups; default on for gptq)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal "
                                                            "(default 0.01)")
+    p.add_argument("--observer", choices=["minmax", "mse", "imatrix"], default=None,
+                   help="how each group's scale is chosen: minmax (the weights' range), mse (the shrunk range with the "
+                        "least rounding error) or imatrix (mse weighted by each input's mean square activation; GPTQ "
+                        "only). Default: imatrix for gptq, minmax for rtn")
     _add_calibration_and_output(p, "GPTQ", "in float")
 
 
@@ -316,6 +321,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "quantize":
         out = api.quantize(args.model, out=args.out, method=args.method, bits=args.bits, group_size=args.group_size,
                            symmetric=args.symmetric, act_order=args.act_order, damp=args.damp,
+                           observer=args.observer,
                            calibration=_calibration(args) if args.method == "gptq" else None, skip=args.skip,
                            overwrite=args.overwrite)
         from .summary import format_summary

@@ -59,8 +59,9 @@ class QuantizeStage(_Stage):
     bits: int = 4
     group_size: int = 64
     symmetric: bool = True
-    act_order: bool = False
+    act_order: bool | None = None
     damp: float = 0.01
+    observer: Literal["minmax", "mse", "imatrix"] | None = None
     calibration: dict[str, Any] | None = None
     skip: list[str] | None = None
 
@@ -218,6 +219,10 @@ def plan(recipe: Recipe) -> dict[str, str]:
             from_search = seen[inputs[st.name]].stage == "search"
             if st.pick is not None and not from_search:
                 raise ConfigError(f"{where}.pick: picks a searched trial; its input must be a search stage")
+        if st.stage == "quantize" and st.method == "rtn" and (st.act_order or st.observer == "imatrix"):
+            key = "act_order" if st.act_order else "observer"
+            raise ConfigError(f"{where}.{key}: {key} {getattr(st, key)!r} needs the calibration statistics that only "
+                              "method gptq collects")
         if st.stage == "search":
             check_objectives(st.objectives)
         if st.stage == "finetune":
@@ -315,8 +320,8 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
                      calibration=st.calibration, skip=st.skip, options=st.options, overwrite=overwrite, progress=progress)
     elif st.stage == "quantize":
         api.quantize(src, out=out, method=st.method, bits=st.bits, group_size=st.group_size, symmetric=st.symmetric,
-                     act_order=st.act_order, damp=st.damp, calibration=st.calibration, skip=st.skip,
-                     overwrite=overwrite, progress=progress)
+                     act_order=st.act_order, damp=st.damp, observer=st.observer, calibration=st.calibration,
+                     skip=st.skip, overwrite=overwrite, progress=progress)
     elif st.stage == "finetune":
         api.finetune(src, task=task, out=out, targets=st.targets, adapter=st.adapter, rank=st.rank,
                      rank_space=st.rank_space, groups=st.groups, alpha=st.alpha, dropout=st.dropout,

@@ -67,6 +67,11 @@ def test_errors_before_any_work(qtiny, qcalib, monkeypatch):
         quantize_model(model, tok, "rtn", skip=["*"])
     with pytest.raises(ConfigError, match="act_order .* applies to gptq"):
         quantize_model(model, tok, "rtn", act_order=True)
+    with pytest.raises(ConfigError, match="observer 'imatrix' weighs rounding errors by calibration activations, which "
+                                          "rtn does not collect; rtn offers minmax, mse"):
+        quantize_model(model, tok, "rtn", observer="imatrix")
+    with pytest.raises(ConfigError, match="unknown observer 'max'; choose from minmax, mse, imatrix"):
+        quantize_model(model, tok, "gptq", observer="max", calibration=qcalib)
     with pytest.raises(ConfigError, match="damp must be"):
         quantize_model(model, tok, "gptq", damp=-1, calibration=qcalib)
     with pytest.raises(ConfigError, match="unknown calibration key"):

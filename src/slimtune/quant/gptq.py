@@ -3,14 +3,19 @@ columns not yet quantized, through the upper Cholesky factor of H^-1 (H = 2/n X 
 
 What slimtune's version does, and why:
 - H comes from calibration inputs layer by layer (run_layerwise), so each block's inputs come
-  from the already-quantized blocks; matrices reading the same input (q/k/v, gate/up) share H
-  and are processed as one stack of rows.
+  from the already-quantized blocks; with all samples in one batch (the default) each group of
+  linears is quantized from the inputs the already-quantized linears before it produce (the
+  paper's true-sequential option) and every block runs once. Matrices reading the same input
+  (q/k/v, gate/up) share H and are processed as one stack of rows.
+- Group scales come from an observer (params.OBSERVERS). The default, imatrix, picks each group's
+  scale from a shrink search that weighs each column's rounding error by H_jj: the diagonal of
+  the objective GPTQ then minimizes. "minmax" is the paper's grid.
 - Dampening lambda = damp * mean(diag H) (default 0.01; SQFT uses 0.1); dead inputs (H_jj = 0)
   get H_jj = 1, which decouples them: their weights are rounded and move nothing else (the
   reference zeroes them instead; rounding is safer for inputs the calibration text never hit).
   Both come from SparseGPT's hinv_cholesky, shared with the sparsity package.
 - Lazy batch updates over blocks of ~128 columns. The block length is rounded to a multiple of
-  the group size, so a group never straddles blocks and its min-max parameters are computed
+  the group size, so a group never straddles blocks and its parameters are computed
   when the group starts, from the fully error-updated weights (the reference takes them from
   weights that lack the current block's updates when a group starts mid-block).
 - act_order: columns in order of decreasing diag(H), with STATIC groups: the group parameters
@@ -22,7 +27,7 @@ What slimtune's version does, and why:
   exactly 0 because z is an integer and 0 is inside every group's range), and whatever error
   compensation earlier columns had pushed onto it is passed on to the later columns instead of
   being dropped. (Dropping it, i.e. masking the propagation, left GPTQ no better than RTN on a
-  50%-sparse test problem; passing it on gave an 8% lower output error.) Group min-max ranges
+  50%-sparse test problem; passing it on gave an 8% lower output error.) Group ranges
   are taken with pruned entries counted as 0.
 """
 
@@ -34,7 +39,7 @@ import torch
 
 from ..errors import SlimtuneError
 from ..sparsity.sparsegpt import hinv_cholesky
-from .params import QuantParams, check_bits, compute_params, minmax_params
+from .params import QuantParams, check_bits, check_observer, compute_params, fit_params
 
 
 @contextmanager
@@ -58,12 +63,16 @@ def _block_length(block_size: int, group_size: int, dynamic: bool) -> int:
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 64,
                   symmetric: bool = True, act_order: bool = False, damp: float = 0.01,
-                  block_size: int = 128) -> tuple[QuantParams, torch.Tensor, float]:
+                  block_size: int = 128, observer: str = "imatrix") -> tuple[QuantParams, torch.Tensor, float]:
     """(QuantParams, uint8 codes [out, in], loss) for weight [out, in] given H [in, in].
 
-    loss = sum over columns of ||err||^2 / [U]_jj^2 / 2, GPTQ's own objective estimate.
+    observer: how group scales are chosen (params.OBSERVERS); "imatrix" weighs each column's
+    rounding error by its Hessian diagonal. loss = sum over columns of ||err||^2 / [U]_jj^2 / 2,
+    GPTQ's own objective estimate.
     """
     bits = check_bits(bits)
+    check_observer(observer)
+    importance = torch.diagonal(hessian).to(torch.float32) if observer == "imatrix" else None
     rows, cols = weight.shape
     maxq = (1 << bits) - 1
     w0 = weight.detach().to(torch.float32)
@@ -79,53 +88,59 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
 
     # Groups whose parameters are fixed before the sweep (act-order or one group per row).
     dynamic = group_size != -1 and not act_order
-    static = None if dynamic else compute_params(w0, bits, group_size, symmetric)
+    static = None if dynamic else compute_params(w0, bits, group_size, symmetric, observer, importance)
     n_groups = 1 if group_size == -1 else cols // group_size
 
     # Work on W^T (permuted) so that one input column is one contiguous row of memory.
     wt = (w0 if perm is None else w0.index_select(1, perm)).t().contiguous()   # [cols, rows]
     pruned = wt == 0
     sparse = bool(pruned.any())
-    if static is not None:
+    if static is not None:  # each (permuted) column's scale and zero point, as rows
         orig = torch.arange(cols) if perm is None else perm
         col_group = torch.zeros(cols, dtype=torch.long) if group_size == -1 else orig // group_size
-        s_all = static.scales.t().contiguous()          # [G, rows]
-        z_all = static.zeros.t().to(torch.float32).contiguous()
+        s_cols = static.scales.t().index_select(0, col_group)               # [cols, rows]
+        z_cols = static.zeros.t().to(torch.float32).index_select(0, col_group)
     scales = torch.empty(n_groups, rows)
     zeros = torch.empty(n_groups, rows)
     codes = torch.empty(cols, rows, dtype=torch.uint8)
     loss = torch.zeros((), dtype=torch.float64)
 
     step = _block_length(block_size, group_size, dynamic)
-    s = z = None
     for i1 in range(0, cols, step):
         i2 = min(i1 + step, cols)
         count = i2 - i1
         w1 = wt[i1:i2]                                  # view: updates land in wt
         u1 = upper[i1:i2, i1:i2]
+        diag = torch.diagonal(u1).tolist()
+        if static is not None:
+            s1, z1 = s_cols[i1:i2], z_cols[i1:i2]
+        else:
+            s1, z1 = torch.empty_like(w1), torch.empty_like(w1)
+        q1 = torch.empty_like(w1)                       # codes, as floats
         err = torch.empty_like(w1)
         with _one_thread():
             for i in range(count):
                 j = i1 + i
-                w = w1[i]
+                w, q, e = w1[i], q1[i], err[i]
                 if dynamic and j % group_size == 0:
                     group = w1[i:i + group_size]             # whole group inside this block: current weights
                     if sparse:
                         group = group.masked_fill(pruned[j:j + group_size], 0.0)
-                    s, z = minmax_params(group.t(), bits, symmetric)
+                    imp = None if importance is None else importance[j:j + group_size]
+                    s, z = fit_params(group.t(), bits, symmetric, observer, imp)
                     scales[j // group_size], zeros[j // group_size] = s, z
-                elif not dynamic:
-                    g = int(col_group[j])
-                    s, z = s_all[g], z_all[g]
-                q = torch.round(w / s + z).clamp_(0, maxq)
+                    s1[i:i + group_size], z1[i:i + group_size] = s, z
+                s, z = s1[i], z1[i]
+                # In place and into preallocated rows: this loop runs once per input column.
+                torch.div(w, s, out=q).add_(z).round_().clamp_(0, maxq)
                 if sparse:
-                    q = torch.where(pruned[j], z, q)        # pruned: fixed at 0 (= code z), error pushed on
-                codes[j] = q.to(torch.uint8)
-                e = w.sub_((q - z) * s).div_(u1[i, i])       # w now holds its scaled error
-                err[i] = e
+                    torch.where(pruned[j], z, q, out=q)       # pruned: fixed at 0 (= code z), error pushed on
+                torch.sub(q, z, out=e).mul_(s)
+                torch.sub(w, e, out=e).div_(diag[i])          # the column's scaled error
                 if i + 1 < count:
                     # rank-1 update as a 1-wide matmul: Tensor.addr_ takes a slow path on CPU
                     w1[i + 1:].addmm_(u1[i, i + 1:].unsqueeze(1), e.unsqueeze(0), alpha=-1.0)
+        codes[i1:i2] = q1.to(torch.uint8)
         loss += float(torch.linalg.vector_norm(err)) ** 2 / 2
         if i2 < cols:
             wt[i2:].addmm_(upper[i1:i2, i2:].t(), err, alpha=-1.0)

@@ -1,4 +1,5 @@
-"""Round-to-nearest quantization: min-max grid per group, every weight rounded independently.
+"""Round-to-nearest quantization: a grid per group (min-max, or the mse search), every weight rounded
+independently.
 
 Zeros stay zeros: the min-max range always contains 0 and zero points are integers, so
 w = 0 gives q = z exactly and dequantizes to exactly 0.
@@ -12,7 +13,7 @@ from .params import QuantParams, compute_params
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 64,
-                 symmetric: bool = True) -> tuple[QuantParams, torch.Tensor]:
-    """(QuantParams, uint8 codes [out, in]) for weight [out, in]."""
-    params = compute_params(weight.detach(), bits, group_size, symmetric)
+                 symmetric: bool = True, observer: str = "minmax") -> tuple[QuantParams, torch.Tensor]:
+    """(QuantParams, uint8 codes [out, in]) for weight [out, in]; observer "minmax" or "mse"."""
+    params = compute_params(weight.detach(), bits, group_size, symmetric, observer)
     return params, params.quantize(weight.detach())

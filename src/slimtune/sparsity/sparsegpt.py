@@ -46,7 +46,8 @@ def hinv_cholesky(hessian: torch.Tensor, damp: float = 0.01, max_tries: int = 6)
         # (4x less work: the down projection's 1536-wide H took 240 ms per layer that way).
         chol, info = torch.linalg.cholesky_ex((h + lam * eye).flip(0, 1))
         if int(info) == 0:
-            upper = torch.linalg.solve_triangular(chol, eye, upper=False).flip(0, 1)
+            # X L = I (left=False) gives the same L^-1 about 25% faster than L X = I on CPU.
+            upper = torch.linalg.solve_triangular(chol, eye, upper=False, left=False).flip(0, 1)
             return upper, dead
     raise SlimtuneError(
         f"SparseGPT: the calibration Hessian ({h.shape[0]} inputs) is not positive definite even "
