@@ -155,3 +155,19 @@ def test_single_pass_prunes_each_linear_from_inputs_of_the_already_pruned_ones(t
         h.remove()
     for name, sq in handed.items():
         torch.testing.assert_close(sq, actual[name].square().sum(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [64, 600])
+def test_hessian_is_the_exact_symmetric_gram_matrix_over_all_chunks(width):
+    from slimtune.calibration import InputStats
+
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(2, 50, width, generator=g) for _ in range(3)]
+    stats = InputStats(["x"], width, _want=("hessian",))
+    for c in chunks:
+        stats.add(c)
+    stats.finish()
+    x = torch.cat([c.reshape(-1, width) for c in chunks]).double()
+    assert stats.n_tokens == 300
+    assert torch.equal(stats.hessian, stats.hessian.t())          # mirrored from the upper triangle
+    torch.testing.assert_close(stats.hessian.double(), 2 * x.t() @ x / 300, rtol=1e-5, atol=1e-4)

@@ -65,3 +65,21 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     assert resolve_model("someorg/some-model") == "someorg/some-model"
     with pytest.raises(ModelLoadError, match="could not load model someorg/some-model"):
         load_model("someorg/some-model")
+
+
+def test_set_weight_replaces_storage_but_keeps_ties():
+    from slimtune.models import set_weight, tied_parameter_ids
+
+    emb = torch.nn.Embedding(5, 4)
+    head = torch.nn.Linear(4, 5, bias=False)
+    head.weight = emb.weight                                   # tied, as in many LMs
+    other = torch.nn.Linear(4, 3)
+    model = torch.nn.ModuleDict({"emb": emb, "head": head, "other": other})
+    tied = tied_parameter_ids(model)
+    assert tied == {id(emb.weight)}
+    set_weight(head, torch.zeros(5, 4), tied)
+    assert head.weight is emb.weight and not emb.weight.any()  # written in place: still tied
+    before = other.weight.data_ptr()
+    set_weight(other, torch.ones(3, 4, dtype=torch.float64), tied)
+    assert other.weight.data_ptr() != before and other.weight.dtype == torch.float32
+    assert torch.equal(other.weight, torch.ones(3, 4)) and isinstance(other.weight, torch.nn.Parameter)

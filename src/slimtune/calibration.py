@@ -198,7 +198,7 @@ class InputStats:
         xf = x.to(torch.float32)
         self.n_tokens += x.shape[0]
         if "sqnorm" in self._want:
-            part = torch.linalg.vector_norm(xf, dim=0).square_()
+            part = xf.square().sum(0)  # 2x faster than vector_norm(dim=0).square() on CPU
             self.sqnorm = part if self.sqnorm is None else self.sqnorm.add_(part)
         if "hessian" in self._want:
             xh = x.to(self._hdtype)

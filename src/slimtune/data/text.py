@@ -9,6 +9,7 @@ Sources:
 from __future__ import annotations
 
 import bz2
+import importlib.util
 import os
 import re
 import uuid
@@ -29,9 +30,16 @@ _NON_PROSE = re.compile(r"^\s*([*#:;|!{}]|File:|Image:)|\||https?://")
 
 
 def _gensim_file(name: str) -> Path:
-    from gensim.test.utils import datapath
-
-    return Path(datapath(name))
+    # gensim.test.utils.datapath names the same file, but importing gensim takes ~1 s (scipy and
+    # all), which every calibrated sparsify/quantize call would pay; finding the package does not.
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the gensim package (which ships the default texts) is not installed; "
+                        "pip install gensim, or pass a text file")
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data" / name
+    if not path.is_file():
+        raise DataError(f"gensim's test data file {name} is missing from {path.parent}; reinstall gensim")
+    return path
 
 
 def _news() -> str:

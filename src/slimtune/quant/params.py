@@ -218,9 +218,10 @@ def minmax_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Te
 
 
 # How a group's scale is chosen. minmax: the range of its weights (GPTQ's paper, RTN). mse: the
-# min-max scale shrunk by the factor p whose rounding error sum (w_hat - w)^2 is smallest (the GPTQ reference code's `mse` option, llm-compressor's mse observer). imatrix: the
-# same search with each column's error weighted by its mean squared input E[x_j^2] (from diag H),
-# i.e. the diagonal part of GPTQ's own objective (llama.cpp's importance matrix, llm-compressor's
+# min-max scale shrunk by the factor p whose rounding error sum (w_hat - w)^2 is smallest (the
+# GPTQ reference code's `mse` option, llm-compressor's mse observer). imatrix: the same search
+# with each column's error weighted by its mean squared input E[x_j^2] (from diag H), i.e. the
+# diagonal part of GPTQ's own objective (llama.cpp's importance matrix, llm-compressor's
 # imatrix_mse observer); it needs calibration statistics, so only GPTQ offers it.
 OBSERVERS = ("minmax", "mse", "imatrix")
 # Shrink factors tried: a coarse pass over [0.55, 1], then steps of 0.01 around each group's best

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..calibration import LayerContext, check_calibration, decoder_layers, run_layerwise
 from ..errors import ConfigError, SlimtuneError
-from ..models import linear_modules, skipped
+from ..models import linear_modules, set_weight, skipped
 from .gptq import gptq_quantize
 from .linear import quant_linears, quantize_model_linears
 from .params import QuantParams, check_bits, check_group_size, check_observer
@@ -189,8 +189,9 @@ def apply_plan(model: nn.Module, plan: QuantizePlan, progress: bool = True) -> d
                                     params.scales[rows], params.zeros[rows])
                     c = codes[rows].contiguous()
                     record(name, w, p, c, loss)
-                    # The next block's inputs must come from this quantized block.
-                    m.weight.data.copy_(p.dequantize(c).to(m.weight.dtype))
+                    # The next block's inputs must come from this quantized block. (Block linears
+                    # are never tied to another module, so set_weight needs no tie set.)
+                    set_weight(m, p.dequantize(c))
 
         cal = plan.calibration
         run_layerwise(model, plan.input_ids, on_layer, collect=("hessian",), targets=plan.targets,

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..calibration import LayerContext, check_calibration, decoder_layers, run_layerwise
 from ..errors import ConfigError
-from ..models import linear_modules, skipped
+from ..models import linear_modules, set_weight, skipped, tied_parameter_ids
 from .magnitude import magnitude_prune
 from .masks import UNSTRUCTURED, check_exact, check_sparsity, parse_pattern, target_sparsity
 from .report import sparsity_report
@@ -168,14 +168,15 @@ def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: f
 
 # ---- pruning ---------------------------------------------------------------------------------
 
-def _write(modules: list[nn.Linear], new: list[torch.Tensor]) -> None:
-    for m, w in zip(modules, new):
-        m.weight.data.copy_(w.to(device=m.weight.device, dtype=m.weight.dtype))
-
-
 def apply_plan(model: nn.Module, plan: SparsifyPlan, progress: bool = True) -> None:
     """Prune the plan's target linears in place."""
     spec, linears = plan.method, linear_modules(model)
+    tied = tied_parameter_ids(model)
+
+    def _write(modules: list[nn.Linear], new: list[torch.Tensor]) -> None:
+        for m, w in zip(modules, new):
+            set_weight(m, w, tied)
+
     if spec.stats is None:
         for name in plan.targets:
             _write([linears[name]], spec.prune([linears[name].weight], None, plan.sparsity, plan.nm, **plan.options))
