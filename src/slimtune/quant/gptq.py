@@ -42,6 +42,12 @@ from ..errors import SlimtuneError
 from ..sparsity.sparsegpt import hinv_cholesky
 from .params import QuantParams, check_bits, check_observer, compute_params, fit_params
 
+# The sweep's scale for a pruned entry: w / 2^100 rounds to 0 for any float32 weight, so the
+# entry's code is z (exactly 0 after dequantization), its dequantized value (q - z) * s is 0 and
+# its whole current value becomes the error passed on, with no per-column select in the loop.
+# A power of two keeps the division exact; 2^100 * 0 = 0 (no inf) since 2^100 < float32 max.
+_PRUNED_SCALE = 2.0 ** 100
+
 
 @contextmanager
 def _one_thread():
@@ -111,6 +117,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
         col_group = torch.zeros(cols, dtype=torch.long) if group_size == -1 else orig // group_size
         s_cols = static.scales.t().index_select(0, col_group)               # [cols, rows]
         z_cols = static.zeros.t().to(torch.float32).index_select(0, col_group)
+        if sparse:
+            s_cols.masked_fill_(pruned, _PRUNED_SCALE)
     scales = torch.empty(n_groups, rows)
     zeros = torch.empty(n_groups, rows)
     codes = torch.empty(cols, rows, dtype=torch.uint8)
@@ -144,11 +152,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
                     s, z = fit_params(group.t(), bits, symmetric, observer, imp)
                     scales[j // group_size], zeros[j // group_size] = s, z
                     s1[i:i + group_size], z1[i:i + group_size] = s, z
+                    if sparse:
+                        s1[i:i + group_size].masked_fill_(pruned[j:j + group_size], _PRUNED_SCALE)
                 s, z = s1[i], z1[i]
                 # In place and into preallocated rows: this loop runs once per input column.
                 torch.div(w, s, out=q).add_(z).round_().clamp_(0, maxq)
-                if sparse:
-                    torch.where(pruned[j], z, q, out=q)       # pruned: fixed at 0 (= code z), error pushed on
                 torch.sub(q, z, out=e).mul_(s)
                 torch.sub(w, e, out=e).div_(diag[i])          # the column's scaled error
                 end = min(i - i % sub + sub, count)
