@@ -49,6 +49,7 @@ def test_gptq_keeps_every_zero_of_a_sparse_weight(symmetric, act_order, group_si
     wq = p.dequantize(c)
     assert ((wq[w == 0]) == 0).all()                        # every zero kept, to the last weight
     assert int((wq == 0).sum()) >= int((w == 0).sum())
+    assert p.scales.max() <= w.abs().max()                  # the sweep's pruned-entry scale stays internal
     assert torch.equal(c[w == 0].int(), p.zeros.repeat_interleave(
         w.shape[1] if group_size == -1 else group_size, 1)[w == 0])
     pr, cr = rtn_quantize(w, 4, group_size, symmetric)
