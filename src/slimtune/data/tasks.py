@@ -10,6 +10,7 @@ Two kinds of task:
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import os
 import random
@@ -31,6 +32,14 @@ class Example:
     answer: str | None = None  # training target text for generation tasks
     target: str | None = None  # gold final answer that the scorer compares with
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        """A stable identity for leak checks: `meta["uid"]` when the loader gives one, else a hash of
+        the prompt text. Two examples with the same prompt are the same question, whatever their
+        choices, so they count as one example for splits and for overlap checks."""
+        uid = self.meta.get("uid")
+        return str(uid) if uid is not None else example_id(self.prompt)
 
     @property
     def completion(self) -> str:
@@ -67,14 +76,27 @@ class Task:
         return {s: len(self.split(s)) for s in SPLITS}
 
 
+def example_id(text: str) -> str:
+    """16 hex digits of SHA-256 of a text: the default id of an example (see Example.id)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def split_examples(examples: Sequence[Example], seed: int = 0,
                    fractions: tuple[float, float] = (0.6, 0.15)) -> tuple[list, list, list]:
-    """Deterministic shuffled split into train / validation / test (the rest)."""
-    items = list(examples)
-    random.Random(seed).shuffle(items)
-    n_train = int(round(len(items) * fractions[0]))
-    n_val = int(round(len(items) * fractions[1]))
-    return items[:n_train], items[n_train:n_train + n_val], items[n_train + n_val:]
+    """Deterministic shuffled split into train / validation / test (the rest).
+
+    Examples sharing an id (the same prompt) stay together in one split, so a repeated question
+    can never be trained on and tested on. `seed` is the task's split seed, never a training seed.
+    """
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.id, []).append(ex)
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    n_train = int(round(len(order) * fractions[0]))
+    n_val = int(round(len(order) * fractions[1]))
+    cuts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    return tuple([ex for key in part for ex in groups[key]] for part in cuts)
 
 
 def multiple_choice_task(name: str, examples: Sequence[Example], seed: int = 0,
