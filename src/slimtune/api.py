@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from pydantic import ValidationError
 
+from . import lineage
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest, write_text_atomic
 from .data import DEFAULT_TASK, Task, load_task, load_text
@@ -65,8 +66,20 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _task(task: str | Task, seed: int) -> Task:
-    return task if isinstance(task, Task) else load_task(task, seed=seed)
+def _task(task: str | Task, split_seed: int) -> Task:
+    return task if isinstance(task, Task) else load_task(task, seed=split_seed)
+
+
+def _lineage_task(task: str | Task, split_seed: int | None, history: list[dict]) -> Task:
+    """The task with the split seed given, else the one its lineage used for it (else 0): evaluation and
+    selection read the split that fine-tuning held out."""
+    if split_seed is None and not isinstance(task, Task):
+        split_seed = lineage.split_seed_for(history, str(task))
+    return _task(task, 0 if split_seed is None else split_seed)
+
+
+def _model_lineage(model: str | Path) -> list[dict]:
+    return lineage.of(model) if Path(str(model)).is_dir() else []
 
 
 def _base_of_adapter(adapter: str | Path) -> str:
@@ -85,20 +98,33 @@ def _base_of_adapter(adapter: str | Path) -> str:
 def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEFAULT_TASK,
              adapter: str | Path | None = None, split: str = "test", limit: int | None = None,
              perplexity_text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
-             batch_size: int = 8, seed: int = 0, out: str | Path | None = None,
-             progress: bool = True) -> dict:
-    """Accuracy on a task split and/or perplexity on a text; optionally writes the JSON to `out`."""
+             batch_size: int = 8, split_seed: int | None = None, allow_overlap: bool = False,
+             out: str | Path | None = None, progress: bool = True) -> dict:
+    """Accuracy on a task split and/or perplexity on a text; optionally writes the JSON to `out`.
+
+    The task's split seed defaults to the one the model's (and adapter's) lineage used for it, else
+    0. Reporting on examples that the lineage trained or selected on is refused (LeakageError)
+    unless allow_overlap, and then the result carries the overlap and a warning.
+    """
     from .evaluate import evaluate_model
 
     if task is None and perplexity_text is None:
         raise ConfigError("nothing to evaluate: give a task, a perplexity text, or both")
-    task_obj = _task(task, seed) if task is not None else None
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    history = lineage.combine(_model_lineage(model), _model_lineage(adapter) if adapter is not None else [])
+    task_obj = held_out = None
+    if task is not None:
+        task_obj = _lineage_task(task, split_seed, history)
+        held_out = lineage.check_held_out(history, task_obj, split, task_obj.split(split)[:limit], allow_overlap)
     text = load_text(perplexity_text) if perplexity_text is not None else None
     net, tokenizer = load_adapted(model, adapter) if adapter is not None else load_model(model)
     result = evaluate_model(net, tokenizer, task=task_obj, split=split, limit=limit, text=text,
                             seq_len=seq_len, max_windows=max_windows, batch_size=batch_size,
                             progress=progress)
     result = {"model": str(model), "adapter": str(adapter) if adapter else None, **result}
+    if task_obj is not None:
+        result |= {"task_spec": task_obj.spec, "split_seed": task_obj.split_seed, "held_out": held_out}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
@@ -189,8 +215,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
              alpha: float = 32.0, dropout: float | None = None, rank_space: Sequence[int] | None = None,
              groups: str = "shears", sparse_adapter: bool = False, quant_aware: bool = False,
              qa_weights: str = "auto", float_base: str | Path | None = None,
-             train_config: TrainConfig | dict | None = None, overwrite: bool = False, progress: bool = True,
-             **train_overrides: Any) -> Path:
+             train_config: TrainConfig | dict | None = None, split_seed: int = 0, overwrite: bool = False,
+             progress: bool = True, **train_overrides: Any) -> Path:
     """Train an adapter on the task's training split; write it as a PEFT adapter to `out`.
 
     adapter='lora' trains a fixed rank (default 16); adapter='nls' trains an elastic super-adapter
@@ -203,6 +229,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     exact GPTQ model at the start, but an update changes it only once it crosses half a grid step,
     so it learns far more slowly: bench/RESULTS.md). 'auto' is 'float' when the float model is
     known, else 'quantized' (with a warning).
+    The task's split is fixed by `split_seed` (default 0), not by the training seed; the manifest's
+    lineage records the training examples, so evaluation refuses to report on them.
     An interrupted run resumes from its last checkpoint (kept beside `out` until it finishes).
     """
     from .models import is_packed_quantized, resolve_model
@@ -232,7 +260,9 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             warnings.warn(f"the float model {model} was quantized from is unknown, so the adapter merges into the "
                           "dequantized base (qa_weights='quantized'), which learns slowly; pass float_base to use "
                           "the float weights", stacklevel=2)
-    task_obj = _task(task, config.seed)
+    task_obj = _task(task, split_seed)
+    if not task_obj.train:
+        raise ConfigError(f"task {task_obj.spec} has no training examples (split seed {split_seed})")
     net, tokenizer = load_model(model)
     names = target_modules(net, list(targets) if targets else None)
     zeros = _zero_fraction(net, names)
@@ -273,7 +303,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             callbacks[0].save_checkpoint(tmp)
         write_manifest(
             tmp, stage="finetune", method=_method_name(adapter, sparse_adapter, quant_aware),
-            config={"model": str(model), "task": task_obj.name, "targets": names, "adapter": adapter,
+            config={"model": str(model), "task": task_obj.spec, "split_seed": split_seed, "targets": names,
+                    "adapter": adapter,
                     "rank": r_max, "rank_space": space, "groups": groups if space else None, "alpha": alpha,
                     "dropout": dropout, "sparse": sparse_adapter, "quant_aware": quant_aware,
                     "qa_weights": qa_weights, "float_base": str(float_base) if float_base else None,
@@ -282,6 +313,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(lora_layers(net)),
                      "base_zero_fraction": zeros},
             started=started, seed=config.seed,
+            lineage=lineage.combine(_model_lineage(model),
+                                    [lineage.record("finetune", "train", task_obj, "train", task_obj.train, out)]),
         )
     shutil.rmtree(checkpoints, ignore_errors=True)
     _barrier()
@@ -298,13 +331,15 @@ def _method_name(adapter: str, sparse: bool, quant_aware: bool) -> str:
 
 def extract(adapter: str | Path | None = None, *, out: str | Path, select: str | dict = "median",
             from_search: str | Path | None = None, pick: str = "knee", model: str | Path | None = None,
-            task: str | Task | None = None, limit: int | None = None, seed: int | None = None,
+            task: str | Task | None = None, limit: int | None = None, split_seed: int | None = None,
             overwrite: bool = False, progress: bool = True) -> Path:
     """Export one sub-adapter of an elastic super-adapter as a standard PEFT LoRA (rank_pattern,
     alpha_pattern). `select`: maximal, median, minimal, nncf (the best of NNCF's candidates on the
     task's VALIDATION split), or an explicit {group: rank} configuration. With `from_search` (a
     `search` run directory), the configuration is a searched trial instead: `pick` is
-    best-accuracy, smallest, knee (of the Pareto front) or trial=N."""
+    best-accuracy, smallest, knee (of the Pareto front) or trial=N. The validation split is read with
+    the split seed the super-adapter's lineage used (or `split_seed`); the examples that chose the
+    sub-adapter join its lineage as a selection set."""
     from .nas import ElasticSpace, nncf_candidates, parse_selection
     from .nas.sampling import HISTORY_FILE
 
@@ -319,6 +354,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     if from_search is not None:
         label = f"search:{pick}:trial={picked['trial']}"
     manifest = read_manifest(adapter) if (Path(adapter) / "slimtune.json").is_file() else {"config": {}}
+    history = _model_lineage(from_search if from_search is not None else adapter)
     model = model or _base_of_adapter(adapter)
     candidates = []
     if config is None:  # nncf: score the candidates on the validation split
@@ -330,10 +366,11 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
         task = task or manifest["config"].get("task")
         if task is None:
             raise ConfigError("the nncf selection scores candidates on a task's validation split: pass --task")
-        seed = manifest["config"].get("train", {}).get("seed", 0) if seed is None else seed
-        task_obj = _task(task, seed)
+        task_obj = _lineage_task(task, split_seed, history)
         if not task_obj.validation:
             raise ConfigError(f"task {task_obj.name} has no validation split to score candidates on")
+        history = lineage.combine(history, [lineage.record("extract", "select", task_obj, "validation",
+                                                           task_obj.validation[:limit], out)])
         pending = nncf_candidates(space, json.loads(history_path.read_text()))
     net, tokenizer = load_adapted(model, adapter)
     if config is None:
@@ -358,7 +395,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
                                 "maximal_parameters": space.size(space.maximal(), widths),
                                 "candidates": candidates,
                                 **({"search_objectives": picked["objectives"]} if from_search is not None else {})},
-                       started=started)
+                       started=started, lineage=history)
     return out
 
 
@@ -393,7 +430,7 @@ def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
                        metrics={"sparsity": total["sparsity"], "model_sparsity": total["model_sparsity"],
                                 "zeros": total["zeros"], "params": total["params"], "left_dense": total["left_dense"],
                                 "prune_time_s": total["wall_time_s"], "layers": report},
-                       started=started, seed=(total["calibration"] or {}).get("seed"))
+                       started=started, seed=(total["calibration"] or {}).get("seed"), lineage=_model_lineage(model))
     return out
 
 
@@ -432,7 +469,7 @@ def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
                                 "bytes_per_weight": total["bytes_per_weight"],
                                 "left_float": total["left_float"], "quantize_time_s": total["wall_time_s"],
                                 "layers": report},
-                       started=started, seed=(total.get("calibration") or {}).get("seed"))
+                       started=started, seed=(total.get("calibration") or {}).get("seed"), lineage=_model_lineage(model))
     return out
 
 
@@ -451,13 +488,15 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
            objectives: Sequence[str] = ("accuracy", "params"), trials: int = 30, storage: str | None = None,
            study_name: str = "slimtune-search", sampler: str = "nsga2", population: int | None = None,
            seed: int = 0, limit: int | None = None, model: str | Path | None = None,
-           enqueue: dict[str, dict] | None = None, progress: bool = True) -> Path:
+           enqueue: dict[str, dict] | None = None, split_seed: int | None = None, progress: bool = True) -> Path:
     """Multi-objective search over the rank groups of an elastic super-adapter (optuna; NSGA-II by default).
 
     Objectives: accuracy (validation, maximised) or loss (validation completion loss), and params
     (adapter parameters) or nonzero (non-zero base weights + adapter parameters), minimised. The
     maximal, median and minimal (and, with a training history, most frequently sampled)
-    configurations, then `enqueue` ({label: configuration}), are the first trials. Trials persist in `storage` (default: SQLite
+    configurations, then `enqueue` ({label: configuration}), are the first trials. `seed` seeds the
+    sampler; the validation split is read with the split seed of the adapter's lineage (or `split_seed`),
+    and the scored slice joins the search's lineage as a selection set. Trials persist in `storage` (default: SQLite
     in `out`); re-running the same command resumes, and several workers given the same storage and
     `out` share one study and one budget of `trials` completed trials. Writes trials.jsonl,
     pareto.json and pareto.png into `out`.
@@ -486,7 +525,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     out = Path(out)
     settings = {"adapter": str(adapter), "task": task if isinstance(task, str) or task is None else task.name,
                 "objectives": objectives, "sampler": sampler, "population": population, "seed": seed, "limit": limit,
-                "study_name": study_name}
+                "study_name": study_name, "split_seed": split_seed}
     config_path = out / SEARCH_CONFIG
     if config_path.is_file():  # resuming, or another worker: the settings must agree (the budget may grow)
         previous = json.loads(config_path.read_text())
@@ -505,9 +544,13 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
         write_json_atomic(config_path, settings)
 
     model = model or _base_of_adapter(adapter)
-    task_obj = _task(task, manifest["config"].get("train", {}).get("seed", 0)) if task is not None else None
+    history = _model_lineage(adapter)
+    task_obj = _lineage_task(task, split_seed, history) if task is not None else None
     if task_obj is not None and not task_obj.validation:
         raise ConfigError(f"task {task_obj.name} has no validation split to search on")
+    if task_obj is not None and any(o in ("accuracy", "loss") for o in objectives):
+        history = lineage.combine(history, [lineage.record("search", "select", task_obj, "validation",
+                                                           task_obj.validation[:limit], out)])
     net, tokenizer = load_adapted(model, adapter)
     layers = lora_layers(net)
     widths = {n: (l.in_features, l.out_features) for n, l in layers.items()}
@@ -552,7 +595,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
                    metrics={"completed_trials": len(records), "pareto_size": len(front),
                             "this_worker_trials": len(searcher.ran),
                             "median_overhead_fraction": sorted(fractions)[len(fractions) // 2] if fractions else None},
-                   started=started, seed=seed)
+                   started=started, seed=seed, lineage=history)
     return out
 
 
@@ -612,7 +655,8 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
             tokenizer.save_pretrained(tmp)
         write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
                        config={"model": str(model), "adapter": str(adapter)},
-                       inputs={"adapter": adapter}, started=started)
+                       inputs={"adapter": adapter}, started=started,
+                       lineage=lineage.combine(_model_lineage(model), _model_lineage(adapter)))
     return out
 
 

@@ -105,8 +105,10 @@ def write_manifest(
     metrics: dict[str, Any] | None = None,
     started: float | None = None,
     seed: int | None = None,
+    lineage: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """Write `slimtune.json` into an artifact directory (normally the temporary one)."""
+    """Write `slimtune.json` into an artifact directory (normally the temporary one). `lineage`: the
+    examples this artifact and everything it was made from trained and selected on (lineage.py)."""
     manifest = {
         "stage": stage,
         "method": method,
@@ -120,6 +122,7 @@ def write_manifest(
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "wall_time_s": round(time.time() - started, 3) if started else None,
+        "lineage": lineage or [],
     }
     write_json_atomic(Path(directory) / MANIFEST, manifest)
     return manifest

@@ -26,6 +26,10 @@ def _ints(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,24,16, got {value!r}") from None
 
 
+SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
+                   "(default: the split seed the model's lineage used for this task, else 0)")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy on a task and/or perplexity on a text",
                        description="Evaluate a model (optionally with an adapter): task accuracy on one split "
@@ -40,7 +44,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seq-len", type=int, default=512, help="perplexity window length in tokens (default 512)")
     p.add_argument("--max-windows", type=int, help="perplexity over at most this many windows (default: the whole text)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the task's train/validation/test split (default 0)")
+    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, help=SPLIT_SEED_HELP)
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="report even on examples the model's lineage trained or selected on (the output says so)")
     p.add_argument("--out", help="also write the results JSON to this file")
 
 
@@ -91,7 +97,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--lr-scheduler", choices=["cosine", "linear", "constant", "constant_with_warmup"], help="learning-rate schedule (default cosine)")
     p.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps (default 50)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
-    p.add_argument("--seed", type=int, help="seed for the split, the adapter's initialisation and the data order (default 42)")
+    p.add_argument("--seed", type=int, help="seed of the adapter's initialisation, the data order and NLS sampling (default 42)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the task's train/validation/test split, separate from --seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
@@ -113,6 +121,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task", help="nncf: task whose validation split scores the candidates (default: the training task)")
     p.add_argument("--limit", type=int, help="nncf: score on the first N validation examples")
+    p.add_argument("--split-seed", type=int, help="nncf: " + SPLIT_SEED_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
@@ -139,6 +148,7 @@ def _add_search(sub) -> None:
     p.add_argument("--population", type=int, help="NSGA-II/III population size (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--limit", type=int, help="score on the first N validation examples (the same slice every trial)")
+    p.add_argument("--split-seed", type=int, help=SPLIT_SEED_HELP)
     p.add_argument("--model", help="base model (default: the one recorded in the super-adapter)")
 
 
@@ -152,6 +162,7 @@ def _add_run(sub) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--model", help="override the recipe's model")
     p.add_argument("--task", help="override the recipe's task")
+    p.add_argument("--split-seed", type=int, help="override the recipe's split seed (default 0)")
 
 
 def _add_report(sub) -> None:
@@ -275,8 +286,11 @@ def _run(args: argparse.Namespace) -> None:
         task = None if args.task.lower() == "none" else args.task
         result = api.evaluate(args.model, task=task, adapter=args.adapter, split=args.split, limit=args.limit,
                               perplexity_text=args.perplexity_text, seq_len=args.seq_len,
-                              max_windows=args.max_windows, batch_size=args.batch_size, seed=args.seed, out=args.out)
-        print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
+                              max_windows=args.max_windows, batch_size=args.batch_size, split_seed=args.split_seed,
+                              allow_overlap=args.allow_overlap, out=args.out)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "ids", "scores")}, indent=2))
+        if (result.get("held_out") or {}).get("warning"):
+            print(result["held_out"]["warning"], file=sys.stderr)
     elif args.command == "finetune":
         overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "learning_rate", "batch_size", "grad_accum",
                                                    "max_length", "warmup_steps", "lr_scheduler", "save_steps",
@@ -284,24 +298,27 @@ def _run(args: argparse.Namespace) -> None:
         out = api.finetune(args.model, task=args.task, out=args.out, targets=args.targets, adapter=args.adapter,
                            rank=args.rank, rank_space=args.rank_space, groups=args.groups, alpha=args.alpha,
                            dropout=args.dropout, sparse_adapter=args.sparse_adapter, quant_aware=args.quant_aware,
-                           qa_weights=args.qa_weights, float_base=args.float_base, overwrite=args.overwrite,
-                           **overrides)
+                           qa_weights=args.qa_weights, float_base=args.float_base, split_seed=args.split_seed,
+                           overwrite=args.overwrite, **overrides)
         print(f"adapter written to {out}")
     elif args.command == "extract":
         out = api.extract(args.adapter, out=args.out, select=args.select, from_search=args.from_search, pick=args.pick,
-                          model=args.model, task=args.task, limit=args.limit, overwrite=args.overwrite)
+                          model=args.model, task=args.task, limit=args.limit, split_seed=args.split_seed,
+                          overwrite=args.overwrite)
         print(f"sub-adapter ({json.loads((out / 'slimtune.json').read_text())['method']}) written to {out}")
     elif args.command == "search":
         out = api.search(args.super_adapter, out=args.out, task=args.task, objectives=args.objectives,
                          trials=args.trials, storage=args.storage, study_name=args.study_name, sampler=args.sampler,
-                         population=args.population, seed=args.seed, limit=args.limit, model=args.model)
+                         population=args.population, seed=args.seed, limit=args.limit, model=args.model,
+                         split_seed=args.split_seed)
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
         print(f"{metrics['completed_trials']} trials, {metrics['pareto_size']} on the Pareto front; "
               f"{out}/pareto.json, {out}/pareto.png")
     elif args.command == "run":
         from .recipe import run_recipe
 
-        overrides = {k: v for k, v in (("model", args.model), ("task", args.task)) if v}
+        overrides = {k: v for k, v in (("model", args.model), ("task", args.task), ("split_seed", args.split_seed))
+                     if v is not None}
         run_recipe(args.recipe, args.out, overrides=overrides)
     elif args.command == "report":
         from .report import build_report

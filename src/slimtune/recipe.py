@@ -127,6 +127,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = "smollm2-135m"
     task: str = "polarity"
+    split_seed: int = Field(0, description="seed of every task's train/validation/test split (not a training seed)")
     stages: list[StageConfig] = Field(min_length=1)
 
 
@@ -262,7 +263,7 @@ def _model_is_quantized(model: str) -> bool:
 
 def _fingerprint(stage: BaseModel, recipe: Recipe, input_prints: list[str]) -> str:
     payload = json.dumps({"stage": stage.model_dump(), "model": recipe.model, "task": recipe.task,
-                          "inputs": input_prints}, sort_keys=True, default=str)
+                          "split_seed": recipe.split_seed, "inputs": input_prints}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -326,16 +327,17 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
         api.finetune(src, task=task, out=out, targets=st.targets, adapter=st.adapter, rank=st.rank,
                      rank_space=st.rank_space, groups=st.groups, alpha=st.alpha, dropout=st.dropout,
                      sparse_adapter=st.sparse_adapter, quant_aware=st.quant_aware, qa_weights=st.qa_weights,
-                     train_config=st.train, overwrite=overwrite, progress=progress)
+                     train_config=st.train, split_seed=recipe.split_seed, overwrite=overwrite, progress=progress)
     elif st.stage == "extract":
         if (Path(src) / api.SEARCH_CONFIG).is_file():
             api.extract(out=out, from_search=src, pick=st.pick or "knee", overwrite=overwrite, progress=progress)
         else:
-            api.extract(src, out=out, select=st.select, task=st.task, limit=st.limit, overwrite=overwrite,
-                        progress=progress)
+            api.extract(src, out=out, select=st.select, task=st.task, limit=st.limit, split_seed=recipe.split_seed,
+                        overwrite=overwrite, progress=progress)
     elif st.stage == "search":
         api.search(src, out=out, task=task, objectives=st.objectives, trials=st.trials, sampler=st.sampler,
-                   population=st.population, seed=st.seed, limit=st.limit, storage=st.storage, progress=progress)
+                   population=st.population, seed=st.seed, limit=st.limit, storage=st.storage,
+                   split_seed=recipe.split_seed, progress=progress)
     elif st.stage == "merge":
         api.merge(src, out=out, overwrite=overwrite)
     elif st.stage == "evaluate":
@@ -346,9 +348,9 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
         for m in st.models:
             results[m] = api.evaluate(paths[m], task=task, split=st.split, limit=st.limit,
                                       perplexity_text=st.perplexity_text, seq_len=st.seq_len,
-                                      max_windows=st.max_windows, progress=progress)
+                                      max_windows=st.max_windows, split_seed=recipe.split_seed, progress=progress)
         with atomic_dir(out, overwrite) as tmp:
             write_json_atomic(tmp / "results.json", results)
             write_manifest(tmp, stage="evaluate", method="evaluate", config=st.model_dump(),
-                           metrics={m: {k: v for k, v in r.items() if k not in ("samples", "predictions")}
+                           metrics={m: {k: v for k, v in r.items() if k not in ("samples", "predictions", "ids", "scores")}
                                     for m, r in results.items()}, started=started)

@@ -60,8 +60,13 @@ class Task:
     description: str = ""
     max_new_tokens: int = 32  # for generation tasks
     stop: tuple[str, ...] = ("\n\n",)  # generation stops at any of these
+    # How the task was loaded (load_task sets them): the spec, the split seed and the loader's options.
+    spec: str = ""
+    split_seed: int = 0
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.spec = self.spec or self.name
         if self.kind not in KINDS:
             raise DataError(f"task {self.name}: kind {self.kind!r} is not one of {KINDS}")
         if self.kind == "generation" and self.score is None:
@@ -158,10 +163,19 @@ def _call(loader: Callable[..., Task], spec: str, seed: int, kwargs: dict) -> Ta
 
 
 def load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
+    """A task from a spec, its splits fixed by the split seed `seed` (see _load_task)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"a task's split seed must be an integer, got {seed!r}")
+    task = _load_task(spec, seed, **kwargs)
+    task.spec, task.split_seed, task.options = os.fspath(spec), seed, dict(kwargs)
+    return task
+
+
+def _load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
     """A task from a spec: a registered name (see TASKS), "bigbench:<task>[:<subtask>]",
     "hf:<name>[:<config>]" / "hf:<local path>", or a .jsonl/.json/.csv file path.
 
-    `seed` fixes the split (and generated content); `kwargs` go to the loader, e.g.
+    `seed` is the split seed: it fixes the split (and generated content), never the training; `kwargs` go to the loader, e.g.
     train_size=... for gsm_symbolic, fractions=(0.6, 0.15) or lettered=True for file tasks.
     """
     key = os.fspath(spec)
