@@ -106,8 +106,9 @@ def main(argv=None) -> int:
     # test accuracy of the median and of each method's knee (never seen by the search)
     for row in rows:
         sub = work / f"knee-{row['method']}"
-        if not sub.exists():
-            api.extract(sup, out=sub, select=row["knee"]["config"], progress=False)
+        if not sub.exists():  # from the search run, so the knee's lineage records the examples that chose it
+            api.extract(out=sub, from_search=work / f"search-{row['method']}", pick=f"trial={row['knee']['trial']}",
+                        progress=False)
         row["knee_test_acc"] = api.task_score(api.evaluate(base, task=args.task, adapter=sub, progress=False))
     med_sub = work / "median"
     if not med_sub.exists():
