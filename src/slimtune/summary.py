@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from .adapters.peft_io import ELASTIC_CONFIG
+from .adapters.peft_io import ELASTIC_CONFIG, peft_compatible
 from .artifacts import MANIFEST, read_manifest
 from .errors import ArtifactError
 from .models import is_packed_quantized
@@ -42,6 +42,10 @@ def summarize(path: str | Path) -> dict:
                     if key.endswith("lora_A.weight"):
                         ranks[key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")] = st.get_slice(key).get_shape()[0]
         summary["ranks"] = ranks
+        try:
+            summary["peft_compatible"] = peft_compatible(directory)
+        except ArtifactError:  # not a LoRA at all (another PEFT method)
+            summary["peft_compatible"] = None
         if (directory / ELASTIC_CONFIG).is_file():
             from .nas import ElasticSpace
 
@@ -88,6 +92,11 @@ def format_summary(summary: dict) -> str:
              + (f" from stage {summary['stage']} ({summary['method']})" if summary.get("stage") else "")]
     if summary["kind"] == "adapter":
         lines += [f"  {name:60s} rank {r}" for name, r in summary["ranks"].items()]
+        if summary.get("peft_compatible") is not None:
+            lines.append("  a plain LoRA: peft.PeftModel.from_pretrained loads it with the same outputs"
+                         if summary["peft_compatible"] else
+                         "  sparse / quantization-aware: peft.PeftModel cannot apply it; use `slimtune merge` "
+                         "or slimtune.api.load_adapted")
         if "elastic" in summary:
             spaces = {tuple(v) for v in summary["elastic"]["groups"].values()}
             lines.append(f"  elastic super-adapter: {len(summary['elastic']['groups'])} rank groups "

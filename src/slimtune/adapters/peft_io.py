@@ -3,6 +3,13 @@
 The config is written by PEFT's own `LoraConfig`, so every field PEFT expects is present; weights
 use PEFT's key names (`base_model.model.<module>.lora_A.weight`). Per-module ranks and alphas go
 to `rank_pattern` / `alpha_pattern`, keyed by full module name.
+
+Only a plain LoRA (no mask, no grid) is a PEFT adapter. A SparsePEFT, QA-SparsePEFT or QA-LoRA
+adapter computes W + (s·B·A) ⊙ M, or Q(·) of it, which PEFT would load as a plain LoRA and
+silently compute the unmasked, off-grid update. So these keep the same layout with two changes
+that make every PEFT-format reader fail instead: `peft_type` names the method and says what to
+do (PEFT raises a KeyError carrying that text), and the weights file is SLIMTUNE_WEIGHTS_FILE,
+not the adapter_model.safetensors that tools reading the files directly look for.
 """
 
 from __future__ import annotations
@@ -20,8 +27,20 @@ from .lora import add_lora, check_rank_space, lora_layers
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+WEIGHTS_FILE = "adapter_model.safetensors"  # plain LoRA: the name PEFT loads
+SLIMTUNE_WEIGHTS_FILE = "slimtune_adapter.safetensors"  # sparse / QA: a name no PEFT-format reader picks up
 ELASTIC_CONFIG = "elastic_config.json"  # written by nas.space.ElasticSpace
+MODE_KEY = "slimtune"  # adapter_config.json's record of a sparse / QA adapter's mode
+
+# peft_type of the adapters PEFT cannot apply; stock PEFT fails on it with a KeyError showing this text.
+_NOT_PEFT = ("{kind} (slimtune): not a plain LoRA: its update is {what}, which PEFT cannot apply (as a LoRA it "
+             "would compute a different function). Merge it with `slimtune merge --adapter DIR --out MERGED` "
+             "and load the merged model, or load it with slimtune.api.load_adapted(base, DIR)")
+_KINDS = {  # (sparse, quant_aware) -> peft_type kind
+    (True, False): "SPARSEPEFT", (True, True): "QA_SPARSEPEFT", (False, True): "QA_LORA"}
+_WHAT = {"SPARSEPEFT": "masked by the base's zeros, W + (s·B·A) ⊙ M",
+         "QA_SPARSEPEFT": "masked by the base's zeros and rounded onto the base's INT grid, Q(W + (s·B·A) ⊙ M)",
+         "QA_LORA": "rounded onto the base's INT grid, Q(W + s·B·A)"}
 
 
 def _task_type(model: nn.Module) -> str:
@@ -39,17 +58,33 @@ def _target_spec(model: nn.Module, names: list[str]) -> list[str]:
     return suffixes if selected == set(names) else sorted(names)
 
 
+def _layers_mode(layers: dict) -> dict | None:
+    """The sparse / QA mode every layer shares (None for plain LoRA); a mix cannot be saved as one adapter."""
+    modes = {(l.sparse, l.quant_aware, l.quant_aware and l.qa_weight is not None) for l in layers.values()}
+    if len(modes) > 1:
+        raise ArtifactError(f"the model's LoRA layers mix modes (sparse, quant_aware, float qa_weight): {sorted(modes)}; "
+                            "an adapter applies one mode to every layer, so build them with one add_lora call")
+    sparse, quant_aware, float_weights = modes.pop()
+    if not (sparse or quant_aware):
+        return None
+    kind = _KINDS[(sparse, quant_aware)]
+    return {"kind": kind, "sparse": sparse, "quant_aware": quant_aware,
+            "qa_weights": ("float" if float_weights else "quantized") if quant_aware else None}
+
+
 def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write the model's LoRA layers, at their active ranks, as a PEFT LoRA adapter into `out_dir`.
 
     An elastic layer at active rank r' is written as the rank-r' slices A[:r'], B[:, :r'] with
     alpha' = alpha·r'/r_max, so PEFT's scaling alpha'/r' is the super-adapter's alpha/r_max.
+    Sparse and quantization-aware layers are written so that PEFT refuses them (module docstring).
     """
     from peft import LoraConfig
 
     layers = lora_layers(model)
     if not layers:
         raise ArtifactError("the model has no LoRA layers to save")
+    mode = _layers_mode(layers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = {n: l.active_rank for n, l in layers.items()}
@@ -66,13 +101,32 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
         task_type=_task_type(model), base_model_name_or_path=base_model_name_or_path,
     )
     config.save_pretrained(str(out_dir))
+    weights_file = WEIGHTS_FILE
+    for stale in (WEIGHTS_FILE, SLIMTUNE_WEIGHTS_FILE):  # never leave the other kind's weights beside these
+        (out_dir / stale).unlink(missing_ok=True)
+    if mode is not None:
+        path = out_dir / CONFIG_FILE
+        written = json.loads(path.read_text())
+        written["peft_type"] = _NOT_PEFT.format(kind=mode["kind"], what=_WHAT[mode["kind"]])
+        written[MODE_KEY] = mode
+        path.write_text(json.dumps(written, indent=2, sort_keys=True))
+        weights_file = SLIMTUNE_WEIGHTS_FILE
     tensors = {}
     for name, layer in layers.items():
         a, b = layer.active_factors()
         tensors[f"{PREFIX}{name}.lora_A.weight"] = a.detach().contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = b.detach().contiguous()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(tensors, str(out_dir / weights_file), metadata={"format": "pt"})
     return out_dir
+
+
+def _kind(config: dict) -> str | None:
+    """'LORA', a slimtune kind (SPARSEPEFT, QA_SPARSEPEFT, QA_LORA), or None for anything else."""
+    peft_type = str(config.get("peft_type"))
+    if peft_type == "LORA":
+        return "LORA"
+    kind = peft_type.split(" ", 1)[0]
+    return kind if kind in _WHAT and isinstance(config.get(MODE_KEY), dict) else None
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:
@@ -80,52 +134,91 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{adapter_dir} is not a PEFT adapter directory (no {CONFIG_FILE})")
     config = json.loads(path.read_text())
-    if config.get("peft_type") != "LORA":
-        raise ArtifactError(f"{path}: peft_type is {config.get('peft_type')!r}; slimtune loads LORA adapters")
+    if _kind(config) is None:
+        raise ArtifactError(f"{path}: peft_type is {config.get('peft_type')!r}; slimtune loads LORA adapters "
+                            f"and its own {', '.join(_WHAT)} adapters")
     return config
 
 
-def adapter_mode(adapter_dir: str | Path) -> dict:
-    """How a slimtune adapter applies its update (from its manifest; plain LoRA for foreign adapters):
-    sparse (SparsePEFT mask), quant_aware (QA-SparsePEFT), qa_weights ('quantized' or 'float') and
-    float_base (the float model whose weights a 'float' QA adapter merges into)."""
+def weights_path(adapter_dir: str | Path) -> Path:
+    """The adapter's weights: adapter_model.safetensors (plain LoRA) or slimtune_adapter.safetensors."""
+    adapter_dir = Path(adapter_dir)
+    expected = WEIGHTS_FILE if _kind(read_adapter_config(adapter_dir)) == "LORA" else SLIMTUNE_WEIGHTS_FILE
+    if not (adapter_dir / expected).is_file():
+        raise ArtifactError(f"{adapter_dir} has no {expected} (the weights its {CONFIG_FILE} calls for); "
+                            "the adapter is incomplete: save or extract it again")
+    return adapter_dir / expected
+
+
+def _mode(adapter_dir: str | Path) -> dict:
     from ..artifacts import read_manifest
 
     mode = {"sparse": False, "quant_aware": False, "qa_weights": "quantized", "float_base": None}
     try:
-        config = read_manifest(adapter_dir).get("config", {})
+        manifest = read_manifest(adapter_dir).get("config", {})
     except ArtifactError:
-        return mode
-    return {k: config.get(k, v) for k, v in mode.items()}
+        manifest = {}
+    recorded = read_adapter_config(adapter_dir).get(MODE_KEY) or {}
+    for key in mode:
+        for source in (recorded, manifest):  # adapter_config.json first: it was written with the weights
+            if source.get(key) is not None:
+                mode[key] = source[key]
+                break
+    return mode
+
+
+def adapter_mode(adapter_dir: str | Path) -> dict:
+    """How a slimtune adapter applies its update: sparse (SparsePEFT mask), quant_aware (QA-SparsePEFT),
+    qa_weights ('quantized' or 'float') and float_base (the float model whose weights a 'float' QA
+    adapter merges into). The mode comes from adapter_config.json (and, for adapters saved before it
+    recorded one, the manifest); float_base from the manifest. Plain LoRA for foreign adapters."""
+    mode = _mode(adapter_dir)
+    if mode["quant_aware"] and mode["qa_weights"] == "float" and not mode["float_base"]:
+        raise ArtifactError(f"{adapter_dir} is a quantization-aware adapter merged into float weights "
+                            "(qa_weights 'float'), but its manifest (slimtune.json) names no float_base to read them "
+                            "from; restore the manifest the adapter was written with")
+    return mode
+
+
+def peft_compatible(adapter_dir: str | Path) -> bool:
+    """Whether stock `peft.PeftModel.from_pretrained` computes this adapter's trained function: True
+    for a plain LoRA, False for a sparse or quantization-aware one (PEFT refuses those written by
+    this version; one written as peft_type LORA by an older slimtune would load, silently wrong)."""
+    config = read_adapter_config(adapter_dir)
+    if _kind(config) != "LORA" or not (Path(adapter_dir) / WEIGHTS_FILE).is_file():
+        return False
+    mode = _mode(adapter_dir)
+    return not (mode["sparse"] or mode["quant_aware"])
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False,
                  qa_weights: dict | None = None) -> dict:
     """Wrap `model` with the LoRA adapter saved in `adapter_dir` (PEFT format) and load its weights.
 
-    The adapter's mode (sparse, quantization-aware) comes from its manifest, and an elastic
+    The adapter's mode (sparse, quantization-aware) comes from adapter_mode, and an elastic
     super-adapter's rank spaces from its elastic_config.json; `qa_weights` are the float weights
     of a 'float' quantization-aware adapter (see api.finetune).
     """
     adapter_dir = Path(adapter_dir)
     config = read_adapter_config(adapter_dir)
-    weights_path = adapter_dir / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ArtifactError(f"{adapter_dir} has no {WEIGHTS_FILE}")
+    path = weights_path(adapter_dir)
     try:
-        tensors = load_file(str(weights_path))
+        tensors = load_file(str(path))
     except Exception as e:
-        raise ArtifactError(f"{weights_path} cannot be read ({e}); the adapter is damaged") from e
+        raise ArtifactError(f"{path} cannot be read ({e}); the adapter is damaged") from e
     names = module_names(tensors)
     if not names:
-        raise ArtifactError(f"{weights_path} holds no LoRA weights")
+        raise ArtifactError(f"{path} holds no LoRA weights")
     ranks = {n: tensors[f"{PREFIX}{n}.lora_A.weight"].shape[0] for n in names}
     alpha_of = _alpha_lookup(config)
-    mode = adapter_mode(adapter_dir)
+    mode = _mode(adapter_dir)
+    if mode["quant_aware"] and mode["qa_weights"] == "float" and qa_weights is None:
+        raise ArtifactError(f"{adapter_dir} merges its update into the float weights its base was quantized from "
+                            "(qa_weights 'float'); pass them as qa_weights, or load it with slimtune.api.load_adapted")
     layers = add_lora(model, names, r=config["r"], alpha=config["lora_alpha"],
                       dropout=config.get("lora_dropout", 0.0), rank_pattern=ranks,
-                      alpha_pattern={n: alpha_of(n) for n in names}, sparse=mode["sparse"],
-                      quant_aware=mode["quant_aware"], qa_weights=qa_weights)
+                      alpha_pattern={n: alpha_of(n) for n in names}, sparse=bool(mode["sparse"]),
+                      quant_aware=bool(mode["quant_aware"]), qa_weights=qa_weights)
     if (adapter_dir / ELASTIC_CONFIG).is_file():
         from ..nas.space import ElasticSpace
 
@@ -150,7 +243,7 @@ def adapter_modules(adapter_dir: str | Path) -> list[str]:
     """The adapted modules of a saved adapter, read from its weight file's index (no tensors loaded)."""
     from safetensors import safe_open
 
-    with safe_open(str(Path(adapter_dir) / WEIGHTS_FILE), "pt") as f:
+    with safe_open(str(weights_path(adapter_dir)), "pt") as f:
         return module_names(f.keys())
 
 
