@@ -53,8 +53,10 @@ def _add_evaluate(sub) -> None:
 def _add_finetune(sub) -> None:
     p = sub.add_parser("finetune", help="train a LoRA adapter on a task",
                        description="Fine-tune a LoRA adapter on the task's training split with transformers' "
-                                   "Trainer. Writes a PEFT adapter directory (loadable with peft.PeftModel) with "
-                                   "a slimtune.json manifest. Re-running the same command after an interruption "
+                                   "Trainer on the task's training split (fixed by --split-seed). Writes a PEFT adapter "
+                                   "directory with a slimtune.json manifest: a plain LoRA loads with peft.PeftModel; "
+                                   "sparse and quantization-aware adapters load only in slimtune (use `slimtune merge`), "
+                                   "since stock PEFT would compute another function. Re-running the same command after an interruption "
                                    "resumes from the last checkpoint.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--task", default="polarity", help=TASK_HELP)
@@ -107,7 +109,8 @@ def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="export a sub-adapter of an elastic (nls) super-adapter",
                        description="Pick one sub-adapter of an nls super-adapter and write it as a standard PEFT LoRA "
                                    "(per-module ranks in rank_pattern, the super-adapter's scaling kept through "
-                                   "alpha_pattern), which peft.PeftModel loads and `slimtune merge` merges.")
+                                   "alpha_pattern), which `slimtune merge` merges and, unless it is sparse or quantization-aware, "
+                                   "peft.PeftModel loads.")
     p.add_argument("--adapter", help="super-adapter directory (slimtune finetune --adapter nls)")
     p.add_argument("--out", required=True, help="output adapter directory")
     p.add_argument("--from-search", help="a `slimtune search` run directory: extract one of its trials (see --pick) "
