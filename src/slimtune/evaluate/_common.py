@@ -14,6 +14,14 @@ def model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
+def model_dtype(model) -> torch.dtype:
+    """The floating dtype the model computes in (its first floating parameter's)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 def check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ._common import model_device, pad_id
+from ._common import model_device, model_dtype, pad_id
 
 _ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask as given
 
@@ -98,13 +98,6 @@ def packed_mask(segments: torch.Tensor, dtype: torch.dtype, additive: bool) -> t
     return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _float_dtype(model) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def packed_loglikelihoods(model, tokenizer, groups: list[tuple[list[int], list[list[int]]]],
                           batch_size: int = 8, progress: bool = True, bar=None) -> list[list[float]]:
     """Per group (context tokens, [continuation tokens per choice]): the summed log-probability
@@ -114,7 +107,7 @@ def packed_loglikelihoods(model, tokenizer, groups: list[tuple[list[int], list[l
     out = [[0.0] * len(conts) for _, conts in groups]
     device, pad = model_device(model), pad_id(tokenizer)
     additive = model.config._attn_implementation == "eager"
-    dtype = _float_dtype(model)
+    dtype = model_dtype(model)
     head = model.get_output_embeddings()
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     own_bar = bar is None
