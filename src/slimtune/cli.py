@@ -268,7 +268,7 @@ def _add_demo(sub) -> None:
                                    "skips finished stages.")
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--task", default="polarity", help=TASK_HELP)
+    p.add_argument("--task", default=None, help=TASK_HELP + " (default: the demo's, bigbench:strategyqa)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the demo's setting)")
     p.add_argument("--max-windows", type=int, default=4, help="perplexity windows of 512 tokens on the Wikipedia text (default 4)")
 
@@ -353,9 +353,9 @@ def _run(args: argparse.Namespace) -> None:
         summary = api.inspect(args.path)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     elif args.command == "demo":
-        from .demo import run_demo
+        from .demo import TASK, run_demo
 
-        run_demo(args.out, model=args.model, task=args.task, epochs=args.epochs, max_windows=args.max_windows)
+        run_demo(args.out, model=args.model, task=args.task or TASK, epochs=args.epochs, max_windows=args.max_windows)
 
 
 def main(argv: list[str] | None = None) -> int:
