@@ -3,7 +3,7 @@
 import pytest
 
 from slimtune.data import load_task
-from slimtune.data.gsm import extract_answer, score
+from slimtune.data.gsm import all_templates, extract_answer, score, template_split
 from slimtune.data.tasks import Example
 from slimtune.errors import DataError
 
@@ -33,6 +33,35 @@ def test_splits_deterministic_disjoint_and_test_independent_of_train_size(task):
     assert [e.prompt for e in small.test] == [e.prompt for e in task.test]
     other = load_task("gsm_symbolic", seed=1, train_size=0, validation_size=0, test_size=20)
     assert [e.prompt for e in other.test] != [e.prompt for e in task.test[:20]]
+
+
+def test_held_out_by_template(task):
+    import reasoning_gym
+
+    # meta["template"] is the template reasoning-gym instantiated for that index of the seed
+    dataset = reasoning_gym.create_dataset("gsm_symbolic", seed=0, size=max(e.meta["index"] for s in
+                                           ("train", "validation", "test") for e in task.split(s)) + 1)
+    used = {}
+    for s in ("train", "validation", "test"):
+        for e in task.split(s):
+            assert e.meta["template"] == dataset.task_indices[e.meta["index"]]
+        used[s] = {e.meta["template"] for e in task.split(s)}
+    assert not used["train"] & used["test"] and not used["train"] & used["validation"]
+    assert not used["validation"] & used["test"]
+    # the template split is the seed's, and the problems are spread over its templates
+    parts = template_split(0)
+    assert [len(parts[s]) for s in ("train", "validation", "test")] == [60, 8, 17]
+    assert sorted(parts["train"] + parts["validation"] + parts["test"]) == all_templates()
+    assert used["test"] <= set(parts["test"]) and len(used["test"]) >= 15
+    assert used["validation"] <= set(parts["validation"]) and used["train"] <= set(parts["train"])
+    assert template_split(1)["test"] != parts["test"]
+
+
+def test_test_problems_do_not_depend_on_other_sizes(task):
+    big = load_task("gsm_symbolic", seed=0, train_size=600, validation_size=0, test_size=150)
+    assert [e.id for e in big.test[:100]] == [e.id for e in task.test]
+    assert [e.id for e in big.train[:200]] == [e.id for e in task.train]
+    assert {e.meta["template"] for e in big.train}.isdisjoint(e.meta["template"] for e in big.test)
 
 
 def test_gold_solutions_score_one(task):

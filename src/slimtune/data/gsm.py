@@ -5,13 +5,19 @@ problems as we ask for, deterministically for a seed. Each entry has `question`,
 final number as a string) and `metadata["answer_cot"]`, a worked solution in GSM8K style ending in
 "#### <number>"; that worked solution is the fine-tuning target.
 
-Entry i of a seed does not depend on the requested size (reasoning-gym picks templates with
-`Random(seed).choices` and numbers with `Random(seed + i)`), so the test split is taken first:
-changing the train size never changes the test problems.
+Held out by template: problems from one template share their wording and their solution steps,
+so a model trained on some instances of a template has seen the others. The split seed therefore
+splits the templates first (test 20%, validation 10%, train the rest, all disjoint) and each split
+takes only problems of its own templates. reasoning-gym does not put the template in an entry's
+metadata; the dataset holds it in `task_indices[i]` (drawn with `Random(seed).choices`, whose
+prefix does not depend on the size), and entry i's numbers come from `Random(seed + i)`. A split's
+problems are the first distinct entries of its templates in index order, so each split depends on
+the seed and its own size only: changing the train size never changes the test problems.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from functools import lru_cache
 
@@ -69,46 +75,82 @@ def _worked_solution(entry: dict) -> str:
     return f"{body}\n#### {entry['answer']}"
 
 
+# Shares of the templates held out for test and validation (the rest are train templates).
+TEMPLATE_SHARES = {"test": 0.2, "validation": 0.1}
+
+
+def all_templates() -> list[int]:
+    """The template numbers reasoning-gym draws from (its `tasks_ok`: the templates it has checked)."""
+    from reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic import tasks_ok
+
+    return sorted(tasks_ok)
+
+
+def template_split(seed: int = 0) -> dict[str, list[int]]:
+    """The templates of each split for a split seed: disjoint, fixed by the seed alone."""
+    order = all_templates()
+    random.Random(f"{NAME}:templates:{seed}").shuffle(order)
+    n_test = int(round(len(order) * TEMPLATE_SHARES["test"]))
+    n_val = int(round(len(order) * TEMPLATE_SHARES["validation"]))
+    return {"test": sorted(order[:n_test]), "validation": sorted(order[n_test:n_test + n_val]),
+            "train": sorted(order[n_test + n_val:])}
+
+
+def _fill(seed: int, sizes: dict[str, int], templates: dict[str, list[int]]) -> dict[str, list[Example]]:
+    """The first `sizes[s]` distinct problems of split s's templates, in reasoning-gym's index order."""
+    import reasoning_gym
+
+    split_of = {t: s for s, ts in templates.items() for t in ts}
+    out: dict[str, list[Example]] = {s: [] for s in sizes}
+    seen: dict[str, set[str]] = {s: set() for s in sizes}
+    # Enough indices for the expected share of each split's templates, doubled while some split is short;
+    # a few templates have few distinct instances, so a split can run out only past the cap.
+    expected = max(int(n / (len(templates[s]) / len(split_of))) for s, n in sizes.items())
+    size, cap, i = expected + expected // 2 + 100, 64 * (expected + 100), 0
+    while True:
+        dataset = reasoning_gym.create_dataset(NAME, seed=seed, size=size)
+        for i in range(i, size):
+            split = split_of[dataset.task_indices[i]]
+            if len(out[split]) == sizes[split]:
+                continue
+            entry = dataset[i]
+            if entry["question"] in seen[split]:
+                continue
+            seen[split].add(entry["question"])
+            out[split].append(Example(
+                prompt=qa_prompt(entry["question"]),
+                answer=" " + _worked_solution(entry),
+                target=entry["answer"],
+                meta={"source": NAME, "seed": seed, "index": i, "template": dataset.task_indices[i]},
+            ))
+            if all(len(out[s]) == n for s, n in sizes.items()):
+                return out
+        i = size
+        if size >= cap:
+            short = [f"{s} ({len(out[s])} of {n})" for s, n in sizes.items() if len(out[s]) < n]
+            raise DataError(f"task {NAME}: only so many distinct problems in {', '.join(short)} for split seed "
+                            f"{seed} among {size} generated; ask for fewer")
+        size *= 2
+
+
 def load_gsm_symbolic(seed: int = 0, train_size: int = 200, validation_size: int = 50,
                       test_size: int = 100) -> Task:
-    """The gsm_symbolic task: test, validation and train problems generated from one seed.
+    """The gsm_symbolic task, held out by template: the sizes count problems, and the test and
+    validation problems come from templates that no train problem uses (see the module docstring).
 
-    Problems whose question text repeats an earlier one are skipped, so the splits are disjoint.
+    Problems whose question text repeats an earlier one of its split are skipped.
     """
     sizes = {"train": train_size, "validation": validation_size, "test": test_size}
     for split, n in sizes.items():
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise DataError(f"task {NAME}: {split}_size must be a non-negative integer, got {n!r}")
-    total = sum(sizes.values())
-    if total == 0:
+    if sum(sizes.values()) == 0:
         raise DataError(f"task {NAME}: all split sizes are 0; ask for at least one example")
-    import reasoning_gym
-
-    # A few templates have few distinct instances; over-generate a little to replace duplicates.
-    dataset = reasoning_gym.create_dataset(NAME, seed=seed, size=total + total // 10 + 20)
-    seen: set[str] = set()
-    examples: list[Example] = []
-    for i in range(dataset.size):
-        entry = dataset[i]
-        if entry["question"] in seen:
-            continue
-        seen.add(entry["question"])
-        examples.append(Example(
-            prompt=qa_prompt(entry["question"]),
-            answer=" " + _worked_solution(entry),
-            target=entry["answer"],
-            meta={"source": NAME, "seed": seed, "index": i},
-        ))
-        if len(examples) == total:
-            break
-    if len(examples) < total:
-        raise DataError(f"task {NAME}: only {len(examples)} distinct problems for seed {seed}; ask for fewer")
-    test = examples[:test_size]
-    validation = examples[test_size:test_size + validation_size]
-    train = examples[test_size + validation_size:]
+    splits = _fill(seed, sizes, template_split(seed))
     return Task(
-        NAME, "generation", train, validation, test, score=score,
-        description="GSM8K-style math word problems with worked solutions (reasoning-gym gsm_symbolic)",
+        NAME, "generation", splits["train"], splits["validation"], splits["test"], score=score,
+        description="GSM8K-style math word problems with worked solutions (reasoning-gym gsm_symbolic), "
+                    "test and validation from templates held out of train",
         max_new_tokens=256,
         # Worked solutions contain single blank lines, so "\n\n" cannot end a generation here.
         stop=("\nQuestion:", "\n\n\n"),
