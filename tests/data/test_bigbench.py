@@ -1,8 +1,11 @@
 """BIG-bench tasks from the bigbench==1.0.0 sdist (fetched with pip download on first use)."""
 
+import json
+from collections import Counter
+
 import pytest
 
-from slimtune.data import load_task
+from slimtune.data import bigbench, load_task
 from slimtune.data.bigbench import available_tasks, subtasks
 from slimtune.errors import DataError
 
@@ -68,3 +71,68 @@ def test_unknown_task_lists_available():
     assert "strategyqa" in available_tasks() and len(available_tasks()) > 150
     with pytest.raises(DataError, match="no BIG-bench task 'nope'.*strategyqa"):
         load_task("bigbench:nope")
+
+
+def _split_of_questions(task) -> dict[str, set[str]]:
+    where: dict[str, set[str]] = {}
+    for s in ("train", "validation", "test"):
+        for e in task.split(s):
+            where.setdefault(e.meta["question"], set()).add(s)
+    return where
+
+
+@pytest.mark.parametrize("spec,repeats", [("bigbench:social_iqa", 5), ("bigbench:goal_step_wikihow", 205)])
+def test_repeated_questions_stay_in_one_split(spec, repeats):
+    # Questions asked more than once (social_iqa: with other choices; goal_step_wikihow: across its
+    # subtasks). Grouping by raw position alone put 3 of social_iqa's 5 and 119 of goal_step_wikihow's
+    # 205 into two splits at split seed 0.
+    task = load_task(spec, seed=0)
+    where = _split_of_questions(task)
+    count = Counter(e.meta["question"] for s in ("train", "validation", "test") for e in task.split(s))
+    repeated = [q for q, n in count.items() if n > 1]
+    assert len(repeated) == repeats
+    assert all(len(where[q]) == 1 for q in repeated)
+    ids = [{e.id for e in task.split(s)} for s in ("train", "validation", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_prompts_do_not_depend_on_the_split_seed():
+    a, b = load_task("bigbench:social_iqa", seed=0), load_task("bigbench:social_iqa", seed=7)
+    ids = lambda t: sorted(e.id for s in ("train", "validation", "test") for e in t.split(s))  # noqa: E731
+    assert ids(a) == ids(b)  # same prompts (appended choices in the same order), other splits
+    assert {e.id for e in a.test} != {e.id for e in b.test}
+
+
+def _write(root, task, examples, sub=None):
+    path = root / task / sub if sub else root / task
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "task.json").write_text(json.dumps({"examples": examples} if examples is not None else {}))
+
+
+def _mc(text, gold, other):
+    return {"input": text, "target_scores": {gold: 1, other: 0}}
+
+
+def test_synthetic_repeats_parallel_and_unrelated_subtasks(tmp_path, monkeypatch):
+    monkeypatch.setattr(bigbench, "tasks_root", lambda: tmp_path)
+    # "a": 40 questions; "b": other questions, except that its last asks a's question 0 again;
+    # within "a", question 1 is repeated at the end with other choices.
+    a = [_mc(f"question {i}?", f"yes{i}", f"no{i}") for i in range(40)] + [_mc("question 1?", "maybe", "never")]
+    b = [_mc(f"other {i}?", f"x{i}", f"y{i}") for i in range(40)] + [_mc("  question 0? ", "yes0", "no0")]
+    # "hint": a's questions rephrased, same gold answers at the same positions (a parallel subtask)
+    hint = [_mc(f"hinted {i}?", f"yes{i}", f"no{i}") for i in range(40)] + [_mc("hinted 1?", "maybe", "never")]
+    _write(tmp_path, "toy", None)  # a task of subtasks: its own task.json has no examples
+    _write(tmp_path, "toy", b, "b")
+    _write(tmp_path, "toy", a, "a")
+    _write(tmp_path, "toy", hint, "hint")
+    for seed in range(8):
+        task = load_task("bigbench:toy", seed=seed)
+        split = {e.meta["question"] + "|" + e.meta["source"]: s for s in ("train", "validation", "test")
+                 for e in task.split(s)}
+        assert split["question 0?|bigbench:toy:a"] == split["question 0?|bigbench:toy:b"]
+        where = _split_of_questions(task)
+        assert len(where["question 1?"]) == 1
+        assert all(split[f"question {i}?|bigbench:toy:a"] == split[f"hinted {i}?|bigbench:toy:hint"]
+                   for i in range(40))
+    # b is not parallel to a (other gold answers): its positions are not tied to a's
+    assert any(split[f"question {i}?|bigbench:toy:a"] != split[f"other {i}?|bigbench:toy:b"] for i in range(1, 40))

@@ -6,9 +6,18 @@ dependencies do not build). Prompts follow BIG-bench's own default_format_fn: ta
 example_input_prefix + input [+ the choices, when append_choices_to_input] + example_output_prefix.
 
 Specs: "bigbench:<task>" and, for tasks split into subtask directories, "bigbench:<task>:<subtask>".
-"bigbench:<task>" on such a task combines all its subtasks (as BIG-bench's aggregate score does);
-the i-th examples of every subtask share a split, because some tasks (elementary_math_qa) ask the
-same question in each subtask with different hints, which would otherwise leak across splits.
+"bigbench:<task>" on such a task combines all its subtasks (as BIG-bench's aggregate score does).
+
+Splits keep a repeated question in one split: examples whose input text is the same (whitespace
+normalized; in another subtask, or repeated within a task with other choices) share a split, and so
+do the i-th examples of parallel subtasks: subtasks with the same number of examples whose gold
+answers agree position by position (at 90% of them), like elementary_math_qa's, which ask the same
+question in each subtask with different hints. Other subtasks are unrelated position by position
+(logical_deduction's have other lengths; list_functions' 250 subtasks of 32 apply other functions;
+abstract_narrative_understanding's share their stories in another order and are linked by text),
+and linking their positions would chain most of a task into one group. The choices appended to a prompt are shuffled by the task's
+name and the example's position, never by the split seed, so a prompt (and its id) is the same text
+under every split seed.
 """
 
 from __future__ import annotations
@@ -53,7 +62,12 @@ def _read(path: Path) -> dict:
         raise DataError(f"cannot read BIG-bench task file {path}: {e}") from e
 
 
-def _examples(data: dict, name: str, seed: int) -> tuple[str, list[Example]]:
+def _question(text: str) -> str:
+    """The key that makes two inputs the same question: the text with whitespace normalized."""
+    return " ".join(text.split())
+
+
+def _examples(data: dict, name: str) -> tuple[str, list[Example]]:
     """(kind, examples) of one task.json, formatted as BIG-bench formats them."""
     raw = data.get("examples")
     if not raw:
@@ -84,9 +98,10 @@ def _examples(data: dict, name: str, seed: int) -> tuple[str, list[Example]]:
             scores = ex["target_scores"]
             names = list(scores)
             if append_choices:
-                # BIG-bench lists the choices in a random order so their position is no hint.
+                # BIG-bench lists the choices in a random order so their position is no hint; the order
+                # is fixed per example (not per split seed) so that the prompt's text, and its id, is too.
                 listed = sorted(names)
-                random.Random(f"{seed}:{name}:{i}").shuffle(listed)
+                random.Random(f"{name}:{i}").shuffle(listed)
                 text = text + choice_prefix + choice_prefix.join(listed)
             best = max(scores.values())
             if len(names) < 2 or best <= min(scores.values()):
@@ -94,14 +109,51 @@ def _examples(data: dict, name: str, seed: int) -> tuple[str, list[Example]]:
             label = names.index(next(k for k in names if scores[k] == best))
             prompt, sep = split_prefix((prefix + input_prefix + text + output_prefix).lstrip("\n"))
             out.append(Example(prompt, tuple(sep + str(c) for c in names), label,
-                               meta={"source": f"bigbench:{name}", "index": i}))
+                               meta={"source": f"bigbench:{name}", "index": i, "question": _question(str(ex["input"]))}))
         else:
             targets = ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
             targets = [str(t) for t in targets]
             prompt, sep = split_prefix((prefix + input_prefix + text + output_prefix).lstrip("\n"))
             out.append(Example(prompt, answer=sep + targets[0], target=targets[0],
-                               meta={"source": f"bigbench:{name}", "index": i, "targets": targets}))
+                               meta={"source": f"bigbench:{name}", "index": i, "targets": targets,
+                                     "question": _question(text)}))
     return kind, out
+
+
+def _groups(per_file: list[tuple[int, list[Example]]]) -> list[list[Example]]:
+    """Examples that must share a split, from (raw example count, examples) per task file: connected by
+    the same question text (anywhere) or the same raw position in parallel files (see the module
+    docstring), found with a union-find; ordered by their first raw position."""
+    gold = [{e.meta["index"]: e.completion.strip() for e in examples} for _, examples in per_file]
+
+    def aligned(a: int, b: int) -> bool:
+        shared = gold[a].keys() & gold[b].keys()
+        return per_file[a][0] == per_file[b][0] and bool(shared) and \
+            sum(gold[a][i] == gold[b][i] for i in shared) >= 0.9 * len(shared)
+
+    parallel = list(range(len(per_file)))  # each file's first parallel file, whose positions it shares
+    for b in range(len(per_file)):
+        parallel[b] = next(a for a in range(b + 1) if a == b or (parallel[a] == a and aligned(a, b)))
+    flat = [(parallel[f], e) for f, (_, examples) in enumerate(per_file) for e in examples]
+    parent = list(range(len(flat)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    first: dict[tuple, int] = {}
+    for k, (f, e) in enumerate(flat):
+        # An empty input (cause_and_effect: the question is all in the choices) is no shared question.
+        keys = [("index", f, e.meta["index"])] + ([("question", e.meta["question"])] if e.meta["question"] else [])
+        for key in keys:
+            j = first.setdefault(key, k)
+            parent[root(k)] = root(j)
+    groups: dict[int, list[Example]] = {}
+    for k, (_, e) in enumerate(flat):
+        groups.setdefault(root(k), []).append(e)
+    return sorted(groups.values(), key=lambda g: min(e.meta["index"] for e in g))
 
 
 def _split_groups(groups: list[list[Example]], seed: int,
@@ -146,25 +198,20 @@ def load_bigbench(name: str, seed: int = 0, fractions: tuple[float, float] = (0.
         label = task if path.parent.name == task else f"{task}:{path.parent.name}"
         data = _read(path)
         stops.add(data.get("stop_string") or "\n")
-        kind, examples = _examples(data, label, seed)
+        kind, examples = _examples(data, label)
         kinds.add(kind)
         if max_examples is not None:
             # The same raw positions in every subtask of one length, so parallel subtasks stay aligned.
             n_raw, keep = len(data["examples"]), max(1, max_examples // len(files))
             chosen = set(random.Random(seed).sample(range(n_raw), min(keep, n_raw)))
             examples = [e for e in examples if e.meta["index"] in chosen]
-        per_file.append(examples)
+        per_file.append((len(data["examples"]), examples))
     if len(kinds) > 1:
         raise DataError(f"BIG-bench task {task} mixes multiple-choice and generation subtasks "
                         f"({', '.join(subs)}); load one with bigbench:{task}:<subtask>")
     (kind,) = kinds
-    # Group the examples at the same raw position of every subtask (see the module docstring).
-    by_index: dict[int, list[Example]] = {}
-    for examples in per_file:
-        for e in examples:
-            by_index.setdefault(e.meta["index"], []).append(e)
-    groups = [by_index[i] for i in sorted(by_index)]
-    train, val, test = _split_groups(groups, seed, fractions)
+    # A repeated question stays in one split (see the module docstring).
+    train, val, test = _split_groups(_groups(per_file), seed, fractions)
     spec = f"bigbench:{task}" + (f":{sub}" if sub else "")
     if kind == "generation":
         return Task(spec, kind, train, val, test, score=exact_match,
