@@ -64,6 +64,8 @@ class Task:
     spec: str = ""
     split_seed: int = 0
     options: dict = field(default_factory=dict)
+    # A suite's member task specs; each example's meta["task"] names its member (evaluation reports per member).
+    members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.spec = self.spec or self.name
@@ -203,3 +205,4 @@ def _load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
 # Registration of the built-in task modules (they import names defined above).
 from . import bigbench as _bigbench  # noqa: E402,F401
 from . import gsm as _gsm  # noqa: E402,F401
+from . import suites as _suites  # noqa: E402,F401
