@@ -9,7 +9,22 @@ from ..data.tasks import Task, load_task
 from ..errors import ConfigError
 from .choice import multiple_choice
 from .generation import generation_accuracy
+from .intervals import grouped, macro_ci, mean_ci
 from .perplexity import perplexity
+
+
+def with_intervals(task: Task, examples, scores: list[float], key: str) -> dict:
+    """Per-example ids and scores, the headline's bootstrap interval (`<key>_ci`) and, for a suite,
+    each member's accuracy and interval and their macro average (`average`, `average_ci`)."""
+    out = {"ids": [ex.id for ex in examples], "scores": scores, f"{key}_ci": mean_ci(scores)["ci"]}
+    if task.members:
+        members = [ex.meta.get("task", task.spec) for ex in examples]
+        r = macro_ci(grouped(scores, members))
+        order = [m for m in task.members if m in r["per_task"]] + [m for m in r["per_task"] if m not in task.members]
+        out |= {"per_task": {m: {"n": r["per_task"][m]["n"], "acc": r["per_task"][m]["mean"],
+                                 "acc_ci": r["per_task"][m]["ci"]} for m in order},
+                "average": r["mean"], "average_ci": r["ci"]}
+    return out
 
 
 def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str = "test",
@@ -18,7 +33,11 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
     """Task accuracy and/or perplexity in one JSON-serialisable dict.
 
     Multiple-choice tasks give acc and acc_norm (lm-eval's definitions), generation tasks give
-    accuracy (mean of the task's scorer); `text` adds perplexity over non-overlapping windows.
+    accuracy (mean of the task's scorer); either comes with its 95% bootstrap interval (acc_ci or
+    accuracy_ci) and the per-example `ids` and `scores` (1/0 correctness for multiple choice, the
+    scorer's value for generation) that a paired comparison needs. A suite (a task with members) adds
+    `per_task` {member: {n, acc, acc_ci}} and their macro `average` with `average_ci` (resampled
+    within members). `text` adds perplexity over non-overlapping windows.
     """
     if task is None and text is None:
         raise ConfigError("evaluate_model needs a task, a text for perplexity, or both")
@@ -33,9 +52,12 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
         if task.kind == "multiple_choice":
             r = multiple_choice(model, tokenizer, examples, batch_size=batch_size, progress=progress)
             out |= {"n": r["n"], "acc": r["acc"], "acc_norm": r["acc_norm"]}
+            scores = [float(p == ex.label) for p, ex in zip(r["predictions"], examples)]
         else:
             r = generation_accuracy(model, tokenizer, task, examples, batch_size=batch_size, progress=progress)
             out |= {"n": r["n"], "accuracy": r["accuracy"], "samples": r["samples"]}
+            scores = [float(s) for s in r["scores"]]
+        out |= with_intervals(task, examples, scores, "acc" if task.kind == "multiple_choice" else "accuracy")
     if text is not None:
         # Perplexity windows are long; a smaller batch keeps the fp32 logits in memory bounds.
         r = perplexity(model, tokenizer, text, seq_len=seq_len, max_windows=max_windows,
@@ -46,4 +68,4 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
     return out
 
 
-__all__ = ["evaluate_model", "perplexity", "multiple_choice", "generation_accuracy"]
+__all__ = ["evaluate_model", "perplexity", "multiple_choice", "generation_accuracy", "with_intervals"]

@@ -76,6 +76,7 @@ def generation_accuracy(model, tokenizer, task: Task, examples: Sequence[Example
     return {
         "accuracy": sum(scores) / len(scores),
         "n": len(examples),
+        "scores": scores,  # per example, in order (paired comparisons and intervals)
         "samples": [{"prompt": ex.prompt, "prediction": p, "target": ex.target, "score": s}
                     for ex, p, s in list(zip(examples, preds, scores))[:samples]],
     }
