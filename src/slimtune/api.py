@@ -668,3 +668,33 @@ def _dequantize_all(net) -> None:
         _set_module(net, name, q.to_linear())
     if hasattr(getattr(net, "config", None), "quantization_config"):
         del net.config.quantization_config
+
+
+def compare(model_a: str | Path, model_b: str | Path, *, task: str | Task = DEFAULT_TASK,
+            adapter_a: str | Path | None = None, adapter_b: str | Path | None = None, split: str = "test",
+            limit: int | None = None, batch_size: int = 8, split_seed: int | None = None,
+            allow_overlap: bool = False, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Evaluate two models (each optionally with an adapter) on the same examples and the paired
+    difference A - B of their accuracy with its bootstrap interval (for a suite: per member and on the
+    macro average). The split seed defaults to the one both lineages used for the task (else 0); both
+    models are held-out-checked against their own lineage as in `evaluate`."""
+    from .evaluate.compare import headline, paired_difference
+
+    if task is None:
+        raise ConfigError("compare needs a task: both models are scored on its examples")
+    history = lineage.combine(*(_model_lineage(p) for p in (model_a, model_b, adapter_a, adapter_b) if p is not None))
+    task_obj = _lineage_task(task, split_seed, history)  # one Task object: the same examples for both
+    results = [evaluate(m, task=task_obj, adapter=ad, split=split, limit=limit, batch_size=batch_size,
+                        allow_overlap=allow_overlap, progress=progress)
+               for m, ad in ((model_a, adapter_a), (model_b, adapter_b))]
+    members = None
+    if task_obj.members:
+        examples = task_obj.split(split)[:limit]
+        members = [ex.meta.get("task", task_obj.spec) for ex in examples]
+    result = {"task": task_obj.name, "task_spec": task_obj.spec, "split": split, "split_seed": task_obj.split_seed,
+              "n": results[0]["n"], "metric": headline(results[0]), "a": results[0], "b": results[1],
+              "difference": paired_difference(results[0], results[1], members, task_obj.members)}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, result)
+    return result

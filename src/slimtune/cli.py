@@ -50,6 +50,26 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="also write the results JSON to this file")
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="two models on the same examples: accuracies and their paired difference",
+                       description="Evaluate models A and B (each optionally with an adapter) on the same examples of "
+                                   "one task split and print each accuracy with its 95%% bootstrap interval and the "
+                                   "paired difference A - B with its interval (per member and on the macro average "
+                                   "for a suite). A difference whose interval holds 0 is not a result.")
+    p.add_argument("model_a", help="model A: " + MODEL_HELP)
+    p.add_argument("model_b", help="model B: " + MODEL_HELP)
+    p.add_argument("--adapter-a", help="a LoRA adapter directory to apply to model A")
+    p.add_argument("--adapter-b", help="a LoRA adapter directory to apply to model B")
+    p.add_argument("--task", default="polarity", help=TASK_HELP + "; suite:commonsense and suite:math report per member")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split to score (default: test)")
+    p.add_argument("--limit", type=int, help="score only the first N examples of the split")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--split-seed", dest="split_seed", type=int, help=SPLIT_SEED_HELP)
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="report even on examples a model's lineage trained or selected on (the output says so)")
+    p.add_argument("--out", help="also write both results and the difference as JSON to this file")
+
+
 def _add_finetune(sub) -> None:
     p = sub.add_parser("finetune", help="train a LoRA adapter on a task",
                        description="Fine-tune a LoRA adapter on the task's training split with transformers' "
@@ -276,7 +296,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_run,
+    for add in (_add_evaluate, _add_compare, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_run,
                 _add_report, _add_demo):
         add(sub)
     return parser
@@ -294,6 +314,16 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "ids", "scores")}, indent=2))
         if (result.get("held_out") or {}).get("warning"):
             print(result["held_out"]["warning"], file=sys.stderr)
+    elif args.command == "compare":
+        from .evaluate.compare import format_comparison
+
+        result = api.compare(args.model_a, args.model_b, task=args.task, adapter_a=args.adapter_a,
+                             adapter_b=args.adapter_b, split=args.split, limit=args.limit, batch_size=args.batch_size,
+                             split_seed=args.split_seed, allow_overlap=args.allow_overlap, out=args.out)
+        print(format_comparison(result))
+        for r in (result["a"], result["b"]):
+            if (r.get("held_out") or {}).get("warning"):
+                print(r["held_out"]["warning"], file=sys.stderr)
     elif args.command == "finetune":
         overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "learning_rate", "batch_size", "grad_accum",
                                                    "max_length", "warmup_steps", "lr_scheduler", "save_steps",
