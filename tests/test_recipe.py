@@ -58,7 +58,15 @@ def test_example_recipe_runs_end_to_end(recipe, tiny_llama_dir, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["models"]) == set(stages[-1].models)
     assert all(0 <= m["accuracy"] <= 1 and m["perplexity"] > 1 for m in metrics["models"].values())
+    for m in metrics["models"].values():  # every accuracy with its interval, on the same held-out examples
+        lo, hi = m["accuracy_ci"]
+        assert lo <= m["accuracy"] <= hi and m["split_seed"] == 0 and m["n"] == 6
+    first = stages[-1].models[0]
+    assert [(c["a"], c["b"]) for c in metrics["comparisons"]] == [(m, first) for m in stages[-1].models[1:]]
+    for c in metrics["comparisons"]:
+        assert c["ci"][0] <= c["diff"] <= c["ci"][1] and c["excludes_zero"] == (c["ci"][0] > 0 or c["ci"][1] < 0)
     report = (run / "report.md").read_text()
+    assert "## Paired differences (same test examples)" in report
     for png in ("models.png", "sparsity.png"):
         assert f"]({png})" in report and (run / png).read_bytes()[:4] == b"\x89PNG"
     if any(st.stage == "extract" for st in stages):

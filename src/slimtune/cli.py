@@ -311,7 +311,7 @@ def _run(args: argparse.Namespace) -> None:
                               perplexity_text=args.perplexity_text, seq_len=args.seq_len,
                               max_windows=args.max_windows, batch_size=args.batch_size, split_seed=args.split_seed,
                               allow_overlap=args.allow_overlap, out=args.out)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "ids", "scores")}, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "ids", "scores", "members")}, indent=2))
         if (result.get("held_out") or {}).get("warning"):
             print(result["held_out"]["warning"], file=sys.stderr)
     elif args.command == "compare":

@@ -49,7 +49,7 @@ def run_demo(out: str | Path = "slimtune-demo", *, model: str = "smollm2-135m", 
     """Run the demo recipe into `out`; print and return the final table's rows (name -> metrics)."""
     import json
 
-    from .report import format_models
+    from .report import format_comparisons, format_models
 
     started = time.time()
     out = Path(out)
@@ -58,10 +58,13 @@ def run_demo(out: str | Path = "slimtune-demo", *, model: str = "smollm2-135m", 
           f"{sizes['test']} test); artifacts in {out}/")
     recipe = load_recipe(demo_recipe(model, task, epochs, max_windows))
     run_recipe(recipe, out)
-    models = json.loads((out / "metrics.json").read_text())["models"]
-    rows = {LABELS.get(k, k): v for k, v in models.items()}
-    print(f"\nTask {task}, test accuracy; perplexity on {max_windows} x 512 tokens of Wikipedia text; sparsity and bits "
-          "of the decoder's linear layers\n")
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = {LABELS.get(k, k): v for k, v in metrics["models"].items()}
+    n = next(iter(rows.values()))["n"]
+    print(f"\nTask {task}: accuracy on its {n} held-out test examples (95% bootstrap interval); perplexity on "
+          f"{max_windows} x 512 tokens of Wikipedia text; sparsity and bits of the decoder's linear layers\n")
     print(format_models(rows))
+    print("\nPaired differences on the same test examples (a difference whose interval holds 0 is not a result):\n")
+    print(format_comparisons(metrics["comparisons"], LABELS))
     print(f"\nreport: {out}/report.md; {time.time() - started:.0f} s")
     return rows

@@ -352,5 +352,5 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
         with atomic_dir(out, overwrite) as tmp:
             write_json_atomic(tmp / "results.json", results)
             write_manifest(tmp, stage="evaluate", method="evaluate", config=st.model_dump(),
-                           metrics={m: {k: v for k, v in r.items() if k not in ("samples", "predictions", "ids", "scores")}
+                           metrics={m: {k: v for k, v in r.items() if k not in ("samples", "predictions", "ids", "scores", "members")}
                                     for m, r in results.items()}, started=started)

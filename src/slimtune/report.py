@@ -66,13 +66,16 @@ def build_report(run_dir: str | Path) -> Path:
         metrics["stages"][s["name"]] = {"stage": s["stage"], "method": manifest["method"],
                                         "seconds": manifest.get("wall_time_s")}
     # evaluated models: the evaluate stages' results, with the models' facts
+    metrics["comparisons"] = []
     for s in (s for s in done if s["stage"] == "evaluate"):
         results = json.loads((run_dir / s["name"] / "results.json").read_text())
         for name, r in results.items():
             path = recipe["model"] if name == "model" else run_dir / name
-            metrics["models"][name] = {"accuracy": r.get("acc", r.get("accuracy")), "perplexity": r.get("perplexity"),
+            metrics["models"][name] = {**headline_accuracy(r), "perplexity": r.get("perplexity"),
                                        "task": r.get("task"), "split": r.get("split"), "n": r.get("n"),
+                                       "split_seed": r.get("split_seed"),
                                        **{k: v for k, v in model_facts(path).items() if k != "layer_sparsity"}}
+        metrics["comparisons"] += paired_comparisons(results)
     plots = []
     if metrics["models"]:
         plots.append(("Accuracy and size per model", _plot_models(metrics["models"], run_dir / "models.png")))
@@ -100,6 +103,8 @@ def build_report(run_dir: str | Path) -> Path:
                      f"{'' if not st or st['seconds'] is None else format(st['seconds'], '.0f')} |")
     if metrics["models"]:
         lines += ["", "## Models", "", format_models(metrics["models"])]
+    if metrics["comparisons"]:
+        lines += ["", "## Paired differences (same test examples)", "", format_comparisons(metrics["comparisons"])]
     for title, png in plots:
         lines += ["", f"## {title}", "", f"![{title}]({png})"]
     report = run_dir / "report.md"
@@ -107,14 +112,50 @@ def build_report(run_dir: str | Path) -> Path:
     return report
 
 
-def format_models(models: dict) -> str:
-    def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
+def headline_accuracy(result: dict) -> dict:
+    """{"accuracy", "accuracy_ci"} of an evaluate result: a suite's macro average, else acc (multiple
+    choice) or accuracy (generation), with its 95% bootstrap interval."""
+    key = "average" if "average" in result else "acc" if "acc" in result else "accuracy"
+    return {"accuracy": result.get(key), "accuracy_ci": result.get(f"{key}_ci")}
 
-    rows = ["| model | accuracy | perplexity | sparsity | bits | size on disk (MB) |", "|---|---:|---:|---:|---|---:|"]
+
+def paired_comparisons(results: dict) -> list[dict]:
+    """Each evaluated model against the first one (the recipe's input model, in the demo), on the same
+    examples: the paired difference of accuracy with its 95% bootstrap interval."""
+    from .evaluate.compare import paired_difference
+
+    scored = [(name, r) for name, r in results.items() if "scores" in r]
+    if len(scored) < 2:
+        return []
+    (ref, first), out = scored[0], []
+    for name, r in scored[1:]:
+        d = paired_difference(r, first, r.get("members"))
+        out.append({"a": name, "b": ref, "diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]})
+    return out
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def format_models(models: dict) -> str:
+    rows = ["| model | accuracy [95% CI] | perplexity | sparsity | bits | size on disk (MB) |",
+            "|---|---:|---:|---:|---|---:|"]
     for name, m in models.items():
-        rows.append(f"| {name} | {fmt(m['accuracy'], '.3f')} | {fmt(m['perplexity'], '.2f')} | "
-                    f"{fmt(m['sparsity'], '.1%')} | {m['bits']} | {fmt(m['size_mb'], '.1f')} |")
+        ci = m.get("accuracy_ci")
+        acc = _fmt(m["accuracy"], ".3f") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        rows.append(f"| {name} | {acc} | {_fmt(m['perplexity'], '.2f')} | "
+                    f"{_fmt(m['sparsity'], '.1%')} | {m['bits']} | {_fmt(m['size_mb'], '.1f')} |")
+    return "\n".join(rows)
+
+
+def format_comparisons(comparisons: list[dict], labels: dict | None = None) -> str:
+    labels = labels or {}
+    rows = ["| model | vs | accuracy difference | 95% CI (paired bootstrap) | a result? |", "|---|---|---:|---|---|"]
+    for c in comparisons:
+        rows.append(f"| {labels.get(c['a'], c['a'])} | {labels.get(c['b'], c['b'])} | {c['diff']:+.3f} | "
+                    f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
+                    f"{'yes: the interval excludes 0' if c['excludes_zero'] else 'no: the interval holds 0'} |")
     return "\n".join(rows)
 
 

@@ -21,7 +21,7 @@ def with_intervals(task: Task, examples, scores: list[float], key: str) -> dict:
         members = [ex.meta.get("task", task.spec) for ex in examples]
         r = macro_ci(grouped(scores, members))
         order = [m for m in task.members if m in r["per_task"]] + [m for m in r["per_task"] if m not in task.members]
-        out |= {"per_task": {m: {"n": r["per_task"][m]["n"], "acc": r["per_task"][m]["mean"],
+        out |= {"members": members, "per_task": {m: {"n": r["per_task"][m]["n"], "acc": r["per_task"][m]["mean"],
                                  "acc_ci": r["per_task"][m]["ci"]} for m in order},
                 "average": r["mean"], "average_ci": r["ci"]}
     return out
