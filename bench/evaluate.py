@@ -180,57 +180,25 @@ def bench_int4(dense, tokenizer, args, spec):
     return res
 
 
-def _suite_tasks(name: str):
-    """The tasks of a suite, from slimtune.data.suites (created by another change; optional here)."""
-    try:
-        from slimtune.data import suites
-    except ImportError as e:
-        raise SystemExit(f"--suite needs slimtune.data.suites, which this checkout lacks ({e})") from e
-    from slimtune.data import Task, load_task
-
-    bare = name.split(":", 1)[1] if name.startswith("suite:") else name
-    for attr in ("suite_tasks", "load_suite", "get_suite", "resolve_suite"):
-        fn = getattr(suites, attr, None)
-        if callable(fn):
-            for arg in (name, bare):
-                try:
-                    items = fn(arg)
-                    break
-                except (KeyError, ValueError, LookupError):
-                    items = None
-            if items is not None:
-                break
-    else:
-        table = getattr(suites, "SUITES", {})
-        items = table.get(bare) or table.get(name)
-    if not items:
-        raise SystemExit(f"suite {name!r} not found in slimtune.data.suites")
-    items = items.tasks if hasattr(items, "tasks") else items
-    return [it if isinstance(it, Task) else load_task(it) for it in items]
-
-
 def bench_suite(args):
+    """Wall time of a whole suite (one Task whose examples carry their member) on each given model."""
+    from slimtune.data import load_task
     from slimtune.evaluate import evaluate_model
 
     from _common import load_for_eval
 
-    tasks = _suite_tasks(args.suite)
+    task = load_task(args.suite)
     out = {}
     for label, path in (("dense", args.dense), ("int4", args.int4)):
         if not path:
             continue
         model, tok = load_for_eval(path, args)
-        rows, total = [], 0.0
-        for task in tasks:
-            sec, r = _timed(lambda: evaluate_model(model, tok, task=task, split="test", batch_size=args.batch_size,
-                                                   progress=False))
-            total += sec
-            rows.append({"task": task.name, "n": r.get("n"), "acc": r.get("acc", r.get("accuracy")),
-                         "acc_norm": r.get("acc_norm"), "seconds": sec})
-            print(f"  {label} {task.name}: n={r.get('n')} acc={rows[-1]['acc']} acc_norm={r.get('acc_norm')} "
-                  f"{sec:.1f} s", flush=True)
-        out[label] = {"path": path, "tasks": rows, "seconds": total}
-        print(f"  {label}: whole suite {total:.1f} s", flush=True)
+        sec, r = _timed(lambda: evaluate_model(model, tok, task=task, split="test", batch_size=args.batch_size,
+                                               progress=False))
+        out[label] = {"path": path, "n": r["n"], "average": r["average"], "average_ci": r["average_ci"],
+                      "per_task": r["per_task"], "seconds": sec}
+        print(f"  {label}: {r['n']} examples, macro average {r['average']:.3f} [{r['average_ci'][0]:.3f}, "
+              f"{r['average_ci'][1]:.3f}], whole suite {sec:.1f} s", flush=True)
     return out
 
 

@@ -1,25 +1,30 @@
-"""SQFT's comparison on the default model and a real task, in one run: which way of fine-tuning a
-sparse (INT4) base gives an accurate model that is still sparse and still INT4?
+"""SQFT's comparison on the default model, held out, with intervals: which way of fine-tuning a sparse
+(INT4) base gives an accurate model that is still sparse and still INT4?
 
-    python bench/sqft.py                          # SmolLM2-135M, polarity, Wanda 50% + GPTQ INT4 g64 asym
-    python bench/sqft.py --keep /tmp/sqft         # keep the artifacts; a re-run reuses finished ones
-    python bench/sqft.py --quick                  # tiny random Llama, a minute: a smoke test
+    python bench/sqft.py                                 # suite:commonsense, seeds 42,43,44, every method
+    python bench/sqft.py --task bigbench:social_iqa --seeds 42 --methods qa-float,lora-gptq --nls off
+    python bench/sqft.py --methods none                  # the bases only (dense, Wanda 50%, sparse-INT4)
+    python bench/sqft.py --keep /tmp/sqft                # keep the artifacts; a re-run reuses finished ones
+    python bench/sqft.py --quick                         # tiny random Llama, a minute: a smoke test
 
 Pipeline: the dense model is pruned 50% with Wanda (16 x 512 news tokens), and the sparse model is
-quantized INT4 with GPTQ (same calibration). Then, each with a fixed-rank adapter (rank = the median
-of the NLS space, so sizes are equal) and with an NLS super-adapter (median sub-adapter, or
---select), same task, seed and schedule:
-  base                     sparse and sparse-INT4 bases, no tuning
-  LoRA (unmerged)          LoRA on the sparse-INT4 base, kept beside it (the model is base + adapter)
-  LoRA merged + GPTQ       LoRA merged into the dequantized base (its zeros are filled) and the result
-                           re-quantized with GPTQ: the usual workaround
-  SparsePEFT merged        masked adapter on the sparse float base, merged: sparse, not INT4
-  QA-SparsePEFT merged     masked, quantization-aware adapter on the sparse-INT4 base, merged onto the
-                           base's own grid: sparse and INT4. W = dequantized INT4 base (slimtune's
-                           default) and W = sparse float weights (the SQFT paper's choice).
-Every row reports test accuracy, Wikipedia perplexity, the sparsity of the decoder's linear layers,
-their bits, and the size on disk of the final model directory. QA-SparsePEFT rows also report the
-unmerged (quantization-aware forward) accuracy: the merge is exact, so the two must agree.
+quantized INT4 with GPTQ (same calibration). Then, per training seed, each method with a fixed-rank
+adapter (rank = the median of the NLS space, so sizes are equal) and, with --nls, with an NLS
+super-adapter (median sub-adapter, or --select), trained on the task's training split (for a suite:
+its training mix) with the same schedule:
+  lora          LoRA on the sparse-INT4 base, kept beside it (the model is base + adapter)
+  lora-gptq     LoRA merged into the dequantized base (its zeros are filled) and the result
+                re-quantized with GPTQ: the usual workaround
+  sparsepeft    masked adapter on the sparse float base, merged: sparse, not INT4
+  qa-float      QA-SparsePEFT on the sparse-INT4 base, W = the sparse float weights (SQFT's choice),
+                merged onto the base's own grid: sparse and INT4
+  qa-quantized  the same with W = the dequantized INT4 base
+Every model is scored on the same held-out test examples (split seed 0; the lineage check refuses
+any overlap with training or selection). A row reports the accuracy averaged over seeds, its 95%
+bootstrap interval (examples resampled, each example's score averaged over the seeds; for a suite
+the macro average over members), the per-seed accuracies, Wikipedia perplexity, sparsity, bits and
+size. Paired differences on the same examples answer SQFT's questions: QA-SparsePEFT merged vs LoRA
+merged + GPTQ, SparsePEFT merged vs LoRA unmerged, and every tuned model vs the sparse-INT4 base.
 """
 
 from __future__ import annotations
@@ -33,15 +38,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized")
+QUESTIONS = [("qa-float", "lora-gptq"), ("sparsepeft", "lora"), ("qa-float", "base:sparse-INT4 base (GPTQ)"),
+             ("lora-gptq", "base:sparse-INT4 base (GPTQ)")]
+LABELS = {"lora": "LoRA (unmerged)", "lora-gptq": "LoRA merged + GPTQ", "sparsepeft": "SparsePEFT merged",
+          "qa-float": "QA-SparsePEFT merged (W = float weights)",
+          "qa-quantized": "QA-SparsePEFT merged (W = INT4 base)"}
+
+
+def _pooled(results: list[dict]) -> dict:
+    """A row's accuracy over seeds: per example the mean score over the seeds' results (same examples)."""
+    import numpy as np
+
+    ids = results[0]["ids"]
+    if any(r["ids"] != ids for r in results):
+        raise SystemExit("the seeds' results were scored on different examples")
+    return {**results[0], "scores": list(np.mean([r["scores"] for r in results], axis=0))}
+
+
+def _summary(result: dict) -> tuple[float, list[float]]:
+    from slimtune.evaluate.intervals import grouped, macro_ci, mean_ci
+
+    if result.get("members"):
+        r = macro_ci(grouped(result["scores"], result["members"]))
+    else:
+        r = mean_ci(result["scores"])
+    return r["mean"], r["ci"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--task", default="polarity")
+    ap.add_argument("--task", default="suite:commonsense")
+    ap.add_argument("--seeds", default="42,43,44", help="training seeds (the split seed is the task's: 0)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}, or none")
+    ap.add_argument("--nls", default="both", choices=["off", "on", "both"], help="fixed-rank adapters, NLS, or both")
     ap.add_argument("--rank-space", default="32,24,16", help="NLS space; the fixed-rank adapters use its median")
     ap.add_argument("--alpha", type=float, default=64.0, help="LoRA alpha (SQFT: 64 at r_max 32)")
     ap.add_argument("--select", default="median", help="NLS sub-adapter: maximal, median, minimal or nncf")
-    ap.add_argument("--epochs", type=float, default=4.0)
+    ap.add_argument("--max-steps", type=int, default=300, help="optimizer steps of every fine-tuning run")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--limit", type=int, default=None, help="score the first N test examples (default: all)")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--sym", action="store_true", help="symmetric INT4 grid (default asymmetric)")
     ap.add_argument("--windows", type=int, default=4, help="perplexity windows of 512 tokens of the Wikipedia excerpt")
@@ -56,6 +93,7 @@ def main(argv=None) -> int:
     import torch
 
     from slimtune import api
+    from slimtune.evaluate.compare import paired_difference
     from slimtune.models import build_tiny_model
     from slimtune.report import model_facts, size_mb
 
@@ -65,16 +103,22 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     space = [int(r) for r in args.rank_space.split(",")]
     fixed_rank = space[(len(space) - 1) // 2]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    methods = [] if args.methods == "none" else args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} or none")
+    nls_modes = {"off": [False], "on": [True], "both": [False, True]}[args.nls]
     calibration = {"source": "news", "n_samples": 16, "seq_len": 512, "seed": 0}
-    train = dict(epochs=args.epochs, learning_rate=args.lr, batch_size=8, warmup_steps=5, max_length=128,
-                 save_steps=1000, seed=42, progress=False)
-    evaluation = dict(perplexity_text="wiki", seq_len=512, max_windows=args.windows, progress=False)
+    train = dict(max_steps=args.max_steps, learning_rate=args.lr, batch_size=8, warmup_steps=10, max_length=128,
+                 save_steps=1000, progress=False)
+    evaluation = dict(limit=args.limit, perplexity_text="wiki", seq_len=512, max_windows=args.windows, progress=False)
     model = args.model
     if args.quick:
         model = str(build_tiny_model(work / "tiny")) if not (work / "tiny").exists() else str(work / "tiny")
         calibration = {"source": "news", "n_samples": 4, "seq_len": 64, "seed": 0}
-        train.update(epochs=1.0, max_length=64)
-        evaluation.update(seq_len=64, max_windows=2)
+        train.update(max_steps=4, max_length=64)
+        evaluation.update(seq_len=64, max_windows=2, limit=args.limit or 40)
         space, fixed_rank = [8, 6, 4], 6
 
     def stage(name, make):
@@ -85,65 +129,100 @@ def main(argv=None) -> int:
             print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
         return path
 
-    print(f"model {args.model}, task {args.task}, NLS space {space} (fixed rank {fixed_rank}), alpha {args.alpha:g}, "
-          f"INT4 g{args.group_size} {'sym' if args.sym else 'asym'}, {args.epochs:g} epochs, lr {args.lr:g}", flush=True)
+    print(f"model {args.model}, task {args.task} (split seed 0), seeds {seeds}, methods {methods or 'none'}, NLS "
+          f"{args.nls} {space} (fixed rank {fixed_rank}), alpha {args.alpha:g}, INT4 g{args.group_size} "
+          f"{'sym' if args.sym else 'asym'}, {train['max_steps']} steps, lr {args.lr:g}", flush=True)
     quant = dict(method="gptq", bits=4, group_size=args.group_size, symmetric=args.sym, calibration=calibration,
                  progress=False)
     sparse = stage("sparse", lambda p: api.sparsify(model, out=p, method="wanda", sparsity=0.5,
                                                     calibration=calibration, progress=False))
     int4 = stage("sparse-int4", lambda p: api.quantize(sparse, out=p, **quant))
 
-    def tune(name, base, nls, **kw):
+    def tune(name, base, nls, seed, **kw):
         adapter = dict(adapter="nls", rank_space=space) if nls else dict(adapter="lora", rank=fixed_rank)
         sup = stage(name, lambda p: api.finetune(base, task=args.task, out=p, alpha=args.alpha * (
-            1 if nls else fixed_rank / space[0]), **adapter, **kw, **train))
+            1 if nls else fixed_rank / space[0]), seed=seed, **adapter, **kw, **train))
         if not nls:
             return sup
         return stage(name + "-sub", lambda p: api.extract(sup, out=p, select=args.select, progress=False))
 
-    rows = []
-
-    def row(label, nls, model_dir, adapter=None, note=""):
+    def scored(model_dir, adapter=None):
         t0 = time.time()
         r = api.evaluate(model_dir, task=args.task, adapter=adapter, **evaluation)
+        r["eval_s"] = round(time.time() - t0, 1)
+        return r
+
+    def built(method, nls, seed):
+        """(model dir, adapter or None) of one method, trained with one seed."""
+        tag = f"{method}{'-nls' if nls else ''}-s{seed}"
+        if method in ("lora", "lora-gptq"):
+            lora = tune(f"lora{'-nls' if nls else ''}-s{seed}", int4, nls, seed, dropout=0.0)
+            if method == "lora":
+                return int4, lora
+            merged = stage(f"lora-merged{'-nls' if nls else ''}-s{seed}", lambda p: api.merge(lora, out=p))
+            return stage(tag, lambda p: api.quantize(merged, out=p, **quant)), None
+        if method == "sparsepeft":
+            sp = tune(tag + "-adapter", sparse, nls, seed, sparse_adapter=True)
+            return stage(tag, lambda p: api.merge(sp, out=p)), None
+        weights = method.split("-")[1]
+        qa = tune(tag + "-adapter", int4, nls, seed, sparse_adapter=True, quant_aware=True, qa_weights=weights)
+        return stage(tag, lambda p: api.merge(qa, out=p)), None
+
+    rows, results = [], {}
+
+    def row(key, label, nls, runs):
+        """runs: [(model dir, adapter, result)] over seeds."""
+        pooled = _pooled([r for _, _, r in runs])
+        acc, ci = _summary(pooled)
+        model_dir, adapter, first = runs[0]
         facts = model_facts(model_dir)
-        rows.append({"method": label, "nls": nls, "acc": api.task_score(r), "ppl": r["perplexity"],
+        results[key] = pooled
+        rows.append({"key": key, "method": label, "nls": nls, "acc": acc, "ci": ci,
+                     "per_seed": [_summary(r)[0] for _, _, r in runs], "ppl": first["perplexity"],
                      "sparsity": facts["sparsity"], "bits": facts["bits"],
                      "size_mb": facts["size_mb"] + (size_mb(Path(adapter)) if adapter else 0.0),
-                     "note": note, "eval_s": round(time.time() - t0, 1)})
-        print(f"  {label}{' + NLS' if nls else ''}: acc {rows[-1]['acc']:.3f}, ppl {rows[-1]['ppl']:.2f}, "
-              f"sparsity {rows[-1]['sparsity']:.3f}, bits {rows[-1]['bits']}", flush=True)
+                     "eval_s": [r["eval_s"] for _, _, r in runs], "n": first["n"]})
+        print(f"  {label}{' + NLS' if nls else ''}: acc {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] per seed "
+              f"{', '.join(format(a, '.3f') for a in rows[-1]['per_seed'])}, ppl {first['perplexity']:.2f}, "
+              f"sparsity {facts['sparsity']:.3f}, bits {facts['bits']}, eval {first['eval_s']} s", flush=True)
 
-    row("dense base", False, model)
-    row("sparse base (Wanda 50%)", False, sparse)
-    row("sparse-INT4 base (GPTQ)", False, int4)
-    for nls in (False, True):
-        suffix = "-nls" if nls else ""
-        lora = tune("lora" + suffix, int4, nls, dropout=0.0)
-        row("LoRA (unmerged)", nls, int4, adapter=lora, note="base + adapter")
-        merged = stage("lora-merged" + suffix, lambda p: api.merge(lora, out=p))
-        requant = stage("lora-merged-gptq" + suffix, lambda p: api.quantize(merged, out=p, **quant))
-        row("LoRA merged + GPTQ", nls, requant)
-        sp = tune("sparsepeft" + suffix, sparse, nls, sparse_adapter=True)
-        row("SparsePEFT merged", nls, stage("sparsepeft-merged" + suffix, lambda p: api.merge(sp, out=p)))
-        for weights in ("quantized", "float"):
-            name = f"qa-{weights}{suffix}"
-            qa = tune(name, int4, nls, sparse_adapter=True, quant_aware=True, qa_weights=weights)
-            unmerged = api.evaluate(int4, task=args.task, adapter=qa, progress=False)
-            row(f"QA-SparsePEFT merged (W = {'INT4 base' if weights == 'quantized' else 'float weights'})", nls,
-                stage(name + "-merged", lambda p: api.merge(qa, out=p)),
-                note=f"unmerged acc {unmerged.get('acc', unmerged.get('accuracy')):.3f}")
+    for label, path in (("dense base", model), ("sparse base (Wanda 50%)", sparse), ("sparse-INT4 base (GPTQ)", int4)):
+        row(f"base:{label}", label, False, [(path, None, scored(path))])
+    for nls in nls_modes:
+        for method in methods:
+            runs = []
+            for seed in seeds:
+                model_dir, adapter = built(method, nls, seed)
+                runs.append((model_dir, adapter, scored(model_dir, adapter)))
+            row(f"{method}{'-nls' if nls else ''}", LABELS[method], nls, runs)
 
-    print(f"\n{args.task} test accuracy, Wikipedia perplexity ({evaluation['max_windows']} x {evaluation['seq_len']} "
-          "tokens); sparsity and bits of the decoder's linear layers; size: safetensors on disk (base + adapter "
+    what = "macro average over the suite's members" if args.task.startswith("suite:") else "accuracy"
+    print(f"\n{args.task}: {what} on {rows[0]['n']} held-out test examples, mean over seeds {seeds} with its 95% "
+          f"bootstrap interval; Wikipedia perplexity ({evaluation['max_windows']} x {evaluation['seq_len']} tokens, "
+          "first seed); sparsity and bits of the decoder's linear layers; size: safetensors on disk (base + adapter "
           "where unmerged)\n")
-    print("| method | NLS | test acc | wiki ppl | sparsity | bits | size MB | note |")
-    print("|---|---|---:|---:|---:|---|---:|---|")
+    print("| method | NLS | test acc [95% CI] | per seed | wiki ppl | sparsity | bits | size MB |")
+    print("|---|---|---|---|---:|---:|---|---:|")
     for r in rows:
-        print(f"| {r['method']} | {'yes' if r['nls'] else '-'} | {r['acc']:.3f} | {r['ppl']:.2f} | {r['sparsity']:.3f} "
-              f"| {r['bits']} | {r['size_mb']:.1f} | {r['note']} |")
+        print(f"| {r['method']} | {'yes' if r['nls'] else '-'} | {r['acc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
+              f"| {', '.join(format(a, '.3f') for a in r['per_seed'])} | {r['ppl']:.2f} | {r['sparsity']:.3f} "
+              f"| {r['bits']} | {r['size_mb']:.1f} |")
+    comparisons = []
+    for nls in nls_modes:
+        for a, b in QUESTIONS:
+            ka, kb = (k if k.startswith("base:") else f"{k}{'-nls' if nls else ''}" for k in (a, b))
+            if ka in results and kb in results:
+                d = paired_difference(results[ka], results[kb], results[ka].get("members"))
+                comparisons.append({"a": ka, "b": kb, "diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]})
+    if comparisons:
+        print("\nPaired differences on the same examples (seed-averaged scores):\n")
+        print("| A | B | A - B | 95% CI | a result? |")
+        print("|---|---|---:|---|---|")
+        for c in comparisons:
+            print(f"| {c['a']} | {c['b']} | {c['diff']:+.3f} | [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | "
+                  f"{'yes' if c['excludes_zero'] else 'no: the interval holds 0'} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "comparisons": comparisons}, indent=1))
     tmp.cleanup()
     return 0
 
