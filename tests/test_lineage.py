@@ -44,6 +44,8 @@ def test_split_seed_is_the_tasks_not_the_runs():
     assert not {e.id for e in a.test} & ({e.id for e in a.train} | {e.id for e in a.validation})
     with pytest.raises(DataError, match="split seed must be an integer"):
         load_task("polarity", seed="0")
+    suite = Task("suite:mini", "multiple_choice", a.train, a.validation, a.test, members=("polarity",), split_seed=7)
+    assert lineage.split_seed_for([lineage.record("finetune", "train", suite, "train", suite.train)], "polarity") == 7
     with pytest.raises(LeakageError, match="several split seeds"):
         lineage.split_seed_for([lineage.record("finetune", "train", t, "train", t.train) for t in (a, b)], "polarity")
 

@@ -288,7 +288,7 @@ def _add_demo(sub) -> None:
                                    "skips finished stages.")
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--task", default=None, help=TASK_HELP + " (default: the demo's, bigbench:strategyqa)")
+    p.add_argument("--task", default=None, help=TASK_HELP + " (default: the demo's, bigbench:social_iqa)")
     p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the demo's setting)")
     p.add_argument("--max-windows", type=int, default=4, help="perplexity windows of 512 tokens on the Wikipedia text (default 4)")
 

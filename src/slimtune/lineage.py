@@ -37,7 +37,8 @@ def record(stage: str, use: str, task: Task, split: str, examples: Sequence[Exam
         raise ValueError(f"lineage use must be one of {USES}, got {use!r}")
     ids = sorted({ex.id for ex in examples})
     return {"stage": stage, "artifact": str(artifact) if artifact is not None else None, "use": use,
-            "task": task.spec, "split_seed": task.split_seed, "split": split, "n": len(ids),
+            "task": task.spec, "members": list(task.members), "split_seed": task.split_seed, "split": split,
+            "n": len(ids),
             "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16], "ids": ids}
 
 
@@ -66,8 +67,9 @@ def with_artifact(lineage: Iterable[dict], artifact: str | os.PathLike) -> list[
 
 
 def split_seed_for(lineage: Iterable[dict], task_spec: str) -> int | None:
-    """The split seed the lineage used for `task_spec` (so evaluation reads the same split), if any."""
-    seeds = {rec["split_seed"] for rec in lineage if rec["task"] == task_spec}
+    """The split seed the lineage used for `task_spec`, alone or as a member of a suite (so evaluation
+    reads the same split), if any."""
+    seeds = {rec["split_seed"] for rec in lineage if task_spec == rec["task"] or task_spec in rec.get("members", ())}
     if len(seeds) > 1:
         raise LeakageError(f"the lineage used task {task_spec} with several split seeds ({sorted(seeds)}), so no split "
                            "of it is held out from all of them; evaluate on another task")
