@@ -61,8 +61,9 @@ def test_example_recipe_runs_end_to_end(recipe, tiny_llama_dir, tmp_path):
     for m in metrics["models"].values():  # every accuracy with its interval, on the same held-out examples
         lo, hi = m["accuracy_ci"]
         assert lo <= m["accuracy"] <= hi and m["split_seed"] == 0 and m["n"] == 6
-    first = stages[-1].models[0]
-    assert [(c["a"], c["b"]) for c in metrics["comparisons"]] == [(m, first) for m in stages[-1].models[1:]]
+    evaluated = stages[-1].models
+    assert [(c["a"], c["b"]) for c in metrics["comparisons"]] == [(a, b) for i, a in enumerate(evaluated)
+                                                                  for b in evaluated[:i]]
     for c in metrics["comparisons"]:
         assert c["ci"][0] <= c["diff"] <= c["ci"][1] and c["excludes_zero"] == (c["ci"][0] > 0 or c["ci"][1] < 0)
     report = (run / "report.md").read_text()

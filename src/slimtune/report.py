@@ -120,17 +120,17 @@ def headline_accuracy(result: dict) -> dict:
 
 
 def paired_comparisons(results: dict) -> list[dict]:
-    """Each evaluated model against the first one (the recipe's input model, in the demo), on the same
-    examples: the paired difference of accuracy with its 95% bootstrap interval."""
+    """Each evaluated model against every model evaluated before it (in the demo: the sparse-INT4 base
+    against the dense one, the final model against both), on the same examples: the paired
+    difference of accuracy with its 95% bootstrap interval."""
     from .evaluate.compare import paired_difference
 
     scored = [(name, r) for name, r in results.items() if "scores" in r]
-    if len(scored) < 2:
-        return []
-    (ref, first), out = scored[0], []
-    for name, r in scored[1:]:
-        d = paired_difference(r, first, r.get("members"))
-        out.append({"a": name, "b": ref, "diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]})
+    out = []
+    for i, (name, r) in enumerate(scored):
+        for ref, earlier in scored[:i]:
+            d = paired_difference(r, earlier, r.get("members"))
+            out.append({"a": name, "b": ref, "diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]})
     return out
 
 
