@@ -12,10 +12,11 @@ from pydantic import ValidationError
 
 from . import lineage
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest, write_text_atomic
+from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, Task, load_task, load_text
 from .errors import ArtifactError, ConfigError
 from .models import DEFAULT_MODEL, load_model, target_modules
+from .nas.objective import task_score  # re-exported: bench scripts report api.task_score(result)
 from .train import TrainConfig, train
 
 
@@ -39,9 +40,6 @@ def _describe_validation(e: ValidationError, what: str) -> str:
     return f"invalid {what}: " + "; ".join(parts)
 
 
-def task_score(result: dict) -> float:
-    """The headline number of an evaluate_model result: acc (multiple choice) or accuracy (generation)."""
-    return result["acc"] if "acc" in result else result["accuracy"]
 
 
 def _distributed() -> bool:
@@ -346,7 +344,9 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     started = time.time()
     out = check_output_dir(out, overwrite)
     if from_search is not None:
-        adapter, select, picked = _searched_config(from_search, pick)
+        from .nas.run_dir import picked_trial
+
+        adapter, select, picked = picked_trial(from_search, pick)
     elif adapter is None:
         raise ConfigError("extract needs a super-adapter (--adapter) or a search run (--from-search)")
     space = ElasticSpace.load(adapter)
@@ -480,10 +480,6 @@ def inspect(path: str | Path) -> dict:
     return summarize(path)
 
 
-SEARCH_CONFIG, SEARCH_DB, TRIALS_FILE, PARETO_FILE, PARETO_PLOT = (
-    "search_config.json", "search.db", "trials.jsonl", "pareto.json", "pareto.png")
-
-
 def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = None,
            objectives: Sequence[str] = ("accuracy", "params"), trials: int = 30, storage: str | None = None,
            study_name: str = "slimtune-search", sampler: str = "nsga2", population: int | None = None,
@@ -495,20 +491,20 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     (adapter parameters) or nonzero (non-zero base weights + adapter parameters), minimised. The
     maximal, median and minimal (and, with a training history, most frequently sampled)
     configurations, then `enqueue` ({label: configuration}), are the first trials. `seed` seeds the
-    sampler; the validation split is read with the split seed of the adapter's lineage (or `split_seed`),
-    and the scored slice joins the search's lineage as a selection set. Trials persist in `storage` (default: SQLite
-    in `out`); re-running the same command resumes, and several workers given the same storage and
-    `out` share one study and one budget of `trials` completed trials. Writes trials.jsonl,
-    pareto.json and pareto.png into `out`.
+    sampler; the validation split is read with the split seed of the adapter's lineage (or
+    `split_seed`), and the scored slice joins the search's lineage as a selection set. Trials persist
+    in `storage` (default: SQLite in `out`); re-running the same command resumes, and several workers
+    given the same storage and `out` share one study and one budget of `trials` completed trials.
+    Writes trials.jsonl, pareto.json and pareto.png into `out`.
     """
     import json
     import os
     import socket
 
-    from .nas import ElasticSpace, most_frequent
+    from .nas import ElasticSpace, most_frequent, run_dir
+    from .nas.objective import make_objective
     from .nas.sampling import HISTORY_FILE
-    from .nas.search import (Searcher, check_objectives, completed_trials, make_sampler, open_study, pareto_front,
-                             plot_front)
+    from .nas.search import Searcher, check_objectives, make_sampler, open_study
 
     started = time.time()
     objectives = check_objectives(objectives)
@@ -526,22 +522,9 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     settings = {"adapter": str(adapter), "task": task if isinstance(task, str) or task is None else task.name,
                 "objectives": objectives, "sampler": sampler, "population": population, "seed": seed, "limit": limit,
                 "study_name": study_name, "split_seed": split_seed}
-    config_path = out / SEARCH_CONFIG
-    if config_path.is_file():  # resuming, or another worker: the settings must agree (the budget may grow)
-        previous = json.loads(config_path.read_text())
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        if changed:
-            raise ConfigError(f"{out} holds a search with other settings ({', '.join(f'{k}: {previous.get(k)!r}' for k in changed)}); "
-                              "use another --out, or the same settings to resume it")
-    elif out.exists() and any(not _search_file(f.name) for f in out.iterdir()):
-        raise ConfigError(f"{out} exists and is not a search run directory; choose another --out")
-    storage = storage or f"sqlite:///{(out / SEARCH_DB).resolve()}"
-    if storage.startswith("sqlite:///"):
-        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    storage = run_dir.prepare(out, settings, storage)
     study = open_study(storage, study_name, objectives, sampler_obj)
-    out.mkdir(parents=True, exist_ok=True)
-    if not config_path.is_file():
-        write_json_atomic(config_path, settings)
+    run_dir.save_settings(out, settings)
 
     model = model or _base_of_adapter(adapter)
     history = _model_lineage(adapter)
@@ -552,28 +535,8 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
         history = lineage.combine(history, [lineage.record("search", "select", task_obj, "validation",
                                                            task_obj.validation[:limit], out)])
     net, tokenizer = load_adapted(model, adapter)
-    layers = lora_layers(net)
-    widths = {n: (l.in_features, l.out_features) for n, l in layers.items()}
-    base_nonzero = sum(int((l.base_layer.weight != 0).sum()) for l in layers.values()) if "nonzero" in objectives else 0
-
-    def evaluate_config(config: dict[str, int]) -> dict[str, float]:
-        from .evaluate import evaluate_model
-        from .evaluate.loss import completion_loss
-
-        values: dict[str, float] = {}
-        if "accuracy" in objectives:
-            values["accuracy"] = task_score(evaluate_model(net, tokenizer, task=task_obj, split="validation",
-                                                           limit=limit, progress=False))
-        if "loss" in objectives:
-            values["loss"] = completion_loss(net, tokenizer, task_obj.validation[:limit],
-                                             add_eos=task_obj.kind == "generation")["loss"]
-        params = space.size(config, widths)
-        values["params"] = float(params)
-        values["nonzero"] = float(base_nonzero + params)
-        return values
-
-    searcher = Searcher(study, space, objectives, evaluate_config, trials, apply=lambda c: space.apply(net, c),
-                        worker=f"{socket.gethostname()}:{os.getpid()}")
+    searcher = Searcher(study, space, objectives, make_objective(net, tokenizer, task_obj, space, objectives, limit),
+                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}")
     heuristics = {"maximal": space.maximal(), "median": space.median(), "minimal": space.minimal()}
     if (Path(adapter) / HISTORY_FILE).is_file():
         heuristics["most_frequent"] = most_frequent(space, json.loads((Path(adapter) / HISTORY_FILE).read_text()))
@@ -581,13 +544,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     searcher.enqueue({k: v for i, (k, v) in enumerate(heuristics.items()) if v not in list(heuristics.values())[:i]})
     searcher.run()
 
-    records = completed_trials(study, objectives)
-    front = pareto_front(records, objectives)
-    write_text_atomic(out / TRIALS_FILE, "".join(json.dumps(r) + "\n" for r in records))
-    write_json_atomic(out / PARETO_FILE, {"objectives": objectives, "front": front})
-    tmp_png = out / f".{PARETO_PLOT}.tmp-{os.getpid()}.png"
-    plot_front(records, front, objectives, tmp_png)
-    os.replace(tmp_png, out / PARETO_PLOT)
+    records, front = run_dir.write_results(out, study, objectives)
     fractions = [1.0 - r["eval_s"] / r["trial_s"] for r in records if r["eval_s"] and r["trial_s"]]
     write_manifest(out, stage="search", method=sampler, config={"model": str(model), **settings, "trials": trials,
                                                                 "storage": storage},
@@ -597,32 +554,6 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
                             "median_overhead_fraction": sorted(fractions)[len(fractions) // 2] if fractions else None},
                    started=started, seed=seed, lineage=history)
     return out
-
-
-def _search_file(name: str) -> bool:
-    """Files a search run directory holds (others starting a worker on it may have written them)."""
-    return name.startswith(".") or name.startswith(SEARCH_DB) or name in (
-        SEARCH_CONFIG, TRIALS_FILE, PARETO_FILE, PARETO_PLOT, "slimtune.json")
-
-
-def _searched_config(search_dir: str | Path, pick: str) -> tuple[str, dict, dict]:
-    """(super-adapter, configuration, trial record) of the trial `pick` chooses in a search run."""
-    import json
-
-    from .nas.search import pareto_front
-    from .nas.search import pick as pick_trial
-
-    search_dir = Path(search_dir)
-    config_path, trials_path = search_dir / SEARCH_CONFIG, search_dir / TRIALS_FILE
-    if not config_path.is_file() or not trials_path.is_file():
-        raise ArtifactError(f"{search_dir} is not a finished search run (no {SEARCH_CONFIG} / {TRIALS_FILE}); "
-                            "run `slimtune search` first")
-    settings = json.loads(config_path.read_text())
-    records = [json.loads(line) for line in trials_path.read_text().splitlines() if line.strip()]
-    if not records:
-        raise ArtifactError(f"{trials_path} holds no completed trials")
-    chosen = pick_trial(records, pareto_front(records, settings["objectives"]), settings["objectives"], pick)
-    return settings["adapter"], chosen["config"], chosen
 
 
 def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = None,

@@ -329,7 +329,9 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
                      sparse_adapter=st.sparse_adapter, quant_aware=st.quant_aware, qa_weights=st.qa_weights,
                      train_config=st.train, split_seed=recipe.split_seed, overwrite=overwrite, progress=progress)
     elif st.stage == "extract":
-        if (Path(src) / api.SEARCH_CONFIG).is_file():
+        from .nas.run_dir import SEARCH_CONFIG
+
+        if (Path(src) / SEARCH_CONFIG).is_file():
             api.extract(out=out, from_search=src, pick=st.pick or "knee", overwrite=overwrite, progress=progress)
         else:
             api.extract(src, out=out, select=st.select, task=st.task, limit=st.limit, split_seed=recipe.split_seed,

@@ -1,0 +1,41 @@
+"""What a search trial measures for one sub-adapter configuration: validation accuracy or loss, and
+adapter parameters or non-zero weights."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..data.tasks import Task
+from .space import ElasticSpace
+
+
+def task_score(result: dict) -> float:
+    """The headline number of an evaluate_model result: acc (multiple choice) or accuracy (generation)."""
+    return result["acc"] if "acc" in result else result["accuracy"]
+
+
+def make_objective(net, tokenizer, task: Task | None, space: ElasticSpace, objectives: list[str],
+                   limit: int | None) -> Callable[[dict[str, int]], dict[str, float]]:
+    """config -> {objective: value} on the model whose active ranks the searcher has already set."""
+    from ..adapters import lora_layers
+    from ..evaluate import evaluate_model
+    from ..evaluate.loss import completion_loss
+
+    layers = lora_layers(net)
+    widths = {n: (l.in_features, l.out_features) for n, l in layers.items()}
+    base_nonzero = sum(int((l.base_layer.weight != 0).sum()) for l in layers.values()) if "nonzero" in objectives else 0
+
+    def measure(config: dict[str, int]) -> dict[str, float]:
+        values: dict[str, float] = {}
+        if "accuracy" in objectives:
+            values["accuracy"] = task_score(evaluate_model(net, tokenizer, task=task, split="validation",
+                                                           limit=limit, progress=False))
+        if "loss" in objectives:
+            values["loss"] = completion_loss(net, tokenizer, task.validation[:limit],
+                                             add_eos=task.kind == "generation")["loss"]
+        params = space.size(config, widths)
+        values["params"] = float(params)
+        values["nonzero"] = float(base_nonzero + params)
+        return values
+
+    return measure
