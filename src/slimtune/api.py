@@ -40,8 +40,6 @@ def _describe_validation(e: ValidationError, what: str) -> str:
     return f"invalid {what}: " + "; ".join(parts)
 
 
-
-
 def _distributed() -> bool:
     """True inside a multi-process run (torchrun) whose process group is up."""
     import torch.distributed as dist
