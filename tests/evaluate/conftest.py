@@ -48,3 +48,21 @@ def news():
     from slimtune.data import load_text
 
     return load_text("news")[:12000]
+
+
+@pytest.fixture(scope="session")
+def int4_lora(tiny_path):
+    """The tiny Llama with RTN INT4 linears (QuantLinear) under LoRA adapters with non-zero B."""
+    import torch
+
+    from slimtune.adapters.lora import LoraLinear, add_lora
+    from slimtune.models import load_model, target_modules
+    from slimtune.quant import QuantLinear, quantize_model
+
+    model, tok = load_model(tiny_path)
+    quantize_model(model, tok, "rtn", 4, 32, True, progress=False)
+    for layer in add_lora(model, target_modules(model), r=4, seed=0).values():
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
+    layer = model.get_submodule("model.layers.0.self_attn.q_proj")
+    assert isinstance(layer, LoraLinear) and isinstance(layer.base_layer, QuantLinear)
+    return model.eval(), tok

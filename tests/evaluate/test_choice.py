@@ -120,18 +120,7 @@ PACK_EXAMPLES = EXAMPLES + [
 ]
 
 
-@pytest.fixture(scope="module")
-def int4_lora(tiny_path):
-    """The tiny Llama with RTN INT4 linears (QuantLinear) under LoRA adapters with non-zero B."""
-    from slimtune.adapters.lora import add_lora
-    from slimtune.models import load_model, target_modules
-    from slimtune.quant import quantize_model
 
-    model, tok = load_model(tiny_path)
-    quantize_model(model, tok, "rtn", 4, 32, True, progress=False)
-    for layer in add_lora(model, target_modules(model), r=4, seed=0).values():
-        torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
-    return model.eval(), tok
 
 
 @pytest.mark.parametrize("which", ["tiny", "tiny_bos", "int4_lora"])

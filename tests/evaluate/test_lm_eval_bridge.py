@@ -54,21 +54,6 @@ def test_polarity_agrees_with_lm_eval(tiny, tiny_path, tmp_path):
     assert doc["choices"] == ["negative", "positive"] and doc["prompt"] == task.test[0].prompt
 
 
-@pytest.fixture(scope="module")
-def int4_lora(tiny_path):
-    """The tiny Llama with RTN INT4 linears (QuantLinear) under LoRA adapters with non-zero B."""
-    from slimtune.adapters.lora import LoraLinear, add_lora
-    from slimtune.models import load_model, target_modules
-    from slimtune.quant import QuantLinear, quantize_model
-
-    model, tok = load_model(tiny_path)
-    quantize_model(model, tok, "rtn", 4, 32, True, progress=False)
-    for layer in add_lora(model, target_modules(model), r=4, seed=0).values():
-        torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
-    layer = model.get_submodule("model.layers.0.self_attn.q_proj")
-    assert isinstance(layer, LoraLinear) and isinstance(layer.base_layer, QuantLinear)
-    return model.eval(), tok
-
 
 def test_acc_norm_agrees_on_an_int4_model_with_adapters(int4_lora):
     """The in-memory model (QuantLinear + LoraLinear, which lm-eval could not reload from a
