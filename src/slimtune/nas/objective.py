@@ -11,7 +11,9 @@ from .space import ElasticSpace
 
 def task_score(result: dict) -> float:
     """The headline number of an evaluate_model result: acc (multiple choice) or accuracy (generation)."""
-    return result["acc"] if "acc" in result else result["accuracy"]
+    from ..evaluate.compare import headline
+
+    return result[headline(result)]
 
 
 def make_objective(net, tokenizer, task: Task | None, space: ElasticSpace, objectives: list[str],
