@@ -120,9 +120,10 @@ def _build(args, variant: str, dropout: float):
         add_lora(model, names, r=args.rank, alpha=alpha, dropout=dropout, rank_space=space, sparse=sparse,
                  quant_aware=quant_aware)
         if elastic:
+            from slimtune.architectures import architecture_of
             from slimtune.nas import ElasticSampler, ElasticSpace
 
-            sampler = ElasticSampler(model, ElasticSpace.build(names, space, "shears"), seed=args.seed)
+            sampler = ElasticSampler(model, ElasticSpace.build(names, space, "shears", architecture_of(model)), seed=args.seed)
             model.before_step = lambda step: sampler.space.apply(model, sampler.sample(step))
         model.train()
     else:

@@ -16,6 +16,14 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    """A tiny Gemma-3 (4 layers, sliding window 8, layer 2 full attention) whose tokenizer adds <bos>."""
+    from slimtune.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), arch="gemma3", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     from slimtune.models import build_tiny_model
 

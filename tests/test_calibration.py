@@ -25,8 +25,23 @@ def test_batches_shape_deterministic_and_windows_of_the_text(tiny, text):
     assert torch.equal(a, b) and not torch.equal(a, c)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     joined = " " + " ".join(map(str, ids)) + " "
-    for row in a.tolist():
+    assert (a[:, 0] == tok.bos_token_id).all()  # each sample starts with the prefix token, as lm-eval scores
+    for row in a[:, 1:].tolist():
         assert " " + " ".join(map(str, row)) + " " in joined
+
+
+def test_batches_prefix_once_for_a_tokenizer_that_adds_bos_and_none_without_one(tiny_gemma3_dir, tiny_bert_dir, text):
+    from slimtune.models import load_model
+
+    _, gemma_tok = load_model(tiny_gemma3_dir)
+    assert gemma_tok("a b")["input_ids"][0] == gemma_tok.bos_token_id  # Gemma's tokenizer adds <bos> itself
+    rows = calibration_batches(gemma_tok, text, 3, 20)
+    assert (rows[:, 0] == gemma_tok.bos_token_id).all() and not (rows[:, 1:] == gemma_tok.bos_token_id).any()
+    _, bert_tok = load_model(tiny_bert_dir)  # neither BOS nor EOS: the windows are text only
+    ids = bert_tok(text, add_special_tokens=False)["input_ids"]
+    rows = calibration_batches(bert_tok, text, 2, 20, seed=5)
+    joined = " " + " ".join(map(str, ids)) + " "
+    assert rows.shape == (2, 20) and all(" " + " ".join(map(str, r)) + " " in joined for r in rows.tolist())
 
 
 def test_named_source_and_file(tiny, tmp_path, text):
@@ -39,7 +54,7 @@ def test_named_source_and_file(tiny, tmp_path, text):
 
 def test_too_short_text_names_the_numbers(tiny):
     _, tok = tiny
-    with pytest.raises(DataError, match=r"has \d+ tokens, but 16 samples x 512 tokens need 8192"):
+    with pytest.raises(DataError, match=r"has \d+ tokens, but 16 samples x 511 text tokens \(after the prefix token\) need 8176"):
         calibration_batches(tok, "a short text, far too short", 16, 512)
 
 
@@ -58,7 +73,7 @@ def test_capture_gives_embeddings_and_layer_kwargs(tiny, text):
     assert [c.hidden.shape[0] for c in chunks] == [3, 1]
     emb = model.get_input_embeddings()(ids)
     torch.testing.assert_close(torch.cat([c.hidden for c in chunks]), emb)
-    assert "position_embeddings" in chunks[0].kwargs
+    assert "position_embeddings" in chunks[0].calls[0][1]
     assert decoder_layers(model)[0] == "model.layers"
 
 
@@ -102,6 +117,67 @@ def test_next_layer_inputs_come_from_pruned_layers(tiny, text):
     with torch.no_grad():
         hidden = model(ids, output_hidden_states=True).hidden_states  # the pruned model
     torch.testing.assert_close(seen[1], hidden[1], rtol=1e-5, atol=1e-5)
+
+
+def _full_forward_layer_calls(model, ids):
+    """Every block's (hidden states, keyword arguments) in one ordinary forward pass (hooks)."""
+    _, layers = decoder_layers(model)
+    calls = {}
+    handles = [layer.register_forward_pre_hook(
+        lambda m, a, k, i=i: calls.__setitem__(i, (a[0] if a else k["hidden_states"], dict(k))), with_kwargs=True)
+        for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _assert_same(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape, where
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=where)
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("single_pass", [False, True])
+def test_every_layer_gets_its_own_inputs(arch, single_pass, tiny_llama_dir, tiny_gemma3_dir, text):
+    """Each layer's inputs in the layer-by-layer runner equal those of a full forward pass: Gemma-3's
+    full-attention layer 2 has another RoPE base and no sliding window (here 8 < 24 tokens)."""
+    from slimtune.models import load_model
+
+    model, tok = load_model(tiny_llama_dir if arch == "llama" else tiny_gemma3_dir)
+    ids = calibration_batches(tok, text, 4, 24)
+    expected = _full_forward_layer_calls(model, ids)
+    seen = {}
+
+    def on_layer(ctx):
+        if ctx.index not in seen:
+            seen[ctx.index] = (torch.cat([c.hidden for c in ctx.inputs]), ctx.inputs[0].calls[ctx.index][1])
+
+    run_layerwise(model, ids, on_layer, batch_size=4, progress=False, single_pass=single_pass)
+    assert sorted(seen) == sorted(expected) == list(range(model.config.num_hidden_layers))
+    for i, (hidden, kwargs) in seen.items():
+        want_hidden, want_kwargs = expected[i]
+        _assert_same(hidden, want_hidden, f"layer {i} hidden states")
+        for key in ("position_embeddings", "attention_mask", "position_ids"):
+            _assert_same(kwargs.get(key), want_kwargs.get(key), f"layer {i} {key}")
+    if arch == "gemma3":  # the test has teeth: the layer types really differ
+        assert not torch.equal(seen[2][1]["position_embeddings"][0], seen[0][1]["position_embeddings"][0])
+        m0, m2 = seen[0][1]["attention_mask"], seen[2][1]["attention_mask"]
+        assert m0 is not None and (m2 is None or not torch.equal(m0, m2))
+        layer2 = decoder_layers(model)[1][2]
+        with torch.no_grad():  # layer 0's arguments (the old runner's) give layer 2 another output
+            own, borrowed = (layer2(seen[2][0], **kw) for kw in (seen[2][1], seen[0][1]))
+        assert (own - borrowed).abs().max() > 1e-3
 
 
 def test_collector_rejects_unknown_statistic():

@@ -7,6 +7,7 @@ from transformers import TrainerCallback
 
 from slimtune import api
 from slimtune.adapters import add_lora
+from slimtune.architectures import architecture_of
 from slimtune.data import load_task
 from slimtune.data.tasks import Example
 from slimtune.errors import ArtifactError, ConfigError
@@ -85,7 +86,7 @@ def _run_nls(model_dir, ckpt, callbacks=()):
     model, tok = load_model(model_dir)
     names = target_modules(model)
     add_lora(model, names, r=4, alpha=8, dropout=0.0, seed=0, rank_space=[4, 3, 2])
-    sampler = ElasticSampler(model, ElasticSpace.build(names, [4, 3, 2], "shears"), seed=7)
+    sampler = ElasticSampler(model, ElasticSpace.build(names, [4, 3, 2], "shears", architecture_of(model)), seed=7)
     config = TrainConfig(max_steps=5, save_steps=2, batch_size=4, learning_rate=1e-2, warmup_steps=0, seed=1)
     train(model, tok, load_task("polarity").train, config, ckpt, callbacks=[sampler, *callbacks], progress=False)
     return model, sampler.history

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from . import lineage
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
+from .architectures import architecture_of
 from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, Task, load_task, load_text
 from .errors import ArtifactError, ConfigError
@@ -195,6 +196,7 @@ SPARSE_BASE_MIN = 0.05  # a base with fewer zeros in its adapted layers is dense
 def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False):
     """(model, tokenizer) with the adapter applied in its own mode (sparse, quantization-aware)."""
     from .adapters.peft_io import adapter_mode, adapter_modules, read_adapter_config
+    from .nas import ELASTIC_CONFIG, ElasticSpace
 
     mode = adapter_mode(adapter)
     read_adapter_config(adapter)
@@ -203,6 +205,8 @@ def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False
     if mode["quant_aware"] and mode["qa_weights"] == "float":
         qa = _float_weights(mode["float_base"], adapter_modules(adapter))
     load_adapter(net, adapter, trainable=trainable, qa_weights=qa)
+    if (Path(adapter) / ELASTIC_CONFIG).is_file():
+        ElasticSpace.load(adapter).bind(net)
     return net, tokenizer
 
 
@@ -277,7 +281,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     if space is not None:
         from .nas import ElasticSampler, ElasticSpace
 
-        elastic = ElasticSpace.build(names, space, groups)
+        elastic = ElasticSpace.build(names, space, groups, architecture_of(net))
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed))
     checkpoints = out.parent / f".{out.name}.checkpoints"
     metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks,

@@ -1,8 +1,10 @@
 """Calibration data and the layer-by-layer runner shared by Wanda, SparseGPT and GPTQ.
 
 The runner keeps one decoder layer's activations in memory at a time:
-1. run the model up to decoder layer 0 and keep that layer's inputs (hidden states plus the
-   keyword arguments the layer needs: attention mask, rotary position embeddings, ...);
+1. run the model's own forward with every block replaced by a recorder, and keep block 0's
+   hidden states plus, for every block, the arguments the model calls it with (attention
+   mask, rotary position embeddings, ...: they differ between layer types, e.g. Gemma-3's
+   sliding-window and full-attention layers);
 2. for each layer: run it with hooks on its linear modules that accumulate input statistics
    (per-feature sums of squares and/or Hessians), hand the statistics to a callback (which
    prunes or quantizes the layer's weights), then run the modified layer again so that the
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data.text import TEXT_SOURCES, load_text
+from .architectures import decoder_layers
+from .data.text import TEXT_SOURCES, load_text, prefix_token_id
 from .errors import ConfigError, DataError
 
 STATS = ("sqnorm", "hessian")
@@ -76,63 +79,65 @@ def check_calibration(model, tokenizer, method: str, calibration: dict | None,
     return cal, input_ids
 
 
-def calibration_tokens(tokenizer, source: str = "news", n_samples: int = 16, seq_len: int = 512) -> list[int]:
-    """The source's token ids, after checking there are enough for n_samples windows."""
+def calibration_tokens(tokenizer, source: str = "news", n_samples: int = 16, seq_len: int = 512,
+                       after_prefix: bool = False) -> list[int]:
+    """The source's token ids, after checking there are enough for n_samples windows of seq_len
+    text tokens (each window follows a prefix token when after_prefix)."""
     text, how = _calibration_text(source)
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     need = n_samples * seq_len
     if len(ids) < need:
         raise DataError(
             f"calibration text is too short: {how} has {len(ids)} tokens, but {n_samples} samples x "
-            f"{seq_len} tokens need {need}; use a longer text, fewer samples or a shorter seq_len")
+            f"{seq_len} text tokens{' (after the prefix token)' if after_prefix else ''} need {need}; use a longer text, fewer samples or a shorter seq_len")
     return ids
 
 
 def calibration_batches(tokenizer, source: str = "news", n_samples: int = 16, seq_len: int = 512,
                         seed: int = 0) -> torch.Tensor:
-    """LongTensor [n_samples, seq_len]: random windows of the tokenized text, deterministic per seed.
+    """LongTensor [n_samples, seq_len]: random windows of the tokenized text, deterministic per seed,
+    each after the tokenizer's prefix token (BOS, else EOS; see data.text.prefix_token_id), so
+    the statistics come from the input distribution the model was trained on (and perplexity
+    is measured on), not from a BOS-less one.
 
     source: a named text source ("news", "wiki"), a UTF-8 file path, or the text itself.
     The text must hold at least n_samples * seq_len tokens (windows may overlap, but the
     calibration set never has fewer distinct tokens than it claims).
     """
     _check_counts(n_samples, seq_len, seed)
-    ids = torch.tensor(calibration_tokens(tokenizer, source, n_samples, seq_len), dtype=torch.long)
+    lead = prefix_token_id(tokenizer)
+    span = seq_len - (lead is not None)
+    ids = torch.tensor(calibration_tokens(tokenizer, source, n_samples, span, lead is not None), dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(ids) - seq_len + 1, (n_samples,), generator=gen)
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+    starts = torch.randint(0, len(ids) - span + 1, (n_samples,), generator=gen)
+    rows = torch.stack([ids[s:s + span] for s in starts.tolist()])
+    return rows if lead is None else torch.cat([torch.full((n_samples, 1), lead, dtype=torch.long), rows], 1)
 
 
 # ---- finding and feeding decoder layers --------------------------------------------------
 
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(qualified name, ModuleList) of the model's stack of transformer blocks."""
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    candidates = [(name, mod) for name, mod in model.named_modules()
-                  if isinstance(mod, nn.ModuleList) and len(mod) > 0
-                  and any(isinstance(m, nn.Linear) for m in mod[0].modules())]
-    exact = [c for c in candidates if len(c[1]) == n_layers]
-    if exact or candidates:
-        return (exact or candidates)[0]
-    raise ConfigError(f"{type(model).__name__} has no stack of decoder layers (a ModuleList of blocks "
-                      "with linear layers); layer-by-layer calibration cannot run on it")
-
-
 class _StopForward(Exception):
-    """Raised by the capture hook: nothing after layer 0 needs to run."""
+    """Raised by a hook: nothing after this point of the forward pass needs to run."""
 
 
 @dataclass
 class LayerInputs:
-    """One chunk of a layer's inputs: hidden states and everything else the layer was called with."""
+    """One chunk of calibration samples at one layer: its hidden states, and, per layer index,
+    the other positional and keyword arguments the model calls that layer with. They differ by
+    layer: Gemma-3's full-attention layers get other rotary embeddings (another RoPE base) and
+    another mask (no sliding window) than its sliding-window layers."""
 
     hidden: torch.Tensor
-    args: tuple
-    kwargs: dict
+    calls: list[tuple[tuple, dict]]
 
-    def run(self, layer: nn.Module, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        out = layer(self.hidden if hidden is None else hidden, *self.args, **self.kwargs)
+    def run(self, layer: nn.Module, index: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        args, kwargs = self.calls[index]
+        out = layer(self.hidden if hidden is None else hidden, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def advance(self, layer: nn.Module, index: int) -> "LayerInputs":
+        """This chunk at the next layer: layer `index` applied to the hidden states."""
+        return LayerInputs(self.run(layer, index), self.calls)
 
 
 def _forward_kwargs(model: nn.Module) -> dict:
@@ -142,36 +147,62 @@ def _forward_kwargs(model: nn.Module) -> dict:
         p.kind is p.VAR_KEYWORD for p in params.values()) else {}
 
 
-def capture_layer_inputs(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> list[LayerInputs]:
-    """Run the model on input_ids (in chunks of batch_size) up to decoder layer 0; return its inputs."""
-    _, layers = decoder_layers(model)
-    captured: list[LayerInputs] = []
+class _Recorder(nn.Module):
+    """Stands in for a block during capture: records the call, skips the block's work."""
 
-    def hook(module, args, kwargs):
+    def __init__(self, block: nn.Module, last: bool, sink: list):
+        super().__init__()
+        self.block, self.last, self.sink = block, last, sink
+
+    def __getattr__(self, name: str):
+        # Some models read a block's attributes in their loop (e.g. its attention type).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("block"), name)
+
+    def forward(self, *args, **kwargs):
         kwargs = dict(kwargs)
         if args:
             hidden, args = args[0], tuple(args[1:])
         else:
             hidden = kwargs.pop("hidden_states")
-        for key in ("past_key_values", "past_key_value"):
+        for key in ("past_key_values", "past_key_value", "cache"):
             if key in kwargs:
                 kwargs[key] = None
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        captured.append(LayerInputs(hidden, args, kwargs))
-        raise _StopForward
+        self.sink.append((hidden, args, kwargs))
+        if self.last:
+            raise _StopForward
+        return hidden  # later recorders only keep the call's other arguments
 
+
+def capture_layer_inputs(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> list[LayerInputs]:
+    """Run the model on input_ids (in chunks of batch_size) through its own forward, with every
+    block replaced by a recorder: block 0's hidden states, and every block's own arguments
+    (rotary embeddings, attention masks, any per-layer keyword), at the cost of the embeddings."""
+    _, layers = decoder_layers(model)
+    originals = list(layers)
     device = next(model.parameters()).device
     extra = _forward_kwargs(model)
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    captured: list[LayerInputs] = []
     try:
         for chunk in input_ids.split(batch_size):
+            sink: list = []
+            for i in range(len(originals)):
+                layers[i] = _Recorder(originals[i], i == len(originals) - 1, sink)
             try:
                 model(input_ids=chunk.to(device), **extra)
             except _StopForward:
                 pass
+            if len(sink) != len(originals):
+                raise ConfigError(f"{type(model).__name__}'s forward called {len(sink)} of its {len(originals)} "
+                                  "blocks once each; layer-by-layer calibration needs every block called once")
+            captured.append(LayerInputs(sink[0][0], [(a, k) for _, a, k in sink]))
     finally:
-        handle.remove()
+        for i, layer in enumerate(originals):
+            layers[i] = layer
     return captured
 
 
@@ -289,10 +320,10 @@ class StatsCollector:
                 raise _StopForward
         return fn
 
-    def run(self, chunk: "LayerInputs", layer: nn.Module) -> None:
-        """Feed one chunk through the layer (stopping early once all statistics are in)."""
+    def run(self, chunk: "LayerInputs", layer: nn.Module, index: int) -> None:
+        """Feed one chunk through layer `index` (stopping early once all statistics are in)."""
         try:
-            chunk.run(layer)
+            chunk.run(layer, index)
         except _StopForward:
             pass
         self.end_chunk()
@@ -421,7 +452,7 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[
                     handles = _just_in_time(i, lname, layer, inputs, linears, groups, tuple(collect), hessian_dtype,
                                             on_layer)
                     try:
-                        inputs = [LayerInputs(chunk.run(layer), chunk.args, chunk.kwargs) for chunk in inputs]
+                        inputs = [chunk.advance(layer, i) for chunk in inputs]
                     finally:
                         for h in handles:
                             h.remove()
@@ -430,9 +461,9 @@ def run_layerwise(model: nn.Module, input_ids: torch.Tensor, on_layer: Callable[
                 if linears:
                     with collector:
                         for chunk in inputs:
-                            collector.run(chunk, layer)
+                            collector.run(chunk, layer, i)
                 on_layer(LayerContext(i, lname, layer, collector.finish(), inputs, linears))
                 del collector
-                inputs = [LayerInputs(chunk.run(layer), chunk.args, chunk.kwargs) for chunk in inputs]
+                inputs = [chunk.advance(layer, i) for chunk in inputs]
     finally:
         model.train(was_training)

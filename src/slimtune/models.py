@@ -7,7 +7,6 @@ directory in the cache (the conversion takes ~15 s, a reload of the cache ~1 s).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .architectures import architecture_of, matches, model_family
 from .assets import cache_dir, package_asset
 from .errors import ConfigError, ModelLoadError, SlimtuneError
 
@@ -43,14 +43,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-# Linear layers worth adapting, per architecture family (module-name suffixes).
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "bert": ("query", "key", "value", "dense"),
-}
-_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
-           "gemma": "llama", "gemma2": "llama", "phi3": "llama", "bert": "bert", "roberta": "bert"}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -195,11 +187,6 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def model_family(model: nn.Module) -> str:
-    mtype = getattr(getattr(model, "config", None), "model_type", "")
-    return _FAMILY.get(mtype, mtype)
-
-
 def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     """All linear layers except the output head (which slimtune keeps dense and unadapted)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -238,41 +225,25 @@ def adaptable_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear)) and m is not head}
 
 
-def skipped(name: str, patterns) -> bool:
-    """Whether a module is left out by a skip list: exact name, name suffix, or glob (sparsify, quantize)."""
-    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _matches(name: str, pattern: str) -> bool:
-    if name == pattern or name.endswith("." + pattern):
-        return True
-    if any(c in pattern for c in "*?[]().+^$|\\"):
-        try:
-            return re.fullmatch(pattern, name) is not None or re.fullmatch(pattern, name.rsplit(".", 1)[-1]) is not None
-        except re.error as e:
-            raise ConfigError(f"target pattern {pattern!r} is not a valid regular expression: {e}") from e
-    return False
-
-
 def target_modules(model: nn.Module, patterns: list[str] | tuple[str, ...] | None = None) -> list[str]:
     """Names of the linear modules to adapt.
 
-    A pattern matches a module whose name equals it or ends with `.pattern`, or, if it
-    contains regex characters, whose full name (or last component) matches it fully.
-    Default: the architecture's attention and MLP projections (DEFAULT_TARGETS).
+    Patterns are matched by `architectures.matches` (exact name, `.suffix`, glob or regex).
+    Default: every role of the family's blocks (attention and MLP projections), from the
+    architecture map.
     """
     linears = adaptable_modules(model)
     if patterns is None:
-        family = model_family(model)
-        if family not in DEFAULT_TARGETS:
+        arch = architecture_of(model)
+        if arch is None:
             raise ConfigError(
-                f"no default target modules for architecture {family!r}; pass target patterns "
+                f"no default target modules for architecture {model_family(model)!r}; pass target patterns "
                 f"explicitly (linear modules: {_examples(linears)})"
             )
-        patterns = DEFAULT_TARGETS[family]
+        patterns = arch.default_targets
     chosen = []
     for pattern in patterns:
-        hits = [n for n in linears if _matches(n, pattern)]
+        hits = [n for n in linears if matches(n, pattern)]
         if not hits:
             raise ConfigError(
                 f"target pattern {pattern!r} matches no linear module of this model; "
@@ -287,43 +258,58 @@ def _examples(linears: dict) -> str:
     return ", ".join(suffixes[:12])
 
 
+TINY_ARCHS = ("llama", "gemma3", "bert")
+
+
 def build_tiny_model(out: str | os.PathLike, arch: str = "llama", seed: int = 0,
                      vocab_size: int = 512) -> Path:
     """Save a tiny randomly initialised model + a BPE tokenizer trained on real text.
 
     For tests and quick smoke runs: builds in well under a second, entirely offline.
+    gemma3 is a 4-layer Gemma-3 text model whose layer 2 uses full attention with another RoPE
+    base (the others slide over 8 tokens), with a tokenizer that puts <bos> first, as Gemma's does.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors, trainers
+    from transformers import (BertConfig, BertModel, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
+                              LlamaForCausalLM, PreTrainedTokenizerFast)
 
     from .data.text import load_text
 
+    if arch not in TINY_ARCHS:
+        raise ConfigError(f"unknown tiny architecture {arch!r}; choose from {', '.join(TINY_ARCHS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    special = {"llama": ["<unk>", "<s>", "</s>", "<pad>"], "gemma3": ["<pad>", "<eos>", "<bos>", "<unk>"],
+               "bert": ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]}[arch]
+    tok = Tokenizer(models.BPE(unk_token=special[0] if arch != "gemma3" else "<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    special = ["<unk>", "<s>", "</s>", "<pad>"] if arch == "llama" else ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(load_text("news").split("\n")[:2000], trainer=trainer)
     torch.manual_seed(seed)
+    small = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                 max_position_embeddings=512)
     if arch == "llama":
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                        eos_token="</s>", pad_token="<pad>")
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
-                             pad_token_id=3, tie_word_embeddings=True)
-        model = LlamaForCausalLM(config)
-    elif arch == "bert":
+        model = LlamaForCausalLM(LlamaConfig(**small, num_hidden_layers=2, num_key_value_heads=2, bos_token_id=1,
+                                             eos_token_id=2, pad_token_id=3, tie_word_embeddings=True))
+    elif arch == "gemma3":
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                           special_tokens=[("<bos>", 2)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>",
+                                       eos_token="<eos>", pad_token="<pad>")
+        config = Gemma3TextConfig(**small, num_hidden_layers=4, num_key_value_heads=2, head_dim=16,
+                                  query_pre_attn_scalar=16, sliding_window=8, pad_token_id=0, eos_token_id=1,
+                                  bos_token_id=2, tie_word_embeddings=True,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                               "sliding_attention"])
+        model = Gemma3ForCausalLM(config)
+    else:
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]",
                                        sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
-        config = BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512)
-        model = BertModel(config)
-    else:
-        raise ConfigError(f"unknown tiny architecture {arch!r}; choose llama or bert")
+        model = BertModel(BertConfig(**small, num_hidden_layers=2))
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out

@@ -17,7 +17,7 @@ def test_task_and_perplexity_in_one_json_dict(tiny, news):
     assert (r["acc"], r["acc_norm"]) == (mc["acc"], mc["acc_norm"])
     ppl = perplexity(model, tok, news, seq_len=64, max_windows=2, progress=False)
     assert r["perplexity"] == pytest.approx(ppl["perplexity"], rel=1e-6)
-    assert r["perplexity_tokens"] == ppl["tokens_scored"] == 2 * 63
+    assert r["perplexity_tokens"] == ppl["tokens_scored"] == 2 * 64  # every token, after the prefix token
 
 
 def test_task_by_name_and_generation(tiny):

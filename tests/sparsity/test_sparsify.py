@@ -84,7 +84,7 @@ def test_skip_leaves_matching_layers_dense(tiny, calib):
     ({"method": "wanda", "calibration": {"n_samples": 0}}, ConfigError, "n_samples"),
     ({"method": "wanda", "calibration": {"seq_len": 4096}}, ConfigError, "context of 512"),
     ({"method": "wanda", "calibration": {"source": "one two three", "n_samples": 4, "seq_len": 32}},
-     DataError, r"has \d+ tokens, but 4 samples x 32 tokens need 128"),
+     DataError, r"has \d+ tokens, but 4 samples x 31 text tokens \(after the prefix token\) need 124"),
     ({"method": "wanda", "calibration": {"source": "no-such-source"}}, DataError, "known source"),
     ({"method": "wanda", "skip": ["*"]}, ConfigError, "no linear module left"),
 ])

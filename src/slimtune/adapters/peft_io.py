@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ArtifactError
-from .lora import add_lora, check_rank_space, lora_layers
+from .lora import add_lora, lora_layers
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -195,8 +195,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
                  qa_weights: dict | None = None) -> dict:
     """Wrap `model` with the LoRA adapter saved in `adapter_dir` (PEFT format) and load its weights.
 
-    The adapter's mode (sparse, quantization-aware) comes from adapter_mode, and an elastic
-    super-adapter's rank spaces from its elastic_config.json; `qa_weights` are the float weights
+    The adapter's mode (sparse, quantization-aware) comes from adapter_mode (an elastic
+    super-adapter's rank spaces are bound by nas.ElasticSpace.bind); `qa_weights` are the float weights
     of a 'float' quantization-aware adapter (see api.finetune).
     """
     adapter_dir = Path(adapter_dir)
@@ -219,12 +219,6 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
                       dropout=config.get("lora_dropout", 0.0), rank_pattern=ranks,
                       alpha_pattern={n: alpha_of(n) for n in names}, sparse=bool(mode["sparse"]),
                       quant_aware=bool(mode["quant_aware"]), qa_weights=qa_weights)
-    if (adapter_dir / ELASTIC_CONFIG).is_file():
-        from ..nas.space import ElasticSpace
-
-        for group in ElasticSpace.load(adapter_dir).groups.values():
-            for name in group.modules:
-                layers[name].rank_space = check_rank_space(group.space, layers[name].r)
     with torch.no_grad():
         for name, layer in layers.items():
             layer.lora_A.weight.copy_(tensors[f"{PREFIX}{name}.lora_A.weight"])
@@ -248,15 +242,14 @@ def adapter_modules(adapter_dir: str | Path) -> list[str]:
 
 
 def _alpha_lookup(config: dict):
-    """PEFT's alpha_pattern semantics: a key matches a module whose name ends with it (regex)."""
-    import re
+    """PEFT's alpha_pattern semantics, read with PEFT's own matcher (a key matches a module whose
+    name ends with it, as a regex)."""
+    from peft.utils.other import get_pattern_key
 
     patterns = config.get("alpha_pattern") or {}
 
     def alpha(name: str) -> float:
-        for key, value in patterns.items():
-            if name == key or re.match(rf"(.*\.)?{key}$", name):
-                return value
-        return config["lora_alpha"]
+        key = get_pattern_key(list(patterns), name)
+        return patterns.get(key, config["lora_alpha"])
 
     return alpha

@@ -120,6 +120,13 @@ def _wiki() -> str:
     return text
 
 
+def prefix_token_id(tokenizer) -> int | None:
+    """The token a text is scored after, as lm-eval's HFLM.prefix_token_id: BOS, else EOS (None
+    for a tokenizer with neither). Models trained with a BOS first (Gemma) are off their input
+    distribution without it."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
 TEXT_SOURCES = {
     "news": _news,
     "wiki": _wiki,

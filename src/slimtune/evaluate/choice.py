@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.tasks import Example
+from ..data.text import prefix_token_id
 from ..errors import ConfigError, DataError
 from ._common import check_batch_size, model_device, pad_id, right_pad
 from .packed import max_row_length, packed_loglikelihoods, supports_packing
@@ -44,15 +45,12 @@ def choice_length(choice: str) -> int:
     return len(choice) - len(DELIMITER) if choice.startswith(DELIMITER) else len(choice)
 
 
-def _prefix_token_id(tokenizer) -> int:
-    # lm-eval's HFLM.prefix_token_id: BOS, else EOS; used as the context of an empty prompt.
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     # lm-eval's HFLM.tok_encode: default special tokens, except no second BOS when the text
     # already starts with the prefix token's string.
-    prefix = _prefix_token_id(tokenizer)
+    prefix = prefix_token_id(tokenizer)
     if prefix is not None and text.startswith(tokenizer.decode(prefix)):
         return tokenizer.encode(text, add_special_tokens=False)
     return tokenizer.encode(text)
@@ -62,7 +60,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     """(context tokens, continuation tokens) as lm-eval's HFLM computes them for a causal LM."""
     if context == "":
         cont = tokenizer.encode(continuation, add_special_tokens=False)
-        prefix = _prefix_token_id(tokenizer)
+        prefix = prefix_token_id(tokenizer)
         return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:

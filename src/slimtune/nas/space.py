@@ -11,46 +11,27 @@ Group names are '<block prefix>:<kind>', e.g. 'model.layers.3:qkv'.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
+from ..architectures import Architecture, split_block
 from ..adapters.lora import check_rank_space, lora_layers
+from ..adapters.peft_io import ELASTIC_CONFIG
 from ..errors import ArtifactError, ConfigError
 
 PRESETS = ("shears", "block", "module")
-from ..adapters.peft_io import ELASTIC_CONFIG
 
-# Module-name suffixes per Shears group, across the architectures slimtune knows (Llama, BERT, GPT-2-style).
-_SHEARS_KINDS = {
-    "qkv": ("q_proj", "k_proj", "v_proj", "query", "key", "value", "c_attn", "qkv_proj"),
-    "gate_up": ("gate_proj", "up_proj", "intermediate.dense", "fc1", "c_fc", "gate_up_proj", "w1", "w3"),
-    "down": ("down_proj", "output.dense", "fc2", "w2"),
-}
-_BLOCK = re.compile(r"^(.*?\.\d+)\.(.+)$")  # 'model.layers.3' + 'self_attn.q_proj'
-
-
-def _split(module: str) -> tuple[str, str]:
-    m = _BLOCK.match(module)
-    return (m.group(1), m.group(2)) if m else ("", module)
-
-
-def _kind(rest: str) -> str:
-    for kind, suffixes in _SHEARS_KINDS.items():
-        if any(rest == s or rest.endswith("." + s) for s in suffixes):
-            return kind
-    return rest.rsplit(".", 1)[-1]
-
-
-def group_name(module: str, preset: str) -> str:
-    block, rest = _split(module)
+def group_name(module: str, preset: str, arch: Architecture | None = None) -> str:
+    """The module's group under a preset; Shears' groups come from the architecture map's roles
+    (a family slimtune has no map for gets one group per module)."""
+    block, rest = split_block(module)
     if preset == "module" or not block:
         return module
     if preset == "block":
         return block
-    return f"{block}:{_kind(rest)}"
+    return f"{block}:{arch.group_kind(rest) if arch else rest.rsplit('.', 1)[-1]}"
 
 
 @dataclass
@@ -68,13 +49,14 @@ class ElasticSpace:
         self.groups, self.preset = groups, preset
 
     @classmethod
-    def build(cls, modules: list[str], rank_space: list[int], preset: str = "shears") -> "ElasticSpace":
+    def build(cls, modules: list[str], rank_space: list[int], preset: str = "shears",
+              arch: Architecture | None = None) -> "ElasticSpace":
         if preset not in PRESETS:
             raise ConfigError(f"unknown rank-group preset {preset!r}; choose from {', '.join(PRESETS)}")
         space = check_rank_space(rank_space)
         groups: dict[str, RankGroup] = {}
         for module in modules:
-            groups.setdefault(group_name(module, preset), RankGroup([], list(space))).modules.append(module)
+            groups.setdefault(group_name(module, preset, arch), RankGroup([], list(space))).modules.append(module)
         return cls(groups, preset)
 
     # ---- configurations ---------------------------------------------------------------
@@ -118,6 +100,13 @@ class ElasticSpace:
         for name, r in ranks.items():
             layers[name].active_rank = r
         return config
+
+    def bind(self, model: nn.Module) -> None:
+        """Give every elastic layer its group's rank space (after loading a super-adapter)."""
+        layers = lora_layers(model)
+        for group in self.groups.values():
+            for name in group.modules:
+                layers[name].rank_space = check_rank_space(group.space, layers[name].r)
 
     # ---- files --------------------------------------------------------------------------
     def to_dict(self) -> dict:

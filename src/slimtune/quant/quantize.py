@@ -16,9 +16,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..calibration import LayerContext, check_calibration, decoder_layers, run_layerwise
+from ..architectures import block_linears, decoder_layers, matches_any
+from ..calibration import LayerContext, check_calibration, run_layerwise
 from ..errors import ConfigError, SlimtuneError
-from ..models import linear_modules, set_weight, skipped
+from ..models import linear_modules, set_weight
 from .gptq import gptq_quantize
 from .linear import quant_linears, quantize_model_linears
 from .params import QuantParams, check_bits, check_group_size, check_observer
@@ -123,16 +124,12 @@ def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn"
         raise ConfigError("the model is already quantized (it has QuantLinear modules); quantize the float model")
 
     linears = linear_modules(model)
-    # Both methods quantize the same set: the linears inside the stack of transformer blocks
-    # (a model without one can still be rounded with RTN, but not calibrated layer by layer).
-    try:
-        prefix, _ = decoder_layers(model)
-        in_blocks = [n for n in linears if n.startswith(prefix + ".")]
-    except ConfigError:
-        if spec.needs_hessian:
-            raise
-        in_blocks = list(linears)
-    targets = [n for n in in_blocks if not skipped(n, skip)]
+    # Both methods quantize the same set: the linears inside the stack of transformer blocks,
+    # minus the family's keep-dense modules (a model without blocks can still be rounded with
+    # RTN, but not calibrated layer by layer).
+    if spec.needs_hessian:
+        decoder_layers(model)
+    targets = [n for n in block_linears(model, linears) if not matches_any(n, skip)]
     if not targets:
         raise ConfigError(f"no linear module left to quantize (skip={list(skip)}); linear modules: "
                           f"{', '.join(list(linears)[:8]) or 'none'}{' ...' if len(linears) > 8 else ''}")

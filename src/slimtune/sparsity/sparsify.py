@@ -10,9 +10,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..calibration import LayerContext, check_calibration, decoder_layers, run_layerwise
+from ..architectures import block_linears, decoder_layers, matches_any
+from ..calibration import LayerContext, check_calibration, run_layerwise
 from ..errors import ConfigError
-from ..models import linear_modules, set_weight, skipped, tied_parameter_ids
+from ..models import linear_modules, set_weight, tied_parameter_ids
 from .magnitude import magnitude_prune
 from .masks import UNSTRUCTURED, check_exact, check_sparsity, parse_pattern, target_sparsity
 from .report import sparsity_report
@@ -144,10 +145,11 @@ def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: f
     if not all(isinstance(p, str) for p in skip):
         raise ConfigError(f"skip must be a list of module-name patterns (strings), got {skip!r}")
     linears = linear_modules(model)
-    targets = [n for n in linears if not skipped(n, skip)]
+    # Every method prunes the same set: the linears of the transformer blocks, minus the
+    # family's keep-dense modules and the skip list (calibrated methods need the blocks).
     if spec.stats is not None:
-        prefix, _ = decoder_layers(model)
-        targets = [n for n in targets if n.startswith(prefix + ".")]
+        decoder_layers(model)
+    targets = [n for n in block_linears(model, linears) if not matches_any(n, skip)]
     if not targets:
         raise ConfigError(f"no linear module left to prune (skip={list(skip)}); linear modules: "
                           f"{', '.join(list(linears)[:8])}{' ...' if len(linears) > 8 else ''}")
