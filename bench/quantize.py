@@ -119,7 +119,7 @@ def check_loss(model, ids) -> float:
 def _slimtune_job(job: dict, calib) -> dict:
     import torch
 
-    from slimtune.calibration import calibration_batches
+    from slimtune.data.calibration import calibration_batches
     from slimtune.models import linear_modules, load_model
     from slimtune.quant import quant_linears, quantize_model, save_quantized
 
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     import torch
 
     from slimtune.api import sparsify
-    from slimtune.calibration import calibration_batches
+    from slimtune.data.calibration import calibration_batches
     from slimtune.models import load_model
     from transformers.utils import logging as hf_logging
 

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from slimtune.calibration import calibration_batches
+    from slimtune.data.calibration import calibration_batches
     from slimtune.models import load_model
 
     tmp, work = setup_run(args)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from slimtune.calibration import (StatsCollector, calibration_batches, capture_layer_inputs, decoder_layers,
-                                  run_layerwise)
+from slimtune.calibration import StatsCollector, capture_layer_inputs, decoder_layers, run_layerwise
+from slimtune.data.calibration import calibration_batches
 from slimtune.errors import ConfigError, DataError
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..architectures import block_linears, decoder_layers, matches_any
-from ..calibration import LayerContext, check_calibration, run_layerwise
+from ..calibration import LayerContext, run_layerwise
+from ..data.calibration import check_calibration
 from ..errors import ConfigError
 from ..models import linear_modules, set_weight, tied_parameter_ids
 from .magnitude import magnitude_prune
