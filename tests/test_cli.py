@@ -40,8 +40,12 @@ def test_finetune_merge_evaluate_from_the_cli(tiny_llama_dir, tmp_path, capsys):
     assert main(["merge", "--adapter", str(adapter), "--out", str(merged)]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--model", str(merged), "--limit", "6", "--out", str(tmp_path / "r.json")]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed["n"] == 6 and 0 <= printed["acc"] <= 1
+    sizes = printed["split_sizes"]
+    assert (f"scored 6 test examples of polarity (split seed 0; splits: train {sizes['train']}, "
+            f"validation {sizes['validation']}, test {sizes['test']})") in captured.err
     assert json.loads((tmp_path / "r.json").read_text())["acc"] == printed["acc"]
 
 

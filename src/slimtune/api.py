@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from . import lineage
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from .architectures import architecture_of
+from .architectures import architecture_of, require_causal_lm
 from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, Task, load_task, load_text
 from .errors import ArtifactError, ConfigError
@@ -120,12 +120,31 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
                             seq_len=seq_len, max_windows=max_windows, batch_size=batch_size,
                             progress=progress)
     result = {"model": str(model), "adapter": str(adapter) if adapter else None, **result}
+    if text is not None:
+        result |= _perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress)
     if task_obj is not None:
-        result |= {"task_spec": task_obj.spec, "split_seed": task_obj.split_seed, "held_out": held_out}
+        result |= {"task_spec": task_obj.spec, "split_seed": task_obj.split_seed,
+                   "split_sizes": {name: len(task_obj.split(name)) for name in ("train", "validation", "test")},
+                   "held_out": held_out}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
     return result
+
+
+def _perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress) -> dict:
+    """A tuned model's perplexity against its base's on the same text (an adapter's base is the
+    model it is applied to; a merged model's, the model it was merged into)."""
+    from .evaluate.drift import drift, tuning_base
+    from .evaluate.perplexity import perplexity
+
+    base = model if adapter is not None else tuning_base(model)
+    if base is None:
+        return {}
+    base_net, _ = load_model(base)
+    ppl = perplexity(base_net, tokenizer, text, seq_len=seq_len, max_windows=max_windows,
+                     batch_size=batch_size, progress=progress)["perplexity"]
+    return {"perplexity_base_model": str(base), **drift(result["perplexity"], ppl)}
 
 
 ADAPTERS = ("lora", "nls")
@@ -264,6 +283,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     if not task_obj.train:
         raise ConfigError(f"task {task_obj.spec} has no training examples (split seed {split_seed})")
     net, tokenizer = load_model(model)
+    require_causal_lm(net, "finetune")
     names = target_modules(net, list(targets) if targets else None)
     zeros = _zero_fraction(net, names)
     if sparse_adapter and zeros < SPARSE_BASE_MIN:

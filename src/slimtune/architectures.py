@@ -88,6 +88,29 @@ def architecture_of(model_or_config) -> Architecture | None:
     return _BY_MODEL_TYPE.get(getattr(config, "model_type", None))
 
 
+def is_causal_config(config) -> bool:
+    """Whether a config describes a causal LM (loaded with its LM head) rather than an encoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return True
+    if archs:
+        return False
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def require_causal_lm(model: nn.Module, what: str) -> None:
+    """Refuse an encoder (or any model without an LM head) for a stage that scores text."""
+    config = getattr(model, "config", None)
+    if config is not None and is_causal_config(config) and model.get_output_embeddings() is not None:
+        return
+    kind = getattr(config, "model_type", type(model).__name__)
+    raise ConfigError(f"{what} needs a causal language model, but this is an encoder without an LM head "
+                      f"({kind}); slimtune sparsifies, quantizes and inspects encoders, but scores tasks, "
+                      "perplexity and fine-tuning losses with a causal LM's log-likelihoods")
+
+
 def model_family(model: nn.Module) -> str:
     arch = architecture_of(model)
     return arch.name if arch else getattr(getattr(model, "config", None), "model_type", "")

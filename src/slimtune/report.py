@@ -76,6 +76,8 @@ def build_report(run_dir: str | Path) -> Path:
                                        "split_seed": r.get("split_seed"),
                                        **{k: v for k, v in model_facts(path).items() if k != "layer_sparsity"}}
         metrics["comparisons"] += paired_comparisons(results)
+    warnings = _add_drift(metrics["models"], {name: recipe["model"] if name == "model" else run_dir / name
+                                              for name in metrics["models"]})
     plots = []
     if metrics["models"]:
         plots.append(("Accuracy and size per model", _plot_models(metrics["models"], run_dir / "models.png")))
@@ -103,6 +105,7 @@ def build_report(run_dir: str | Path) -> Path:
                      f"{'' if not st or st['seconds'] is None else format(st['seconds'], '.0f')} |")
     if metrics["models"]:
         lines += ["", "## Models", "", format_models(metrics["models"])]
+        lines += [f"\n**Warning** ({name}): {w}" for name, w in warnings]
     if metrics["comparisons"]:
         lines += ["", "## Paired differences (same test examples)", "", format_comparisons(metrics["comparisons"])]
     for title, png in plots:
@@ -134,17 +137,39 @@ def paired_comparisons(results: dict) -> list[dict]:
     return out
 
 
+def _add_drift(models: dict, paths: dict) -> list[tuple[str, str]]:
+    """Each merged model's perplexity over that of the evaluated model it was merged into (same
+    text); returns the drift warnings."""
+    from .evaluate.drift import drift, tuning_base
+
+    resolved = {name: str(Path(p).resolve()) if Path(str(p)).exists() else str(p) for name, p in paths.items()}
+    warnings = []
+    for name, m in models.items():
+        base = tuning_base(paths[name])
+        base = str(Path(base).resolve()) if base is not None and Path(base).exists() else base
+        ref = next((n for n, p in resolved.items() if p == base and n != name), None)
+        if ref is None or m.get("perplexity") is None or models[ref].get("perplexity") is None:
+            continue
+        d = drift(m["perplexity"], models[ref]["perplexity"])
+        m["perplexity_vs"] = {"model": ref, "ratio": d["perplexity_ratio"]}
+        if "drift_warning" in d:
+            warnings.append((name, d["drift_warning"]))
+    return warnings
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
 def format_models(models: dict) -> str:
-    rows = ["| model | accuracy [95% CI] | perplexity | sparsity | bits | size on disk (MB) |",
-            "|---|---:|---:|---:|---|---:|"]
+    rows = ["| model | accuracy [95% CI] | perplexity | perplexity vs its base | sparsity | bits | size on disk (MB) |",
+            "|---|---:|---:|---|---:|---|---:|"]
     for name, m in models.items():
         ci = m.get("accuracy_ci")
         acc = _fmt(m["accuracy"], ".3f") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-        rows.append(f"| {name} | {acc} | {_fmt(m['perplexity'], '.2f')} | "
+        vs = m.get("perplexity_vs")
+        vs_text = f"{vs['ratio']:.2f}x {vs['model']}" if vs else "-"
+        rows.append(f"| {name} | {acc} | {_fmt(m['perplexity'], '.2f')} | {vs_text} | "
                     f"{_fmt(m['sparsity'], '.1%')} | {m['bits']} | {_fmt(m['size_mb'], '.1f')} |")
     return "\n".join(rows)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from ..architectures import require_causal_lm
 from ..data.tasks import Task, load_task
 from ..errors import ConfigError
 from .choice import multiple_choice
@@ -43,6 +44,7 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
         raise ConfigError("evaluate_model needs a task, a text for perplexity, or both")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    require_causal_lm(model, "evaluate")
     start = time.perf_counter()
     out: dict = {}
     if task is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..architectures import is_causal_config
 from ..artifacts import atomic_dir
 from ..errors import ArtifactError
 from .linear import QuantLinear, _set_module, quant_linears
@@ -191,7 +192,7 @@ def read_packed_layers(model_dir: str | os.PathLike):
 def load_quantized(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """(model, tokenizer or None) with QuantLinear modules restored exactly from save_quantized's output."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
     path = Path(model_dir)
@@ -205,7 +206,8 @@ def load_quantized(model_dir: str | os.PathLike, dtype: torch.dtype = torch.floa
     del config.quantization_config
     tensors = load_file(str(path / WEIGHTS_FILE))
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        cls = AutoModelForCausalLM if is_causal_config(config) else AutoModel
+        model = cls.from_config(config, dtype=dtype)
     names = sorted({k[:-len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")})
     for name in names:
         params, codes = _params_from_tensors(_weight_args(qcfg, name), tensors, name)
