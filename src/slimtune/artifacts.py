@@ -21,6 +21,8 @@ from typing import Any, Iterator
 from .errors import ArtifactError
 
 MANIFEST = "slimtune.json"
+STATE_DIR = ".recipe"  # a recipe run directory's state: per-stage fingerprints and the recipe
+RECIPE_FILE = "recipe.json"  # the validated recipe, written into STATE_DIR by `run`
 
 
 def _versions() -> dict[str, str]:

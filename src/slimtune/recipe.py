@@ -31,10 +31,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .artifacts import MANIFEST, write_json_atomic
+from .artifacts import MANIFEST, RECIPE_FILE, STATE_DIR, write_json_atomic
 from .errors import ConfigError
 
-STATE_DIR = ".recipe"  # per-stage fingerprints of the run directory
 
 
 class _Stage(BaseModel):
@@ -276,7 +275,7 @@ def run_recipe(recipe: Recipe | str | Path, run_dir: str | Path, *, overrides: d
     inputs = plan(recipe)
     run_dir = Path(run_dir)
     (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / STATE_DIR / "recipe.json", recipe.model_dump())
+    write_json_atomic(run_dir / STATE_DIR / RECIPE_FILE, recipe.model_dump())
     paths: dict[str, Path] = {"model": Path(recipe.model) if Path(recipe.model).exists() else recipe.model}
     prints: dict[str, str] = {"model": recipe.model}
     for i, st in enumerate(recipe.stages):

@@ -11,11 +11,9 @@ import json
 import re
 from pathlib import Path
 
-from .artifacts import MANIFEST, write_json_atomic
+from .artifacts import MANIFEST, RECIPE_FILE, STATE_DIR, write_json_atomic
 from .errors import ArtifactError
-from .recipe import STATE_DIR
 
-RECIPE_FILE = "recipe.json"  # the validated recipe, written into STATE_DIR by `run`
 
 
 def size_mb(directory: Path) -> float | None:

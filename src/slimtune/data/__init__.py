@@ -5,7 +5,8 @@ bigbench:...), "bigbench:<task>[:<subtask>]", "hf:<name>[:<config>]" / "hf:<loca
 .jsonl/.json/.csv file. Text: `load_text("news" | "wiki" | path)`.
 """
 
-from .tasks import DEFAULT_TASK, TASKS, Example, Task, load_task, multiple_choice_task, split_examples
+from .registry import DEFAULT_TASK, TASKS, load_task
+from .tasks import Example, Task, multiple_choice_task, split_examples
 from .text import TEXT_SOURCES, load_text
 
 __all__ = ["DEFAULT_TASK", "TASKS", "Example", "Task", "load_task", "multiple_choice_task", "split_examples",

@@ -22,14 +22,13 @@ under every split seed.
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 from pathlib import Path
 
 from ..errors import DataError
 from .formats import exact_match, split_prefix
-from .tasks import TASKS, Example, Task
+from .tasks import Example, Task
 
 DIST, VERSION = "bigbench", "1.0.0"
 TASKS_DIR = "bigbench/benchmark_tasks"
@@ -219,6 +218,3 @@ def load_bigbench(name: str, seed: int = 0, fractions: tuple[float, float] = (0.
                     max_new_tokens=64, stop=tuple(sorted(stops)))
     return Task(spec, kind, train, val, test, description=f"BIG-bench {spec[9:]} (multiple choice)")
 
-
-for _name in FEATURED:
-    TASKS[f"bigbench:{_name}"] = functools.partial(load_bigbench, _name)

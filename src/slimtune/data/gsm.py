@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from ..errors import DataError
 from .formats import qa_prompt
-from .tasks import TASKS, Example, Task
+from .tasks import Example, Task
 
 NAME = "gsm_symbolic"
 # A number, with a minus sign only where it cannot be subtraction ("160-48" is 160 and 48).
@@ -156,5 +156,3 @@ def load_gsm_symbolic(seed: int = 0, train_size: int = 200, validation_size: int
         stop=("\nQuestion:", "\n\n\n"),
     )
 
-
-TASKS[NAME] = load_gsm_symbolic

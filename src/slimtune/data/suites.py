@@ -22,7 +22,9 @@ import random
 from dataclasses import replace
 
 from ..errors import DataError
-from .tasks import SPLITS, TASKS, Example, Task, load_task
+from . import gsm
+from .bigbench import load_bigbench
+from .tasks import SPLITS, Example, Task
 
 MAX_TEST = 500
 COMMONSENSE = ("bigbench:strategyqa", "bigbench:goal_step_wikihow:step_inference", "bigbench:social_iqa",
@@ -70,13 +72,22 @@ def build_suite(name: str, members: dict[str, Task], seed: int, train_per_task: 
                 stop=first.stop, members=tuple(members))
 
 
+def _member(spec: str, seed: int, **options) -> Task:
+    """A member task, loaded as load_task would (the members are BIG-bench tasks and gsm_symbolic)."""
+    if spec == gsm.NAME:
+        task = gsm.load_gsm_symbolic(seed=seed, **options)
+    else:
+        task = load_bigbench(spec.removeprefix("bigbench:"), seed=seed, **options)
+    return task.with_spec(spec, seed, options)
+
+
 def load_commonsense(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
                      test_per_task: int = MAX_TEST) -> Task:
     """suite:commonsense: six multiple-choice BIG-bench tasks (see the module docstring)."""
     name = "suite:commonsense"
     _check_caps(name, {"train_per_task": train_per_task, "validation_per_task": validation_per_task,
                        "test_per_task": test_per_task})
-    members = {spec: load_task(spec, seed=seed) for spec in COMMONSENSE}
+    members = {spec: _member(spec, seed) for spec in COMMONSENSE}
     return build_suite(name, members, seed, train_per_task, validation_per_task, test_per_task,
                        description="Commonsense suite: " + ", ".join(s.removeprefix("bigbench:") for s in COMMONSENSE)
                                    + f" (BIG-bench; up to {test_per_task} test examples each)")
@@ -89,12 +100,11 @@ def load_math(seed: int = 0, train_per_task: int = 1000, validation_per_task: in
     name = "suite:math"
     _check_caps(name, {"train_per_task": train_per_task, "validation_per_task": validation_per_task,
                        "test_per_task": test_per_task})
-    members = {spec: load_task(spec, seed=seed, train_size=train_per_task, validation_size=validation_per_task,
-                               test_size=test_per_task) for spec in MATH}
+    members = {spec: _member(spec, seed, train_size=train_per_task, validation_size=validation_per_task,
+                             test_size=test_per_task) for spec in MATH}
     return build_suite(name, members, seed, train_per_task, validation_per_task, test_per_task,
                        description="Math suite: gsm_symbolic, test and validation templates held out of train")
 
 
 SUITES = {"suite:commonsense": load_commonsense, "suite:math": load_math}
-TASKS.update(SUITES)
 __all__ = ["SUITES", "build_suite", "load_commonsense", "load_math"]

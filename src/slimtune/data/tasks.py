@@ -9,13 +9,9 @@ Two kinds of task:
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
-import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import DataError
@@ -82,6 +78,11 @@ class Task:
     def sizes(self) -> dict[str, int]:
         return {s: len(self.split(s)) for s in SPLITS}
 
+    def with_spec(self, spec: str, split_seed: int, options: dict) -> "Task":
+        """Record how the task was loaded (data.registry.load_task does); returns the task."""
+        self.spec, self.split_seed, self.options = spec, split_seed, dict(options)
+        return self
+
 
 def example_id(text: str) -> str:
     """16 hex digits of SHA-256 of a text: the default id of an example (see Example.id)."""
@@ -140,69 +141,3 @@ def load_polarity(seed: int = 0) -> Task:
         "polarity", examples, seed,
         description="Movie-review sentence polarity (Pang & Lee), 200 sentences bundled with gensim",
     )
-
-
-# Named tasks: name -> loader(seed=..., **options) -> Task. Other modules register theirs here
-# (gsm.py: gsm_symbolic; bigbench.py: bigbench:strategyqa, ...), imported at the end of this file.
-TASKS: dict[str, Callable[..., Task]] = {"polarity": load_polarity}
-DEFAULT_TASK = "polarity"
-
-SPEC_FORMS = ("a task name", "bigbench:<task>[:<subtask>]", "hf:<name>[:<config>] or hf:<local dir or file>",
-              "a .jsonl/.json/.csv file")
-
-
-def _call(loader: Callable[..., Task], spec: str, seed: int, kwargs: dict) -> Task:
-    """Call a loader, turning an unknown option into a DataError that lists the accepted ones."""
-    params = inspect.signature(loader).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            accepted = [n for n, p in params.items() if n != "seed" and p.kind is not p.VAR_POSITIONAL
-                        and p.default is not p.empty]
-            raise DataError(f"task {spec}: unknown option(s) {', '.join(unknown)}; "
-                            f"accepted: {', '.join(accepted) or 'none'}")
-    return loader(seed=seed, **kwargs)
-
-
-def load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
-    """A task from a spec, its splits fixed by the split seed `seed` (see _load_task)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"a task's split seed must be an integer, got {seed!r}")
-    task = _load_task(spec, seed, **kwargs)
-    task.spec, task.split_seed, task.options = os.fspath(spec), seed, dict(kwargs)
-    return task
-
-
-def _load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
-    """A task from a spec: a registered name (see TASKS), "bigbench:<task>[:<subtask>]",
-    "hf:<name>[:<config>]" / "hf:<local path>", or a .jsonl/.json/.csv file path.
-
-    `seed` is the split seed: it fixes the split (and generated content), never the training; `kwargs` go to the loader, e.g.
-    train_size=... for gsm_symbolic, fractions=(0.6, 0.15) or lettered=True for file tasks.
-    """
-    key = os.fspath(spec)
-    if key in TASKS:
-        return _call(TASKS[key], key, seed, kwargs)
-    if key.startswith("bigbench:"):
-        from .bigbench import load_bigbench
-
-        return _call(functools.partial(load_bigbench, key[len("bigbench:"):]), key, seed, kwargs)
-    if key.startswith("hf:"):
-        from .files import load_hf_task
-
-        return _call(functools.partial(load_hf_task, key[len("hf:"):]), key, seed, kwargs)
-    from .files import FILE_SUFFIXES, load_file_task
-
-    path = Path(key).expanduser()
-    if path.suffix.lower() in FILE_SUFFIXES:
-        if not path.is_file():
-            raise DataError(f"task file {path} does not exist")
-        return _call(functools.partial(load_file_task, path), key, seed, kwargs)
-    raise DataError(f"unknown task {key!r}; known tasks: {', '.join(sorted(TASKS))}; "
-                    f"a task spec is one of: {'; '.join(SPEC_FORMS)}")
-
-
-# Registration of the built-in task modules (they import names defined above).
-from . import bigbench as _bigbench  # noqa: E402,F401
-from . import gsm as _gsm  # noqa: E402,F401
-from . import suites as _suites  # noqa: E402,F401

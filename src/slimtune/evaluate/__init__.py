@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from ..architectures import require_causal_lm
-from ..data.tasks import Task, load_task
+from ..data.registry import load_task
+from ..data.tasks import Task
 from ..errors import ConfigError
 from .choice import multiple_choice
 from .generation import generation_accuracy
