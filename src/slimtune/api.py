@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from . import lineage
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest
+from .artifacts import atomic_dir, check_output_dir, read_manifest, recorded_path, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, Task, load_task, load_text
 from .errors import ArtifactError, ConfigError
+from .guards import check_result_file
 from .models import DEFAULT_MODEL, load_model, target_modules
 from .nas.objective import task_score  # re-exported: bench scripts report api.task_score(result)
 from .train import TrainConfig, train
@@ -80,15 +81,9 @@ def _model_lineage(model: str | Path) -> list[dict]:
 
 def _base_of_adapter(adapter: str | Path) -> str:
     """The base model an adapter was trained on, from its manifest or adapter config."""
-    try:
-        return read_manifest(adapter)["config"]["model"]
-    except (ArtifactError, KeyError):
-        from .adapters.peft_io import read_adapter_config
+    from .adapters.peft_io import base_of_adapter
 
-        base = read_adapter_config(adapter).get("base_model_name_or_path")
-        if not base:
-            raise ArtifactError(f"adapter {adapter} does not say which base model it belongs to; pass --model")
-        return base
+    return base_of_adapter(adapter)
 
 
 def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEFAULT_TASK,
@@ -106,6 +101,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
 
     if task is None and perplexity_text is None:
         raise ConfigError("nothing to evaluate: give a task, a perplexity text, or both")
+    check_result_file(out)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
     history = lineage.combine(_model_lineage(model), _model_lineage(adapter) if adapter is not None else [])
@@ -141,7 +137,7 @@ def _check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str,
         raise ConfigError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
     if rank is not None and rank < 1:
         raise ConfigError(f"rank must be >= 1, got {rank}")
-    if alpha <= 0 or not 0 <= dropout < 1:
+    if not 0 < alpha < float("inf") or not 0 <= dropout < 1:  # nan and inf are refused too
         raise ConfigError(f"need alpha > 0 and 0 <= dropout < 1; got alpha={alpha}, dropout={dropout}")
     if qa_weights not in QA_WEIGHTS:
         raise ConfigError(f"qa_weights must be one of {', '.join(QA_WEIGHTS)}, got {qa_weights!r}")
@@ -174,8 +170,8 @@ def _float_weights(float_base: str | Path, names: Sequence[str]) -> dict:
 def _quantized_input(model: str | Path) -> str | None:
     """The model a slimtune quantize artifact was made from (the float weights of 'float' QA)."""
     try:
-        return read_manifest(model)["config"]["model"]
-    except (ArtifactError, KeyError):
+        return recorded_path(model, "model")
+    except ArtifactError:
         return None
 
 
@@ -280,8 +276,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
         elastic = ElasticSpace.build(names, space, groups)
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed))
     checkpoints = out.parent / f".{out.name}.checkpoints"
-    metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks,
-                    add_eos=task_obj.kind == "generation", progress=progress)
+    metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
+                    add_eos=task_obj.kind == "generation", progress=progress, run_key={"model": str(model)})
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if elastic is not None:
         from .nas import frequencies
@@ -384,7 +380,8 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     widths = {n: (l.in_features, l.out_features) for n, l in lora_layers(net).items()}
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
-        mode = {k: manifest["config"].get(k) for k in ("sparse", "quant_aware", "qa_weights", "float_base", "task")}
+        mode = {k: manifest["config"].get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
+        mode["float_base"] = recorded_path(adapter, "float_base", manifest)  # where it is now
         write_manifest(tmp, stage="extract", method=label,
                        config={"model": str(model), "super_adapter": str(adapter), "selection": label,
                                "ranks": config, **mode},
@@ -515,13 +512,13 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     task = task or manifest["config"].get("task")
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
         raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
-    sampler_obj = make_sampler(sampler, seed, population)
+    make_sampler(sampler, seed, population)  # checks the sampler before any file is written
     out = Path(out)
     settings = {"adapter": str(adapter), "task": task if isinstance(task, str) or task is None else task.name,
                 "objectives": objectives, "sampler": sampler, "population": population, "seed": seed, "limit": limit,
                 "study_name": study_name, "split_seed": split_seed}
-    storage = run_dir.prepare(out, settings, storage)
-    study = open_study(storage, study_name, objectives, sampler_obj)
+    storage, slot = run_dir.prepare(out, settings, storage), run_dir.worker_slot(out, storage)
+    study = open_study(storage, study_name, objectives, make_sampler(sampler, slot.seed(seed), population))
     run_dir.save_settings(out, settings)
 
     model = model or _base_of_adapter(adapter)
@@ -534,7 +531,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
                                                            task_obj.validation[:limit], out)])
     net, tokenizer = load_adapted(model, adapter)
     searcher = Searcher(study, space, objectives, make_objective(net, tokenizer, task_obj, space, objectives, limit),
-                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}")
+                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}")
     heuristics = {"maximal": space.maximal(), "median": space.median(), "minimal": space.minimal()}
     if (Path(adapter) / HISTORY_FILE).is_file():
         heuristics["most_frequent"] = most_frequent(space, json.loads((Path(adapter) / HISTORY_FILE).read_text()))
@@ -611,6 +608,7 @@ def compare(model_a: str | Path, model_b: str | Path, *, task: str | Task = DEFA
 
     if task is None:
         raise ConfigError("compare needs a task: both models are scored on its examples")
+    check_result_file(out)
     history = lineage.combine(*(_model_lineage(p) for p in (model_a, model_b, adapter_a, adapter_b) if p is not None))
     task_obj = _lineage_task(task, split_seed, history)  # one Task object: the same examples for both
     results = [evaluate(m, task=task_obj, adapter=ad, split=split, limit=limit, batch_size=batch_size,

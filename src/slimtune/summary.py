@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .adapters.peft_io import ELASTIC_CONFIG, peft_compatible
-from .artifacts import MANIFEST, read_manifest
+from .artifacts import MANIFEST, check_safetensors, read_manifest
 from .errors import ArtifactError
 from .models import is_packed_quantized
 
@@ -23,6 +23,8 @@ def _weight_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ArtifactError(f"{directory} holds no .safetensors weights")
+    for f in files:
+        check_safetensors(f)  # a truncated file is named, not a SafetensorError traceback
     return files
 
 

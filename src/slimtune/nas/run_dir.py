@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..artifacts import MANIFEST, write_json_atomic, write_text_atomic
+from ..artifacts import MANIFEST, recorded_path, write_json_atomic, write_text_atomic
 from ..errors import ArtifactError, ConfigError
 from .search import completed_trials, pareto_front, pick, plot_front
 
@@ -40,6 +40,15 @@ def prepare(out: Path, settings: dict, storage: str | None) -> str:
     return storage
 
 
+def worker_slot(out: Path, storage: str | None):
+    """This worker's slot in the run directory (locking.WorkerSlot): its sampler seed differs from every other
+    live worker's. A storage given explicitly may be shared with workers elsewhere, so its identity adds the
+    host and directory."""
+    from ..locking import claim_worker_slot
+
+    return claim_worker_slot(out, shared_storage=storage is not None)
+
+
 def save_settings(out: Path, settings: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SEARCH_CONFIG).is_file():
@@ -70,4 +79,5 @@ def picked_trial(search_dir: str | Path, choice: str) -> tuple[str, dict, dict]:
     if not records:
         raise ArtifactError(f"{trials_path} holds no completed trials")
     chosen = pick(records, pareto_front(records, settings["objectives"]), settings["objectives"], choice)
-    return settings["adapter"], chosen["config"], chosen
+    adapter = recorded_path(search_dir, "adapter") if (search_dir / MANIFEST).is_file() else settings["adapter"]
+    return adapter, chosen["config"], chosen

@@ -148,6 +148,15 @@ def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: f
     if spec.stats is not None:
         prefix, _ = decoder_layers(model)
         targets = [n for n in targets if n.startswith(prefix + ".")]
+    if not targets and not linears:
+        from ..quant.linear import quant_linears
+
+        quantized = quant_linears(model)
+        if quantized:
+            bits = sorted({q.bits for q in quantized.values()})
+            raise ConfigError(f"the model is quantized ({len(quantized)} INT{'/'.join(map(str, bits))} linear modules), "
+                              "and pruning works on float weights: sparsify the float model, then quantize the "
+                              "sparse result (the order of slimtune's pipelines)")
     if not targets:
         raise ConfigError(f"no linear module left to prune (skip={list(skip)}); linear modules: "
                           f"{', '.join(list(linears)[:8])}{' ...' if len(linears) > 8 else ''}")
