@@ -512,14 +512,16 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     task = task or manifest["config"].get("task")
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
         raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
-    make_sampler(sampler, seed, population)  # checks the sampler before any file is written
+    sampler_obj = make_sampler(sampler, seed, population)
     out = Path(out)
     settings = {"adapter": str(adapter), "task": task if isinstance(task, str) or task is None else task.name,
                 "objectives": objectives, "sampler": sampler, "population": population, "seed": seed, "limit": limit,
                 "study_name": study_name, "split_seed": split_seed}
-    storage, slot = run_dir.prepare(out, settings, storage), run_dir.worker_slot(out, storage)
-    study = open_study(storage, study_name, objectives, make_sampler(sampler, slot.seed(seed), population))
+    storage = run_dir.prepare(out, settings, storage)
+    study = open_study(storage, study_name, objectives, sampler_obj)
     run_dir.save_settings(out, settings)
+    slot = run_dir.worker_slot(out, storage)  # workers sharing the study get distinct sampler seeds
+    study.sampler = make_sampler(sampler, slot.seed(seed), population)
 
     model = model or _base_of_adapter(adapter)
     history = _model_lineage(adapter)
