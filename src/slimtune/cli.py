@@ -123,7 +123,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of the adapter's initialisation, the data order and NLS sampling (default 42)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the task's train/validation/test split, separate from --seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a slimtune artifact or an empty directory (never other files), and "
+                        "start afresh instead of refusing checkpoints left by another configuration")
 
 
 def _add_extract(sub) -> None:
@@ -146,7 +148,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--task", help="nncf: task whose validation split scores the candidates (default: the training task)")
     p.add_argument("--limit", type=int, help="nncf: score on the first N validation examples")
     p.add_argument("--split-seed", type=int, help="nncf: " + SPLIT_SEED_HELP)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
 
 
 def _add_search(sub) -> None:
@@ -206,7 +208,7 @@ def _add_merge(sub) -> None:
     p.add_argument("--adapter", required=True, help="adapter directory written by `slimtune finetune` (or any PEFT LoRA)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
 
 
 def _add_calibration_and_output(p, methods: str, left: str) -> None:
@@ -220,7 +222,7 @@ def _add_calibration_and_output(p, methods: str, left: str) -> None:
                         "with all samples in one batch runs every block once (see README)")
     p.add_argument("--skip", type=_csv, help=f"comma-separated module patterns to leave {left} (default: the LM head)")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
 
 
 def _calibration(args) -> dict:
