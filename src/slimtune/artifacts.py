@@ -287,7 +287,7 @@ def check_safetensors(path: str | os.PathLike) -> None:
                 if size != expected:
                     problem = f"it holds {size} bytes where its header describes {expected}"
     if problem:
-        raise ArtifactError(f"{path} is truncated or damaged ({problem}); re-create it")
+        raise ArtifactError(f"{path} is corrupt or truncated ({problem}); re-create it")
 
 
 def check_artifact(directory: str | os.PathLike) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def test_inspect_and_evaluate_of_a_truncated_file_give_the_same_clear_error(fini
     model = tmp_path / "sparse"
     shutil.copytree(finished_run / "sparse", model)
     _truncate(model / "model.safetensors")
-    with pytest.raises(ArtifactError, match="model.safetensors is truncated or damaged"):
+    with pytest.raises(ArtifactError, match="model.safetensors is corrupt or truncated"):
         check_safetensors(model / "model.safetensors")
     assert main(["inspect", str(model)]) == 2
     inspect_err = capsys.readouterr().err
@@ -70,20 +70,20 @@ def test_inspect_and_evaluate_of_a_truncated_file_give_the_same_clear_error(fini
         api.evaluate(model, limit=2, progress=False)
     assert main(["evaluate", "--model", str(model), "--limit", "2"]) == 2
     evaluate_err = capsys.readouterr().err
-    reason = f"{model / 'model.safetensors'} is truncated or damaged (it holds"
+    reason = f"{model / 'model.safetensors'} is corrupt or truncated (it holds"
     assert reason in inspect_err and reason in evaluate_err
     assert "Traceback" not in inspect_err + evaluate_err
     adapter = tmp_path / "adapter"
     shutil.copytree(finished_run / "adapter", adapter)
     _truncate(adapter / "slimtune_adapter.safetensors")
     assert main(["inspect", str(adapter)]) == 2
-    assert "slimtune_adapter.safetensors is truncated or damaged" in capsys.readouterr().err
+    assert "slimtune_adapter.safetensors is corrupt or truncated" in capsys.readouterr().err
 
 
 def test_a_safetensors_header_cut_short_is_named(tmp_path):
     for content in (b"", b"\x10\x00", b"\xff" * 8 + b"{}", (5).to_bytes(8, "little") + b"[1,2]"):
         (tmp_path / "w.safetensors").write_bytes(content)
-        with pytest.raises(ArtifactError, match="truncated or damaged"):
+        with pytest.raises(ArtifactError, match="corrupt or truncated"):
             check_safetensors(tmp_path / "w.safetensors")
 
 
