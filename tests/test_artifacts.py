@@ -29,6 +29,12 @@ def test_existing_output_is_not_touched(tmp_path):
         with atomic_dir(out):
             pass
     assert (out / "keep").read_text() == "old"
+    # --overwrite replaces a slimtune artifact only, never a folder of the user's own (issue 20)
+    with pytest.raises(ArtifactError, match="replaces only a slimtune artifact"):
+        with atomic_dir(out, overwrite=True):
+            pass
+    assert (out / "keep").read_text() == "old"
+    write_manifest(out, stage="test", method="m", config={})
     with atomic_dir(out, overwrite=True) as tmp:
         (tmp / "new").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new"]

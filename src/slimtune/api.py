@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from . import lineage
 from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from .architectures import architecture_of, require_causal_lm
-from .artifacts import atomic_dir, check_output_dir, read_manifest, write_json_atomic, write_manifest
+from .artifacts import atomic_dir, check_output_dir, read_manifest, recorded_path, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, Task, load_task, load_text
 from .errors import ArtifactError, ConfigError
+from .guards import check_result_file
 from .models import DEFAULT_MODEL, load_model, target_modules
 from .nas.objective import task_score  # re-exported: bench scripts report api.task_score(result)
 from .train import TrainConfig, train
@@ -81,15 +82,9 @@ def _model_lineage(model: str | Path) -> list[dict]:
 
 def _base_of_adapter(adapter: str | Path) -> str:
     """The base model an adapter was trained on, from its manifest or adapter config."""
-    try:
-        return read_manifest(adapter)["config"]["model"]
-    except (ArtifactError, KeyError):
-        from .adapters.peft_io import read_adapter_config
+    from .adapters.peft_io import base_of_adapter
 
-        base = read_adapter_config(adapter).get("base_model_name_or_path")
-        if not base:
-            raise ArtifactError(f"adapter {adapter} does not say which base model it belongs to; pass --model")
-        return base
+    return base_of_adapter(adapter)
 
 
 def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEFAULT_TASK,
@@ -107,6 +102,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
 
     if task is None and perplexity_text is None:
         raise ConfigError("nothing to evaluate: give a task, a perplexity text, or both")
+    check_result_file(out)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
     history = lineage.combine(_model_lineage(model), _model_lineage(adapter) if adapter is not None else [])
@@ -161,7 +157,7 @@ def _check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str,
         raise ConfigError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
     if rank is not None and rank < 1:
         raise ConfigError(f"rank must be >= 1, got {rank}")
-    if alpha <= 0 or not 0 <= dropout < 1:
+    if not 0 < alpha < float("inf") or not 0 <= dropout < 1:  # nan and inf are refused too
         raise ConfigError(f"need alpha > 0 and 0 <= dropout < 1; got alpha={alpha}, dropout={dropout}")
     if qa_weights not in QA_WEIGHTS:
         raise ConfigError(f"qa_weights must be one of {', '.join(QA_WEIGHTS)}, got {qa_weights!r}")
@@ -194,8 +190,8 @@ def _float_weights(float_base: str | Path, names: Sequence[str]) -> dict:
 def _quantized_input(model: str | Path) -> str | None:
     """The model a slimtune quantize artifact was made from (the float weights of 'float' QA)."""
     try:
-        return read_manifest(model)["config"]["model"]
-    except (ArtifactError, KeyError):
+        return recorded_path(model, "model")
+    except ArtifactError:
         return None
 
 
@@ -304,8 +300,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
         elastic = ElasticSpace.build(names, space, groups, architecture_of(net))
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed))
     checkpoints = out.parent / f".{out.name}.checkpoints"
-    metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks,
-                    add_eos=task_obj.kind == "generation", progress=progress)
+    metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
+                    add_eos=task_obj.kind == "generation", progress=progress, run_key={"model": str(model)})
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if elastic is not None:
         from .nas import frequencies
@@ -408,7 +404,8 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     widths = {n: (l.in_features, l.out_features) for n, l in lora_layers(net).items()}
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
-        mode = {k: manifest["config"].get(k) for k in ("sparse", "quant_aware", "qa_weights", "float_base", "task")}
+        mode = {k: manifest["config"].get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
+        mode["float_base"] = recorded_path(adapter, "float_base", manifest)  # where it is now
         write_manifest(tmp, stage="extract", method=label,
                        config={"model": str(model), "super_adapter": str(adapter), "selection": label,
                                "ranks": config, **mode},
@@ -547,6 +544,8 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     storage = run_dir.prepare(out, settings, storage)
     study = open_study(storage, study_name, objectives, sampler_obj)
     run_dir.save_settings(out, settings)
+    slot = run_dir.worker_slot(out, storage)  # workers sharing the study get distinct sampler seeds
+    study.sampler = make_sampler(sampler, slot.seed(seed), population)
 
     model = model or _base_of_adapter(adapter)
     history = _model_lineage(adapter)
@@ -558,7 +557,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
                                                            task_obj.validation[:limit], out)])
     net, tokenizer = load_adapted(model, adapter)
     searcher = Searcher(study, space, objectives, make_objective(net, tokenizer, task_obj, space, objectives, limit),
-                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}")
+                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}")
     heuristics = {"maximal": space.maximal(), "median": space.median(), "minimal": space.minimal()}
     if (Path(adapter) / HISTORY_FILE).is_file():
         heuristics["most_frequent"] = most_frequent(space, json.loads((Path(adapter) / HISTORY_FILE).read_text()))
@@ -635,6 +634,7 @@ def compare(model_a: str | Path, model_b: str | Path, *, task: str | Task = DEFA
 
     if task is None:
         raise ConfigError("compare needs a task: both models are scored on its examples")
+    check_result_file(out)
     history = lineage.combine(*(_model_lineage(p) for p in (model_a, model_b, adapter_a, adapter_b) if p is not None))
     task_obj = _lineage_task(task, split_seed, history)  # one Task object: the same examples for both
     results = [evaluate(m, task=task_obj, adapter=ad, split=split, limit=limit, batch_size=batch_size,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from .errors import SlimtuneError
+from .guards import finite_float
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
 
 MODEL_HELP = (f"model: a builtin alias ({', '.join(BUILTIN_MODELS)}), a local Hugging Face directory "
@@ -92,9 +93,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--groups", default="shears", choices=["shears", "block", "module"],
                    help="nls: modules sharing a rank: shears = per block [q,k,v], [gate,up], [down], others alone; "
                         "block = one rank per block (NNCF); module = every module alone (default shears)")
-    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha; the update is scaled by alpha/r (alpha/r_max "
+    p.add_argument("--alpha", type=finite_float, default=32.0, help="LoRA alpha; the update is scaled by alpha/r (alpha/r_max "
                                                              "for every nls sub-adapter) (default 32)")
-    p.add_argument("--dropout", type=float, help="dropout on the adapter's input (default 0.05; 0 and the only choice "
+    p.add_argument("--dropout", type=finite_float, help="dropout on the adapter's input (default 0.05; 0 and the only choice "
                                                  "with --sparse-adapter or --quant-aware)")
     p.add_argument("--sparse-adapter", action="store_true",
                    help="SparsePEFT: mask the update by the base's zeros, in training and in merge, so the merged "
@@ -109,9 +110,9 @@ def _add_finetune(sub) -> None:
                         "float model is known, else quantized (default auto)")
     p.add_argument("--float-base", help="--qa-weights float: the float model the base was quantized from "
                                         "(default: the one the quantized base's manifest records)")
-    p.add_argument("--epochs", type=float, help="passes over the training split (default 3)")
+    p.add_argument("--epochs", type=finite_float, help="passes over the training split (default 3)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 3e-4)")
+    p.add_argument("--lr", dest="learning_rate", type=finite_float, help="peak learning rate (default 3e-4)")
     p.add_argument("--batch-size", type=int, help="examples per micro-batch (default 8)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--max-length", type=int, help="cut sequences to this many tokens (default 256)")
@@ -122,7 +123,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of the adapter's initialisation, the data order and NLS sampling (default 42)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the task's train/validation/test split, separate from --seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a slimtune artifact or an empty directory (never other files), and "
+                        "start afresh instead of refusing checkpoints left by another configuration")
 
 
 def _add_extract(sub) -> None:
@@ -145,7 +148,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--task", help="nncf: task whose validation split scores the candidates (default: the training task)")
     p.add_argument("--limit", type=int, help="nncf: score on the first N validation examples")
     p.add_argument("--split-seed", type=int, help="nncf: " + SPLIT_SEED_HELP)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
 
 
 def _add_search(sub) -> None:
@@ -205,7 +208,7 @@ def _add_merge(sub) -> None:
     p.add_argument("--adapter", required=True, help="adapter directory written by `slimtune finetune` (or any PEFT LoRA)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
 
 
 def _add_calibration_and_output(p, methods: str, left: str) -> None:
@@ -219,7 +222,7 @@ def _add_calibration_and_output(p, methods: str, left: str) -> None:
                         "with all samples in one batch runs every block once (see README)")
     p.add_argument("--skip", type=_csv, help=f"comma-separated module patterns to leave {left} (default: the LM head)")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
 
 
 def _calibration(args) -> dict:
@@ -234,9 +237,9 @@ def _add_sparsify(sub) -> None:
                                    "layer by layer: each block's inputs come from the already-pruned blocks.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"], help="pruning method (default wanda)")
-    p.add_argument("--sparsity", type=float, help="fraction of weights to zero, in [0, 1) (default 0.5; implied by an N:M pattern)")
+    p.add_argument("--sparsity", type=finite_float, help="fraction of weights to zero, in [0, 1) (default 0.5; implied by an N:M pattern)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' (exact count per row) or N:M, e.g. 2:4 or 4:8 (keep N of every M inputs)")
-    p.add_argument("--damp", type=float, help="SparseGPT: Hessian dampening as a fraction of its mean diagonal (default 0.01)")
+    p.add_argument("--damp", type=finite_float, help="SparseGPT: Hessian dampening as a fraction of its mean diagonal (default 0.01)")
     p.add_argument("--block-size", type=int, help="SparseGPT: columns per block (default 128)")
     _add_calibration_and_output(p, "Wanda/SparseGPT", "dense")
 
@@ -262,7 +265,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so the export "
                         "keeps contiguous groups; default on for gptq)")
-    p.add_argument("--damp", type=float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal "
+    p.add_argument("--damp", type=finite_float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal "
                                                            "(default 0.01)")
     p.add_argument("--observer", choices=["minmax", "mse", "imatrix"], default=None,
                    help="how each group's scale is chosen: minmax (the weights' range), mse (the shrunk range with the "
@@ -289,7 +292,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--task", default=None, help=TASK_HELP + " (default: the demo's, bigbench:social_iqa)")
-    p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: the demo's setting)")
+    p.add_argument("--epochs", type=finite_float, default=None, help="fine-tuning epochs (default: the demo's setting)")
     p.add_argument("--max-windows", type=int, default=4, help="perplexity windows of 512 tokens on the Wikipedia text (default 4)")
 
 

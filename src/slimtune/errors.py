@@ -19,3 +19,11 @@ class DataError(SlimtuneError, ValueError):
 
 class ArtifactError(SlimtuneError):
     """An artifact directory is missing, incomplete or of the wrong kind."""
+
+
+class TrainingError(SlimtuneError):
+    """Training cannot go on (e.g. its loss became non-finite)."""
+
+
+class NonFiniteError(SlimtuneError, ValueError):
+    """A model produced non-finite values (nan or inf) where a score needs finite ones."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from .architectures import architecture_of, is_causal_config, matches, model_family
 from .assets import assembled_asset, cache_dir, package_asset
-from .errors import ConfigError, ModelLoadError, SlimtuneError
+from .errors import ArtifactError, ConfigError, ModelLoadError, SlimtuneError
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
 
     source = resolve_model(spec)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    _check_weight_files(spec, source)
     if is_packed_quantized(source):
         return _load_packed(spec, source, torch_dtype, device)
     try:
@@ -147,6 +148,19 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
         model.to(device)
     model.slimtune_source = str(spec)  # remembered for manifests
     return model, tokenizer
+
+
+def _check_weight_files(spec, source) -> None:
+    """A local model's safetensors files must be whole: a truncated one is named before loading."""
+    from .artifacts import check_safetensors
+
+    if not Path(str(source)).is_dir():
+        return
+    for f in sorted(Path(str(source)).glob("*.safetensors")):
+        try:
+            check_safetensors(f)
+        except ArtifactError as e:
+            raise ModelLoadError(f"could not load model {spec}: {e}") from e
 
 
 def is_packed_quantized(source: str | os.PathLike) -> bool:

@@ -29,17 +29,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .artifacts import MANIFEST, RECIPE_FILE, STATE_DIR, write_json_atomic
-from .errors import ConfigError
+from .artifacts import RECIPE_FILE, STATE_DIR, write_json_atomic
+from .errors import ArtifactError, ConfigError
+from .guards import NAME_RULE, check_name
 
 
 
 class _Stage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str = Field(description=NAME_RULE)
     input: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_name(name)
 
 
 class SparsifyStage(_Stage):
@@ -123,7 +129,7 @@ MAKES = {"sparsify": "model", "quantize": "model", "merge": "model", "finetune":
 
 
 class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str = "smollm2-135m"
     task: str = "polarity"
     split_seed: int = Field(0, description="seed of every task's train/validation/test split (not a training seed)")
@@ -268,13 +274,48 @@ def _fingerprint(stage: BaseModel, recipe: Recipe, input_prints: list[str]) -> s
 
 def run_recipe(recipe: Recipe | str | Path, run_dir: str | Path, *, overrides: dict | None = None,
                progress: bool = True, log=print) -> dict[str, Path]:
-    """Run every stage that is not complete with the same fingerprint; returns {stage: artifact path}."""
-    from . import api
+    """Run every stage that is not complete with the same fingerprint; returns {stage: artifact path}.
+    One process at a time: a second one on the same run directory stops at once (locking.run_lock)."""
+    from .locking import run_lock
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     inputs = plan(recipe)
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ArtifactError(f"run directory {run_dir} exists and is not a directory")
     (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir / STATE_DIR):
+        return _run_stages(recipe, inputs, run_dir, progress, log)
+
+
+def _damage(out: Path) -> str | None:
+    """Why a stage's finished artifact cannot be skipped (None: it is complete and undamaged)."""
+    from .artifacts import check_artifact
+
+    if not out.is_dir():
+        return "its directory is missing"
+    try:
+        check_artifact(out)
+    except (ArtifactError, OSError) as e:
+        return str(e)
+    return None
+
+
+def _clean(run_dir: Path, names) -> None:
+    """Left-overs of killed runs: temporary and replaced stage directories, half-written state files."""
+    from .artifacts import clean_leftovers
+
+    for name in names:
+        clean_leftovers(run_dir / name)
+    for tmp in (run_dir / STATE_DIR).glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _run_stages(recipe: Recipe, inputs: dict, run_dir: Path, progress: bool, log) -> dict[str, Path]:
+    from . import api
+    from .guards import inside, remove_inside
+
+    _clean(run_dir, [st.name for st in recipe.stages])
     write_json_atomic(run_dir / STATE_DIR / RECIPE_FILE, recipe.model_dump())
     paths: dict[str, Path] = {"model": Path(recipe.model) if Path(recipe.model).exists() else recipe.model}
     prints: dict[str, str] = {"model": recipe.model}
@@ -284,22 +325,27 @@ def run_recipe(recipe: Recipe | str | Path, run_dir: str | Path, *, overrides: d
             deps = list(st.models)
         fp = _fingerprint(st, recipe, [prints[d] for d in deps])
         prints[st.name] = fp
-        out = run_dir / st.name
+        out = inside(run_dir, run_dir / st.name)
         paths[st.name] = out
         state_path = run_dir / STATE_DIR / f"{st.name}.json"
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        try:
+            state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        except ValueError:  # a damaged state file: the stage runs again
+            state = {}
         same = state.get("fingerprint") == fp
         tag = f"[{i + 1}/{len(recipe.stages)}] {st.stage} {st.name}"
-        if same and state.get("done") and (out / MANIFEST).is_file():
+        damage = _damage(out) if same and state.get("done") else None
+        if same and state.get("done") and damage is None:
             log(f"{tag}: complete, skipped")
             continue
+        if damage is not None:  # this run wrote it (its state says so), so it may replace it
+            log(f"{tag}: damaged ({damage}); running it again")
+            remove_inside(run_dir, out)
         if not same:  # new or changed: nothing of an earlier attempt may be resumed
-            import shutil
-
-            shutil.rmtree(run_dir / f".{st.name}.checkpoints", ignore_errors=True)
-            if st.stage == "search":
-                shutil.rmtree(out, ignore_errors=True)
-        log(f"{tag}: {'resuming' if same else 'running'}")
+            remove_inside(run_dir, run_dir / f".{st.name}.checkpoints")
+            if st.stage == "search" and state and out.is_dir():
+                remove_inside(run_dir, out)
+        log(f"{tag}: {'resuming' if same and damage is None else 'running'}")
         write_json_atomic(state_path, {"fingerprint": fp, "done": False, "stage": st.model_dump()})
         t0 = time.time()
         src = paths[deps[0]] if deps else None

@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .adapters.peft_io import ELASTIC_CONFIG, peft_compatible
-from .artifacts import MANIFEST, read_manifest
+from .artifacts import MANIFEST, check_safetensors, read_manifest
 from .errors import ArtifactError
 from .models import is_packed_quantized
 
@@ -23,6 +23,8 @@ def _weight_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ArtifactError(f"{directory} holds no .safetensors weights")
+    for f in files:
+        check_safetensors(f)  # a truncated file is named, not a SafetensorError traceback
     return files
 
 
@@ -30,9 +32,14 @@ def summarize(path: str | Path) -> dict:
     directory = Path(path)
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a directory; pass an artifact directory")
-    manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+    damaged = None
+    try:
+        manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+    except ArtifactError as e:  # the files can still be described; the damage is reported with them
+        manifest, damaged = None, str(e)
     summary: dict = {"path": str(directory), "stage": manifest and manifest["stage"],
-                     "method": manifest and manifest["method"]}
+                     "method": manifest and manifest.get("method"),
+                     **({"manifest_error": damaged} if damaged else {})}
     if (directory / "adapter_config.json").is_file():
         summary["kind"] = "adapter"
         ranks = {}
@@ -90,6 +97,8 @@ def summarize(path: str | Path) -> dict:
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['path']}: {summary['kind']}"
              + (f" from stage {summary['stage']} ({summary['method']})" if summary.get("stage") else "")]
+    if summary.get("manifest_error"):
+        lines.append(f"  WARNING: {summary['manifest_error']}")
     if summary["kind"] == "adapter":
         lines += [f"  {name:60s} rank {r}" for name, r in summary["ranks"].items()]
         if summary.get("peft_compatible") is not None:

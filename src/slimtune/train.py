@@ -7,6 +7,7 @@ training. We change only what an adapter run needs: checkpoints hold the trainab
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal, Sequence
@@ -16,15 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .checkpoints import TRAINABLE_FILE, resume_point, run_fingerprint, write_marker
 from .data.tasks import Example
-
-TRAINABLE_FILE = "trainable.safetensors"
+from .errors import TrainingError
 
 
 class TrainConfig(BaseModel):
     """Optimisation settings (validated; unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: float = Field(3.0, gt=0, description="passes over the training split")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
@@ -106,15 +107,38 @@ def _make_trainer_class():
         def _stateful_callbacks(self, method: str) -> list:
             return [getattr(cb, method) for cb in self.callback_handler.callbacks if hasattr(cb, method)]
 
+        slimtune_fingerprint: str = ""
+        slimtune_loss_sum: float = 0.0  # the training losses of the whole run, restored on resume
+
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
-            observers = self._stateful_callbacks("add_micro_batch_loss")
-            if observers:
-                # Under DDP each process holds the loss of its own shard: observers see the mean over processes.
-                value = self.accelerator.reduce(loss, "mean").item() if self.args.world_size > 1 else loss.item()
-                for observe in observers:
-                    observe(value)
+            # Under DDP each process holds the loss of its own shard: the mean over processes is the step's.
+            value = self.accelerator.reduce(loss.detach(), "mean").item() if self.args.world_size > 1 else loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the training loss became {value} at step {self.state.global_step + 1}; training stopped "
+                    f"(learning rate {self.args.learning_rate:g}): lower the learning rate or the adapter's alpha, or "
+                    "check the base model's outputs")
+            self.slimtune_loss_sum += value
+            for observe in self._stateful_callbacks("add_micro_batch_loss"):
+                observe(value)
             return loss
+
+        def _save_checkpoint(self, model, trial) -> None:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+            limit = self.args.save_total_limit
+            self.args.save_total_limit = None  # older checkpoints go only once this one is marked complete
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            if self.args.should_save:
+                run_dir = self._get_output_dir(trial=trial)
+                write_marker(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"),
+                             self.slimtune_fingerprint, self.state.global_step, self.slimtune_loss_sum)
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             output_dir = output_dir or self.args.output_dir
@@ -138,24 +162,21 @@ def _make_trainer_class():
                     params[name].copy_(value)
             for load in self._stateful_callbacks("load_checkpoint"):
                 load(resume_from_checkpoint)
+            from .checkpoints import read_marker
+
+            self.slimtune_loss_sum = float((read_marker(resume_from_checkpoint) or {}).get("loss_sum", 0.0))
 
     return AdapterTrainer
 
 
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not checkpoint_dir.is_dir():
-        return None
-    ckpt = get_last_checkpoint(str(checkpoint_dir))
-    return ckpt if ckpt and (Path(ckpt) / TRAINABLE_FILE).is_file() else None
-
-
 def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: TrainConfig,
           checkpoint_dir: str | Path, *, add_eos: bool = False, callbacks: list | None = None,
-          report_to: str | list[str] = "none", progress: bool = True) -> dict:
-    """Train the model's trainable parameters on `examples`; resumes from the last checkpoint in
-    `checkpoint_dir` if there is one. Returns the training metrics (loss, steps, runtime)."""
+          report_to: str | list[str] = "none", progress: bool = True, run_key: dict | None = None,
+          fresh: bool = False) -> dict:
+    """Train the model's trainable parameters on `examples`; resumes from the newest complete checkpoint of
+    the same configuration in `checkpoint_dir` (checkpoints.resume_point: `run_key` adds what the caller
+    knows of the run, e.g. the base model; checkpoints of another configuration are an error, or are removed
+    when `fresh`). Returns the training metrics (loss over the whole run, steps, runtime)."""
     from transformers import TrainingArguments
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -194,13 +215,16 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: Trai
         model=model, args=args, train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
+    trainer.slimtune_fingerprint = run_fingerprint(model, dataset.items, config, run_key)
+    main = int(os.environ.get("RANK", "0")) == 0
+    result = trainer.train(resume_from_checkpoint=resume_point(checkpoint_dir, trainer.slimtune_fingerprint,
+                                                               fresh, main))
     model.eval()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
-        "train_loss": result.training_loss,
+        "train_loss": trainer.slimtune_loss_sum / max(result.global_step, 1),  # the whole run, resumed or not
         "steps": result.global_step,
         "train_examples": len(dataset),
         "world_size": args.world_size,  # processes (torchrun); each takes batch_size examples per micro-batch

@@ -150,12 +150,30 @@ def weights_path(adapter_dir: str | Path) -> Path:
     return adapter_dir / expected
 
 
+def base_of_adapter(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on: its manifest's recorded input (found again when the run
+    directory was moved), else adapter_config.json's base_model_name_or_path."""
+    from ..artifacts import read_manifest, recorded_path
+
+    try:
+        manifest = read_manifest(adapter_dir)
+    except ArtifactError:  # none, or damaged: the adapter config still names the base
+        manifest = {}
+    if manifest.get("config", {}).get("model"):
+        return recorded_path(adapter_dir, "model", manifest)
+    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base:
+        raise ArtifactError(f"adapter {adapter_dir} does not say which base model it belongs to; pass --model")
+    return base
+
+
 def _mode(adapter_dir: str | Path) -> dict:
-    from ..artifacts import read_manifest
+    from ..artifacts import read_manifest, recorded_path
 
     mode = {"sparse": False, "quant_aware": False, "qa_weights": "quantized", "float_base": None}
     try:
-        manifest = read_manifest(adapter_dir).get("config", {})
+        full = read_manifest(adapter_dir)
+        manifest = {**full["config"], "float_base": recorded_path(adapter_dir, "float_base", full)}
     except ArtifactError:
         manifest = {}
     recorded = read_adapter_config(adapter_dir).get(MODE_KEY) or {}
@@ -209,6 +227,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     names = module_names(tensors)
     if not names:
         raise ArtifactError(f"{path} holds no LoRA weights")
+    _check_fits(model, adapter_dir, names, tensors)
     ranks = {n: tensors[f"{PREFIX}{n}.lora_A.weight"].shape[0] for n in names}
     alpha_of = _alpha_lookup(config)
     mode = _mode(adapter_dir)
@@ -226,6 +245,25 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
             layer.lora_A.weight.requires_grad_(trainable)
             layer.lora_B.weight.requires_grad_(trainable)
     return config
+
+
+def _check_fits(model: nn.Module, adapter_dir: Path, names: list[str], tensors: dict) -> None:
+    """Every adapted module exists in `model` as a linear layer of the adapter's shape, else a clear error."""
+    modules = dict(model.named_modules())
+    for name in names:
+        a, b = tensors.get(f"{PREFIX}{name}.lora_A.weight"), tensors.get(f"{PREFIX}{name}.lora_B.weight")
+        if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise ArtifactError(f"{adapter_dir}: the weights of module {name} are not a LoRA pair (lora_A, lora_B); "
+                                "the adapter is damaged")
+        module = modules.get(name)
+        shape = (getattr(module, "in_features", None), getattr(module, "out_features", None))
+        if module is None or shape != (a.shape[1], b.shape[0]):
+            found = "has no such module" if module is None else (
+                f"has {type(module).__name__} {shape[0]}->{shape[1]}" if None not in shape
+                else f"has a {type(module).__name__} there, not a linear layer")
+            raise ArtifactError(f"adapter {adapter_dir} does not fit this model: it adapts {name} as a "
+                                f"{a.shape[1]}->{b.shape[0]} linear layer, and the model {found}; pass the base model "
+                                "the adapter was trained on (--model)")
 
 
 def module_names(keys) -> list[str]:

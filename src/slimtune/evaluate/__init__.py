@@ -3,16 +3,17 @@ bridge to lm-eval (an optional extra) for cross-checking."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from ..architectures import require_causal_lm
 from ..data.registry import load_task
 from ..data.tasks import Task
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from .choice import multiple_choice
 from .generation import generation_accuracy
 from .intervals import grouped, macro_ci, mean_ci
-from .perplexity import perplexity
+from .perplexity import check_perplexity_args, perplexity
 
 
 def with_intervals(task: Task, examples, scores: list[float], key: str) -> dict:
@@ -27,6 +28,30 @@ def with_intervals(task: Task, examples, scores: list[float], key: str) -> dict:
                                  "acc_ci": r["per_task"][m]["ci"]} for m in order},
                 "average": r["mean"], "average_ci": r["ci"]}
     return out
+
+
+def check_finite_scores(loglikelihoods) -> None:
+    """Multiple-choice log-likelihoods must be finite: argmax over nan picks the first choice, which would
+    pass for an accuracy."""
+    bad = sum(1 for ll in loglikelihoods if not all(math.isfinite(x) for x in ll))
+    if bad:
+        raise NonFiniteError(f"the model's log-likelihoods are not finite (nan or inf) on {bad} of "
+                             f"{len(loglikelihoods)} examples: its weights or an adapter hold nan or inf values, so "
+                             "there is no accuracy to report")
+
+
+def check_finite_outputs(model, tokenizer, prompt: str) -> None:
+    """One forward pass over a prompt must give finite logits (generation would decode nan as token 0)."""
+    import torch
+
+    from ._common import model_device
+
+    ids = tokenizer(prompt or "a", return_tensors="pt")["input_ids"].to(model_device(model))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError("the model's outputs are not finite (nan or inf): its weights or an adapter hold nan or "
+                             "inf values, so there is no accuracy to report")
 
 
 def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str = "test",
@@ -46,6 +71,8 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
     require_causal_lm(model, "evaluate")
+    if text is not None:  # its cheap checks before the task is scored
+        check_perplexity_args(model, seq_len, None, max_windows, max(1, min(batch_size, 4)))
     start = time.perf_counter()
     out: dict = {}
     if task is not None:
@@ -54,9 +81,11 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
         out |= {"task": task.name, "kind": task.kind, "split": split}
         if task.kind == "multiple_choice":
             r = multiple_choice(model, tokenizer, examples, batch_size=batch_size, progress=progress)
+            check_finite_scores(r["loglikelihoods"])
             out |= {"n": r["n"], "acc": r["acc"], "acc_norm": r["acc_norm"]}
             scores = [float(p == ex.label) for p, ex in zip(r["predictions"], examples)]
         else:
+            check_finite_outputs(model, tokenizer, examples[0].prompt if examples else "")
             r = generation_accuracy(model, tokenizer, task, examples, batch_size=batch_size, progress=progress)
             out |= {"n": r["n"], "accuracy": r["accuracy"], "samples": r["samples"]}
             scores = [float(s) for s in r["scores"]]

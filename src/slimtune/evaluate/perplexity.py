@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.text import prefix_token_id
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, NonFiniteError
 from ._common import check_batch_size, model_device, pad_id, right_pad
 
 
@@ -42,17 +42,12 @@ def windows(n_tokens: int, seq_len: int, stride: int, prefix: bool = False) -> l
     return out
 
 
-def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | None = None,
-               max_windows: int | None = None, batch_size: int = 4, progress: bool = True,
-               prefix: bool = True) -> dict:
-    """Perplexity = exp(mean negative log-likelihood per scored token), in fp32.
-
-    The text is tokenized without special tokens; each window gets the prefix token itself
-    (prefix=True; see the module docstring), so a tokenizer that adds a BOS on its own does not
-    get two. max_windows keeps only the first windows (a quick estimate).
-    """
+def check_perplexity_args(model, seq_len: int, stride: int | None = None, max_windows: int | None = None,
+                          batch_size: int = 4) -> int:
+    """The cheap checks of a perplexity run (evaluate_model makes them before scoring a task); returns the
+    stride."""
     check_batch_size(batch_size)
-    if not isinstance(seq_len, int) or seq_len < 2:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise ConfigError(f"seq_len must be an integer >= 2, got {seq_len!r}")
     stride = seq_len if stride is None else stride
     if not isinstance(stride, int) or not 1 <= stride <= seq_len:
@@ -62,7 +57,19 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | No
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit and seq_len > limit:
         raise ConfigError(f"seq_len {seq_len} exceeds the model's context ({limit} positions); use seq_len <= {limit}")
+    return stride
 
+
+def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | None = None,
+               max_windows: int | None = None, batch_size: int = 4, progress: bool = True,
+               prefix: bool = True) -> dict:
+    """Perplexity = exp(mean negative log-likelihood per scored token), in fp32.
+
+    The text is tokenized without special tokens; each window gets the prefix token itself
+    (prefix=True; see the module docstring), so a tokenizer that adds a BOS on its own does not
+    get two. max_windows keeps only the first windows (a quick estimate).
+    """
+    stride = check_perplexity_args(model, seq_len, stride, max_windows, batch_size)
     tokens = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if len(tokens) < seq_len:
         raise DataError(f"the text has {len(tokens)} tokens, fewer than one window of seq_len={seq_len}; "
@@ -88,5 +95,8 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | No
                 nll_sum += F.cross_entropy(pred, target, reduction="sum").item()
                 n_scored += e - first
     nll = nll_sum / n_scored
+    if not math.isfinite(nll):
+        raise NonFiniteError(f"the model's log-likelihoods of the text are not finite (mean NLL {nll}): its weights "
+                             "or an adapter hold nan or inf values, so there is no perplexity to report")
     return {"perplexity": math.exp(nll), "nll": nll, "tokens_scored": n_scored,
             "windows": len(spans), "seq_len": seq_len, "stride": stride, "prefix_token": first_token}

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..artifacts import MANIFEST, write_json_atomic, write_text_atomic
+from ..artifacts import MANIFEST, recorded_path, write_json_atomic, write_text_atomic
 from ..errors import ArtifactError, ConfigError
 from .search import completed_trials, pareto_front, pick, plot_front
 
@@ -34,10 +34,23 @@ def prepare(out: Path, settings: dict, storage: str | None) -> str:
                               "use another --out, or the same settings to resume it")
     elif out.exists() and any(not is_search_file(f.name) for f in out.iterdir()):
         raise ConfigError(f"{out} exists and is not a search run directory; choose another --out")
-    storage = storage or f"sqlite:///{(out / SEARCH_DB).resolve()}"
+    storage = storage or _default_storage(out)
     if storage.startswith("sqlite:///"):
         Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return storage
+
+
+def worker_slot(out: Path, storage: str):
+    """This worker's slot in the run directory (locking.WorkerSlot): its sampler seed differs from every other
+    live worker's. A storage other than the default SQLite file in `out` may be shared with workers elsewhere,
+    so there the identity adds the host and directory."""
+    from ..locking import claim_worker_slot
+
+    return claim_worker_slot(out, shared_storage=storage != _default_storage(out))
+
+
+def _default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / SEARCH_DB).resolve()}"
 
 
 def save_settings(out: Path, settings: dict) -> None:
@@ -70,4 +83,5 @@ def picked_trial(search_dir: str | Path, choice: str) -> tuple[str, dict, dict]:
     if not records:
         raise ArtifactError(f"{trials_path} holds no completed trials")
     chosen = pick(records, pareto_front(records, settings["objectives"]), settings["objectives"], choice)
-    return settings["adapter"], chosen["config"], chosen
+    adapter = recorded_path(search_dir, "adapter") if (search_dir / MANIFEST).is_file() else settings["adapter"]
+    return adapter, chosen["config"], chosen

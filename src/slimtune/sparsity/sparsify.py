@@ -15,6 +15,7 @@ from ..calibration import LayerContext, run_layerwise
 from ..data.calibration import check_calibration
 from ..errors import ConfigError
 from ..models import linear_modules, set_weight, tied_parameter_ids
+from ..quant.linear import quant_linears
 from .magnitude import magnitude_prune
 from .masks import UNSTRUCTURED, check_exact, check_sparsity, parse_pattern, target_sparsity
 from .report import sparsity_report
@@ -146,6 +147,12 @@ def validate_sparsify_args(model: nn.Module, tokenizer, method: str, sparsity: f
     if not all(isinstance(p, str) for p in skip):
         raise ConfigError(f"skip must be a list of module-name patterns (strings), got {skip!r}")
     linears = linear_modules(model)
+    quantized = [] if linears else quant_linears(model)
+    if quantized:
+        bits = sorted({q.bits for q in quantized.values()})
+        raise ConfigError(f"the model is quantized ({len(quantized)} INT{'/'.join(map(str, bits))} linear modules), "
+                          "and pruning works on float weights: sparsify the float model, then quantize the "
+                          "sparse result (the order of slimtune's pipelines)")
     # Every method prunes the same set: the linears of the transformer blocks, minus the
     # family's keep-dense modules and the skip list (calibrated methods need the blocks).
     if spec.stats is not None:
