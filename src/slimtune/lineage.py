@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .artifacts import MANIFEST, read_manifest
+from .data.registry import load_task
 from .data.tasks import Example, Task
 from .errors import SlimtuneError
 
@@ -114,3 +115,13 @@ def check_held_out(lineage: Sequence[dict], task: Task, split: str, examples: Se
         raise LeakageError(message)
     return {**summary, "warning": "CONTAMINATED: " + message,
             "overlap_by_use": {u: len({i for rec in found if rec["use"] == u for i in rec["shared"]}) for u in USES}}
+
+
+def task_split(task: str | Task, split_seed: int | None, history: list[dict] = ()) -> Task:
+    """The task with the split seed given, else the one the lineage used for it (else 0): evaluation
+    and selection read the split that fine-tuning held out."""
+    if isinstance(task, Task):
+        return task
+    if split_seed is None:
+        split_seed = split_seed_for(list(history), str(task))
+    return load_task(task, seed=0 if split_seed is None else split_seed)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoints import TRAINABLE_FILE, resume_point, run_fingerprint, write_marker
 from .data.tasks import Example
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 
 
 class TrainConfig(BaseModel):
@@ -231,3 +231,48 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: Trai
         "runtime_s": result.metrics.get("train_runtime"),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
     }
+
+
+# ---- configs and multi-process helpers (used by api.finetune) -----------------------------
+
+def build_train_config(train_config: TrainConfig | dict | None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a config (or dict) and keyword overrides (None values are not overrides)."""
+    if isinstance(train_config, TrainConfig):
+        base = train_config.model_dump()
+    else:
+        base = dict(train_config or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**base)
+    except ValidationError as e:
+        raise ConfigError(describe_validation(e, "training config")) from e
+
+
+def describe_validation(e: ValidationError, what: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def distributed() -> bool:
+    """True inside a multi-process run (torchrun) whose process group is up."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process run, or the only process."""
+    import torch.distributed as dist
+
+    return not distributed() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every process of a multi-process run gets here (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if distributed():
+        dist.barrier()

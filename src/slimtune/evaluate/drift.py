@@ -46,3 +46,18 @@ def tuning_base(model: str | Path) -> str | None:
         if candidate.exists():
             return str(candidate)
     return base if base in BUILTIN_MODELS else None
+
+
+def perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress) -> dict:
+    """A tuned model's perplexity against its base's on the same text (an adapter's base is the
+    model it is applied to; a merged model's, the model it was merged into)."""
+    from ..models import load_model
+    from .perplexity import perplexity
+
+    base = model if adapter is not None else tuning_base(model)
+    if base is None:
+        return {}
+    base_net, _ = load_model(base)
+    ppl = perplexity(base_net, tokenizer, text, seq_len=seq_len, max_windows=max_windows,
+                     batch_size=batch_size, progress=progress)["perplexity"]
+    return {"perplexity_base_model": str(base), **drift(result["perplexity"], ppl)}

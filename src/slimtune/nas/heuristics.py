@@ -68,3 +68,17 @@ def raise_unknown(selection) -> None:
 
     raise ConfigError(f"unknown sub-adapter selection {selection!r}: use one of {', '.join(HEURISTICS)} or a JSON "
                       "object mapping rank groups to ranks, e.g. '{\"model.layers.0:qkv\": 16}'")
+
+
+def first_trials(space: ElasticSpace, adapter, enqueue: dict | None = None) -> dict[str, dict[str, int]]:
+    """A search's first trials: maximal, median, minimal, the most frequently sampled configuration
+    (with a training history), then the caller's; each distinct configuration once."""
+    from pathlib import Path
+
+    from .sampling import HISTORY_FILE
+
+    trials = {"maximal": space.maximal(), "median": space.median(), "minimal": space.minimal()}
+    if (Path(adapter) / HISTORY_FILE).is_file():
+        trials["most_frequent"] = most_frequent(space, json.loads((Path(adapter) / HISTORY_FILE).read_text()))
+    trials.update({label: space.check(c) for label, c in (enqueue or {}).items()})
+    return {k: v for i, (k, v) in enumerate(trials.items()) if v not in list(trials.values())[:i]}

@@ -41,3 +41,17 @@ def make_objective(net, tokenizer, task: Task | None, space: ElasticSpace, objec
         return values
 
     return measure
+
+
+def score_candidates(net, tokenizer, space: ElasticSpace, candidates, task: Task, limit: int | None,
+                     progress: bool = True) -> tuple[list[dict], dict]:
+    """NNCF's selection: each (label, configuration) scored on the task's validation split; returns
+    every scored candidate and the best (the first of equals: the median comes first)."""
+    from ..evaluate import evaluate_model
+
+    scored = []
+    for label, config in candidates:
+        space.apply(net, config)
+        result = evaluate_model(net, tokenizer, task=task, split="validation", limit=limit, progress=progress)
+        scored.append({"label": label, "config": config, "score": task_score(result)})
+    return scored, max(scored, key=lambda c: c["score"])

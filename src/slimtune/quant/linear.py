@@ -146,3 +146,11 @@ def quantize_model_linears(model: nn.Module, results: dict[str, tuple[QuantParam
 
 def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def dequantize_all(net) -> None:
+    """Replace every QuantLinear by an nn.Linear holding its dequantized weight."""
+    for name, q in quant_linears(net).items():
+        _set_module(net, name, q.to_linear())
+    if hasattr(getattr(net, "config", None), "quantization_config"):
+        del net.config.quantization_config
