@@ -46,3 +46,30 @@ def test_damaged_manifest(tmp_path):
         read_manifest(tmp_path)
     with pytest.raises(ArtifactError, match="not a slimtune artifact"):
         read_manifest(tmp_path / "nothing")
+
+
+def test_artifact_load_gives_typed_fields_and_finds_moved_inputs(tmp_path):
+    import shutil
+    import time
+
+    from slimtune.artifacts import Artifact
+
+    run = tmp_path / "run"
+    base = run / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    out = run / "adapter"
+    out.mkdir()
+    lineage = [{"stage": "finetune", "use": "train", "ids": ["a"]}]
+    write_manifest(out, stage="finetune", method="nls", config={"model": str(base), "task": "polarity", "split_seed": 3},
+                   inputs={"model": str(base)}, metrics={"loss": 1.5}, started=time.time(), seed=42, lineage=lineage)
+    art = Artifact.load(out)
+    assert (art.stage, art.method, art.task, art.split_seed, art.seed) == ("finetune", "nls", "polarity", 3, 42)
+    assert art.metrics == {"loss": 1.5} and art.lineage == lineage and art.wall_time_s >= 0
+    assert art.base == str(base)
+    shutil.move(str(run), str(tmp_path / "moved"))  # the run directory moved as a whole
+    assert Artifact.load(tmp_path / "moved" / "adapter").base == str(tmp_path / "moved" / "base")
+    assert Artifact.find(tmp_path / "moved" / "base") is None and Artifact.find("smollm2-135m") is None
+    (tmp_path / "moved" / "adapter" / MANIFEST).write_text("[]")
+    with pytest.raises(ArtifactError, match="damaged"):
+        Artifact.find(tmp_path / "moved" / "adapter")

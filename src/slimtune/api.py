@@ -14,7 +14,7 @@ from .adapted import (check_adapter_args, check_sparse_base, float_weights, load
 from .adapters import add_lora, lora_layers, merge_lora, save_adapter
 from .adapters.peft_io import base_of_adapter
 from .architectures import architecture_of, require_causal_lm
-from .artifacts import MANIFEST, atomic_dir, check_output_dir, read_manifest, recorded_path, write_json_atomic, write_manifest
+from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, Task, load_text
 from .errors import ArtifactError, ConfigError
 from .guards import check_result_file
@@ -182,7 +182,8 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     label, config = parse_selection(space, select)
     if from_search is not None:
         label = f"search:{pick}:trial={picked['trial']}"
-    manifest = read_manifest(adapter) if (Path(adapter) / MANIFEST).is_file() else {"config": {}}
+    super_adapter = Artifact.find(adapter)
+    recorded = super_adapter.config if super_adapter else {}
     history = lineage.of(from_search if from_search is not None else adapter)
     model = model or base_of_adapter(adapter)
     candidates = []
@@ -192,7 +193,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
         history_path = Path(adapter) / HISTORY_FILE
         if not history_path.is_file():
             raise ArtifactError(f"{adapter} has no {HISTORY_FILE}: the nncf selection needs the training history")
-        task = task or manifest["config"].get("task")
+        task = task or recorded.get("task")
         if task is None:
             raise ConfigError("the nncf selection scores candidates on a task's validation split: pass --task")
         task_obj = lineage.task_split(task, split_seed, history)
@@ -209,8 +210,8 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     widths = {n: (l.in_features, l.out_features) for n, l in lora_layers(net).items()}
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
-        mode = {k: manifest["config"].get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
-        mode["float_base"] = recorded_path(adapter, "float_base", manifest)  # where it is now
+        mode = {k: recorded.get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
+        mode["float_base"] = super_adapter.input("float_base") if super_adapter else None  # where it is now
         write_manifest(tmp, stage="extract", method=label,
                        config={"model": str(model), "super_adapter": str(adapter), "selection": label,
                                "ranks": config, **mode},
@@ -336,8 +337,8 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
     space = ElasticSpace.load(adapter)
-    manifest = read_manifest(adapter) if (Path(adapter) / MANIFEST).is_file() else {"config": {}}
-    task = task or manifest["config"].get("task")
+    super_adapter = Artifact.find(adapter)
+    task = task or (super_adapter.task if super_adapter else None)
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
         raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
     sampler_obj = make_sampler(sampler, seed, population)

@@ -15,6 +15,7 @@ import platform
 import shutil
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -241,6 +242,53 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             or not isinstance(manifest.get("config", {}), dict):
         raise ArtifactError(f"{path} is not a slimtune manifest (no stage and config); the artifact is damaged")
     return manifest
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A slimtune artifact read back, typed: the stages read these fields, never manifest keys by hand."""
+
+    path: Path
+    stage: str
+    method: str | None
+    config: dict
+    metrics: dict
+    lineage: list
+    seed: int | None
+    wall_time_s: float | None
+    manifest: dict = field(repr=False)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Artifact":
+        """The artifact in `directory` (ArtifactError if it has no valid manifest)."""
+        m = read_manifest(directory)
+        return cls(Path(directory), m["stage"], m.get("method"), m.get("config") or {}, m.get("metrics") or {},
+                   list(m.get("lineage") or []), m.get("seed"), m.get("wall_time_s"), m)
+
+    @classmethod
+    def find(cls, path: str | os.PathLike | None) -> "Artifact | None":
+        """The artifact at `path`, or None for what is not one (a builtin alias, a hub id, a GGUF file,
+        a plain model directory); a damaged manifest still raises."""
+        if path is None or not (Path(path) / MANIFEST).is_file():
+            return None
+        return cls.load(path)
+
+    def input(self, key: str = "model") -> str | None:
+        """Where the input recorded as config[key] is now (see recorded_path)."""
+        return recorded_path(self.path, key, self.manifest)
+
+    @property
+    def base(self) -> str | None:
+        """The model this artifact was made from (or, for an adapter, trained on)."""
+        return self.input("model")
+
+    @property
+    def task(self) -> str | None:
+        return self.config.get("task")
+
+    @property
+    def split_seed(self) -> int | None:
+        return self.config.get("split_seed")
 
 
 def recorded_path(directory: str | os.PathLike, key: str, manifest: dict | None = None) -> str | None:

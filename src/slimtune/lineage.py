@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Iterable, Sequence
 
-from .artifacts import MANIFEST, read_manifest
+from .artifacts import Artifact
 from .data.registry import load_task
 from .data.tasks import Example, Task
 from .errors import SlimtuneError
@@ -45,9 +44,8 @@ def record(stage: str, use: str, task: Task, split: str, examples: Sequence[Exam
 
 def of(path: str | os.PathLike | None) -> list[dict]:
     """The lineage recorded in an artifact (empty for a builtin alias, a GGUF file or a hub id)."""
-    if path is None or not (Path(path) / MANIFEST).is_file():
-        return []
-    return list(read_manifest(path).get("lineage") or [])
+    artifact = Artifact.find(path)
+    return artifact.lineage if artifact else []
 
 
 def combine(*lineages: Iterable[dict]) -> list[dict]:

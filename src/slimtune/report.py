@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from .artifacts import MANIFEST, RECIPE_FILE, STATE_DIR, write_json_atomic
+from .artifacts import MANIFEST, RECIPE_FILE, STATE_DIR, Artifact, write_json_atomic
 from .errors import ArtifactError
 
 
@@ -60,9 +60,9 @@ def build_report(run_dir: str | Path) -> Path:
     done = [s for s in stages if (run_dir / s["name"] / MANIFEST).is_file()]
     metrics: dict = {"model": recipe["model"], "task": recipe["task"], "stages": {}, "models": {}}
     for s in done:
-        manifest = json.loads((run_dir / s["name"] / MANIFEST).read_text())
-        metrics["stages"][s["name"]] = {"stage": s["stage"], "method": manifest["method"],
-                                        "seconds": manifest.get("wall_time_s")}
+        artifact = Artifact.load(run_dir / s["name"])
+        metrics["stages"][s["name"]] = {"stage": s["stage"], "method": artifact.method,
+                                        "seconds": artifact.wall_time_s}
     # evaluated models: the evaluate stages' results, with the models' facts
     metrics["comparisons"] = []
     for s in (s for s in done if s["stage"] == "evaluate"):
@@ -86,9 +86,9 @@ def build_report(run_dir: str | Path) -> Path:
                       _plot_layer_sparsity(facts["layer_sparsity"], last_model["name"], run_dir / "sparsity.png")))
     ranks_stage = next((s for s in reversed(done) if s["stage"] == "extract"), None)
     if ranks_stage:
-        manifest = json.loads((run_dir / ranks_stage["name"] / MANIFEST).read_text())
-        metrics["chosen_ranks"] = manifest["config"]["ranks"]
-        plots.append((f"Ranks chosen per layer ({ranks_stage['name']}: {manifest['method']})",
+        artifact = Artifact.load(run_dir / ranks_stage["name"])
+        metrics["chosen_ranks"] = artifact.config["ranks"]
+        plots.append((f"Ranks chosen per layer ({ranks_stage['name']}: {artifact.method})",
                       _plot_ranks(run_dir / ranks_stage["name"], run_dir / "ranks.png")))
     for s in (s for s in done if s["stage"] == "search"):
         if (run_dir / s["name"] / "pareto.png").is_file():

@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from .adapters.peft_io import ELASTIC_CONFIG, peft_compatible
-from .artifacts import MANIFEST, check_safetensors, read_manifest
+from .artifacts import Artifact, check_safetensors
 from .errors import ArtifactError
 from .models import is_packed_quantized
 
@@ -34,11 +34,11 @@ def summarize(path: str | Path) -> dict:
         raise ArtifactError(f"{directory} is not a directory; pass an artifact directory")
     damaged = None
     try:
-        manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+        artifact = Artifact.find(directory)
     except ArtifactError as e:  # the files can still be described; the damage is reported with them
-        manifest, damaged = None, str(e)
-    summary: dict = {"path": str(directory), "stage": manifest and manifest["stage"],
-                     "method": manifest and manifest.get("method"),
+        artifact, damaged = None, str(e)
+    summary: dict = {"path": str(directory), "stage": artifact and artifact.stage,
+                     "method": artifact and artifact.method,
                      **({"manifest_error": damaged} if damaged else {})}
     if (directory / "adapter_config.json").is_file():
         summary["kind"] = "adapter"
@@ -89,8 +89,8 @@ def summarize(path: str | Path) -> dict:
                     zeros, params = zeros + z, params + tensor.numel()
     summary["matrices"] = matrices
     summary["total"] = {"sparsity": zeros / params if params else 0.0, "zeros": zeros, "params": params}
-    if manifest:
-        summary["metrics"] = {k: v for k, v in manifest.get("metrics", {}).items() if k != "layers"}
+    if artifact:
+        summary["metrics"] = {k: v for k, v in artifact.metrics.items() if k != "layers"}
     return summary
 
 

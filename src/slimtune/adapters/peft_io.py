@@ -153,14 +153,14 @@ def weights_path(adapter_dir: str | Path) -> Path:
 def base_of_adapter(adapter_dir: str | Path) -> str:
     """The base model an adapter was trained on: its manifest's recorded input (found again when the run
     directory was moved), else adapter_config.json's base_model_name_or_path."""
-    from ..artifacts import read_manifest, recorded_path
+    from ..artifacts import Artifact
 
     try:
-        manifest = read_manifest(adapter_dir)
-    except ArtifactError:  # none, or damaged: the adapter config still names the base
-        manifest = {}
-    if manifest.get("config", {}).get("model"):
-        return recorded_path(adapter_dir, "model", manifest)
+        artifact = Artifact.find(adapter_dir)
+    except ArtifactError:  # damaged: the adapter config still names the base
+        artifact = None
+    if artifact is not None and artifact.config.get("model"):
+        return artifact.base
     base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
     if not base:
         raise ArtifactError(f"adapter {adapter_dir} does not say which base model it belongs to; pass --model")
@@ -168,12 +168,12 @@ def base_of_adapter(adapter_dir: str | Path) -> str:
 
 
 def _mode(adapter_dir: str | Path) -> dict:
-    from ..artifacts import read_manifest, recorded_path
+    from ..artifacts import Artifact
 
     mode = {"sparse": False, "quant_aware": False, "qa_weights": "quantized", "float_base": None}
     try:
-        full = read_manifest(adapter_dir)
-        manifest = {**full["config"], "float_base": recorded_path(adapter_dir, "float_base", full)}
+        artifact = Artifact.load(adapter_dir)
+        manifest = {**artifact.config, "float_base": artifact.input("float_base")}
     except ArtifactError:
         manifest = {}
     recorded = read_adapter_config(adapter_dir).get(MODE_KEY) or {}

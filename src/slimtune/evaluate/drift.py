@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifacts import read_manifest
+from ..artifacts import Artifact
 from ..errors import ArtifactError
 from ..models import BUILTIN_MODELS
 
@@ -35,17 +35,15 @@ def tuning_base(model: str | Path) -> str | None:
     """The model a merged artifact's adapter was merged into (None for anything else, or when that
     model is no longer where the manifest says)."""
     try:
-        manifest = read_manifest(model)
+        artifact = Artifact.find(model)
     except ArtifactError:
         return None
-    base = manifest.get("config", {}).get("model") if manifest.get("stage") == "merge" else None
+    if artifact is None or artifact.stage != "merge":
+        return None
+    base = artifact.base
     if base is None:
         return None
-    # A run directory holds the base next to the merged model when the run was moved.
-    for candidate in (Path(base), Path(model).parent / Path(base).name):
-        if candidate.exists():
-            return str(candidate)
-    return base if base in BUILTIN_MODELS else None
+    return base if Path(base).exists() or base in BUILTIN_MODELS else None
 
 
 def perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress) -> dict:
