@@ -58,6 +58,15 @@ def test_an_interrupted_search_resumes_where_it_stopped(super_adapter, tmp_path)
         api.search(super_adapter, out=out, trials=5, objectives=["loss", "params"])
 
 
+def test_a_resumed_search_asks_for_the_trials_an_uninterrupted_one_asks_for(super_adapter, tmp_path):
+    whole = _records(api.search(super_adapter, out=tmp_path / "whole", trials=9, limit=2, population=4, progress=False))
+    api.search(super_adapter, out=tmp_path / "split", trials=5, limit=2, population=4, progress=False)
+    resumed = _records(api.search(super_adapter, out=tmp_path / "split", trials=9, limit=2, population=4,
+                                  progress=False))
+    assert [r["config"] for r in resumed] == [r["config"] for r in whole]
+    assert sum(r["heuristic"] is None for r in whole) >= 4  # the sampler, not only the heuristics, chose some
+
+
 def test_two_workers_share_one_sqlite_study_without_losing_or_repeating_trials(tiny_llama_dir, super_adapter, tmp_path):
     out, db = tmp_path / "shared", tmp_path / "shared.db"
     cmd = [sys.executable, "-m", "slimtune.cli", "search", "--super-adapter", str(super_adapter), "--out", str(out),

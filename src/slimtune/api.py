@@ -362,7 +362,8 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
                                                            task_obj.validation[:limit], out)])
     net, tokenizer = load_adapted(model, adapter)
     searcher = Searcher(study, space, objectives, make_objective(net, tokenizer, task_obj, space, objectives, limit),
-                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}")
+                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}",
+                        reseed=lambda n: make_sampler(sampler, slot.seed(seed) + 1_000_003 * n, population))
     searcher.enqueue(first_trials(space, adapter, enqueue))
     searcher.run()
 

@@ -120,6 +120,9 @@ class Searcher:
     apply: Callable[[dict[str, int]], None]
     worker: str = "main"
     ran: list[int] = field(default_factory=list)
+    # n completed trials -> the sampler for the next trial: its random state then depends only on the
+    # study's history, so a search resumed after a kill asks for the trials an uninterrupted one would
+    reseed: Callable[[int], object] | None = None
 
     def enqueue(self, heuristics: dict[str, dict[str, int]]) -> None:
         """The heuristic configurations become the first trials (once per study, whoever comes first)."""
@@ -161,6 +164,8 @@ class Searcher:
         # Each worker asks for at most the budget; pruned over-budget trials end it.
         while self.done() < self.budget:
             before = len(self.ran)
+            if self.reseed is not None:
+                self.study.sampler = self.reseed(self.done())
             self.study.optimize(self.objective, n_trials=1, gc_after_trial=False)
             if len(self.ran) == before and self.done() < self.budget:
                 time.sleep(0.5)  # others hold the remaining budget: wait for them or for a retry
