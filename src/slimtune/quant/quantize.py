@@ -1,4 +1,5 @@
-"""The quantize entry point: method registry, argument validation, and in-place quantization.
+"""The quantize stage: quantization methods registered with the compression skeleton, argument
+validation, and in-place quantization (slimtune.compress does targeting, calibration and the run).
 
 quantize_model replaces the target nn.Linear modules with QuantLinear modules (packed codes plus
 QuantParams). Everything that can be wrong with the arguments is checked first, before any
@@ -11,44 +12,59 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from ..architectures import block_linears, decoder_layers, matches_any
-from ..calibration import LayerContext, run_layerwise
-from ..data.calibration import check_calibration
+from ..calibration import run_layerwise
+from ..compress import (DEFAULT_CALIBRATION, DEFAULT_SKIP, CompressPlan, Compressed, Method, Registry,
+                        calibrate, check_skip, select_targets)
+from ..compress import apply as run_plan
 from ..errors import ConfigError, SlimtuneError
-from ..models import linear_modules, set_weight
+from ..models import linear_modules
 from .gptq import gptq_quantize
 from .linear import quant_linears, quantize_model_linears
 from .params import QuantParams, check_bits, check_group_size, check_observer
 from .rtn import rtn_quantize
 
-DEFAULT_SKIP: tuple[str, ...] = ("lm_head",)
-# batch_size >= n_samples: every layer runs once, each group of linears quantized from the inputs it
-# gets from the already-quantized linears before it (single pass, see calibration.run_layerwise);
-# a smaller batch_size bounds activation memory at two passes per layer.
-DEFAULT_CALIBRATION: dict[str, Any] = {"source": "news", "n_samples": 16, "seq_len": 512, "seed": 0,
-                                       "batch_size": 16}
+__all__ = ["DEFAULT_CALIBRATION", "DEFAULT_SKIP", "QUANTIZERS", "QuantizePlan", "Quantizer", "apply_plan",
+           "quantize_model", "validate_quantize_args"]
 
 
 @dataclass(frozen=True)
-class Quantizer:
-    """One quantization method.
+class Quantizer(Method):
+    """One quantization method: a compress.Method whose compress(weights, stats, bits, group_size,
+    symmetric, act_order, damp, observer) returns one Compressed per weight (its dequantized weight,
+    payload (QuantParams, uint8 codes [out, in]), info {"loss"} where the method estimates one).
+    stacked() makes that from a function of one matrix and its Hessian. observers: the scale choices
+    it offers (params.OBSERVERS), the first the default."""
 
-    quantize(weight [out, in] float32, hessian [in, in] or None, bits, group_size, symmetric,
-    act_order, damp, observer) -> (QuantParams, uint8 codes [out, in], loss or None). Methods
-    with needs_hessian run layer by layer on calibration data; rows sharing an input come
-    stacked. observers: the scale choices it offers (params.OBSERVERS), the first the default.
-    """
+    observers: tuple[str, ...] = ("minmax",)
 
-    name: str
-    needs_hessian: bool
-    quantize: Callable[..., tuple[QuantParams, torch.Tensor, float | None]]
-    observers: tuple[str, ...]
-    description: str = ""
+    @property
+    def needs_hessian(self) -> bool:
+        return self.stats == "hessian"
+
+
+def stacked(quantize):
+    """compress() from quantize(weight [out, in] float32, hessian [in, in] or None, bits, group_size,
+    symmetric, act_order, damp, observer) -> (QuantParams, uint8 codes, loss or None): the matrices
+    of a group share one input, so their rows are independent given H and go as one stack."""
+    def compress(weights, stats, bits, group_size, symmetric, act_order, damp, observer):
+        hessian = None if stats is None else stats.hessian
+        w = weights[0] if len(weights) == 1 else torch.cat(weights)
+        params, codes, loss = quantize(w, hessian, bits, group_size, symmetric, act_order, damp, observer)
+        out, start = [], 0
+        for weight in weights:
+            rows = slice(start, start + weight.shape[0])
+            start += weight.shape[0]
+            p = QuantParams(params.bits, params.group_size, params.symmetric, params.scales[rows], params.zeros[rows])
+            c = codes[rows].contiguous()
+            # loss: the method's own error estimate, for the stack the matrix was in
+            out.append(Compressed(p.dequantize(c), (p, c), {} if loss is None else {"loss": loss}))
+        return out
+    return compress
 
 
 def _rtn(weight, hessian, bits, group_size, symmetric, act_order=False, damp=0.0, observer="minmax"):
@@ -63,16 +79,17 @@ def _gptq(weight, hessian, bits, group_size, symmetric, act_order=False, damp=0.
 # GPTQ's default observer is imatrix: on the default model (INT4 g64/g192, dense and 50% sparse,
 # bench/quantize.py) it lowers GPTQ's perplexity by 2-11% against min-max scales, and only with it
 # is GPTQ below RTN at every setting. RTN has no calibration data, so no imatrix.
-QUANTIZERS: dict[str, Quantizer] = {
-    "rtn": Quantizer("rtn", False, _rtn, ("minmax", "mse"),
-                     "round-to-nearest on a min-max grid per group; no calibration"),
-    "gptq": Quantizer("gptq", True, _gptq, ("imatrix", "minmax", "mse"),
-                      "GPTQ: column-wise rounding with Hessian error compensation"),
-}
+QUANTIZERS = Registry("quantization", [
+    Quantizer("rtn", None, stacked(_rtn), description="round-to-nearest on a min-max grid per group; no calibration",
+              observers=("minmax", "mse")),
+    Quantizer("gptq", "hessian", stacked(_gptq),
+              description="GPTQ: column-wise rounding with Hessian error compensation",
+              observers=("imatrix", "minmax", "mse")),
+])
 
 
 @dataclass
-class QuantizePlan:
+class QuantizePlan(CompressPlan):
     """Validated arguments: everything quantize_model needs, decided before any work."""
 
     method: Quantizer
@@ -94,15 +111,24 @@ class QuantizePlan:
             cfg.update(act_order=self.act_order, damp=self.damp, calibration=self.calibration)
         return cfg
 
+    def settings(self) -> dict[str, Any]:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "act_order": self.act_order, "damp": self.damp, "observer": self.observer}
+
+    def check(self, name: str, module: nn.Module, before: torch.Tensor, result: Compressed) -> None:
+        # Every zero weight stays exactly zero (the sparse models of slimtune's pipelines).
+        zero = before == 0
+        after = result.weight == 0
+        if not bool(after[zero].all()):
+            raise SlimtuneError(f"internal error: quantizing {name} turned {int((~after[zero]).sum())} zero weights non-zero")
+
 
 def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn", bits: int = 4,
                            group_size: int = 64, symmetric: bool = True, act_order: bool | None = None,
                            damp: float = 0.01, calibration: dict | None = None,
                            skip: Sequence[str] = DEFAULT_SKIP, observer: str | None = None) -> QuantizePlan:
     """Check every argument against the model; raise ConfigError/DataError before any work."""
-    if method not in QUANTIZERS:
-        raise ConfigError(f"unknown quantization method {method!r}; known methods: {', '.join(sorted(QUANTIZERS))}")
-    spec = QUANTIZERS[method]
+    spec = QUANTIZERS.lookup(method)
     bits = check_bits(bits)
     observer = spec.observers[0] if observer is None else check_observer(observer)
     if observer not in spec.observers:
@@ -117,87 +143,24 @@ def validate_quantize_args(model: nn.Module, tokenizer=None, method: str = "rtn"
         raise ConfigError(f"act_order orders columns by the calibration Hessian; it applies to gptq, not {method!r}")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < math.inf:
         raise ConfigError(f"damp must be a non-negative number (fraction of the mean Hessian diagonal), got {damp!r}")
-    if isinstance(skip, str):
-        skip = (skip,)
-    if not all(isinstance(p, str) for p in skip):
-        raise ConfigError(f"skip must be a list of module-name patterns (strings), got {skip!r}")
+    skip = check_skip(skip)
     if quant_linears(model):
         raise ConfigError("the model is already quantized (it has QuantLinear modules); quantize the float model")
-
     linears = linear_modules(model)
-    # Both methods quantize the same set: the linears inside the stack of transformer blocks,
-    # minus the family's keep-dense modules (a model without blocks can still be rounded with
-    # RTN, but not calibrated layer by layer).
-    if spec.needs_hessian:
-        decoder_layers(model)
-    targets = [n for n in block_linears(model, linears) if not matches_any(n, skip)]
-    if not targets:
-        raise ConfigError(f"no linear module left to quantize (skip={list(skip)}); linear modules: "
-                          f"{', '.join(list(linears)[:8]) or 'none'}{' ...' if len(linears) > 8 else ''}")
+    targets, left_float = select_targets(model, spec, linears, skip, "quantize")
     group_size = check_group_size(group_size, {n: linears[n].in_features for n in targets})
-
-    cal, input_ids = (None, None)
-    if spec.needs_hessian:
-        cal, input_ids = check_calibration(model, tokenizer, method, calibration, DEFAULT_CALIBRATION)
-    chosen = set(targets)
+    cal, input_ids = calibrate(model, tokenizer, spec, calibration)
     return QuantizePlan(spec, bits, group_size, symmetric, act_order, float(damp), observer, targets,
-                        [n for n in linears if n not in chosen], cal, input_ids)
+                        left_float, cal, input_ids)
 
 
 # ---- quantizing ------------------------------------------------------------------------------
 
-def _zeros_kept(name: str, before: torch.Tensor, params: QuantParams, codes: torch.Tensor) -> None:
-    # A broken promise here is a bug in slimtune, not a user error.
-    after = params.dequantize(codes) == 0
-    if not bool(after[before].all()):
-        raise SlimtuneError(f"internal error: quantizing {name} turned {int((~after[before]).sum())} zero weights non-zero")
-
-
 def apply_plan(model: nn.Module, plan: QuantizePlan, progress: bool = True) -> dict[str, dict]:
     """Quantize the plan's targets in place (nn.Linear -> QuantLinear); return per-layer details."""
-    linears = linear_modules(model)
-    results: dict[str, tuple[QuantParams, torch.Tensor]] = {}
-    details: dict[str, dict] = {}
-
-    def record(name: str, weight: torch.Tensor, params: QuantParams, codes: torch.Tensor, loss=None):
-        _zeros_kept(name, weight == 0, params, codes)
-        results[name] = (params, codes)
-        details[name] = {"shape": list(weight.shape), "zeros": int((weight == 0).sum())}
-        if loss is not None:  # the method's own error estimate, for the stack the matrix was in
-            details[name]["loss"] = loss
-
-    args = (plan.bits, plan.group_size, plan.symmetric, plan.act_order, plan.damp, plan.observer)
-    fn = plan.method.quantize
-    if not plan.method.needs_hessian:
-        for name in plan.targets:
-            w = linears[name].weight.detach().float()
-            params, codes, loss = fn(w, None, *args)
-            record(name, w, params, codes, loss)
-    else:
-        def on_layer(ctx: LayerContext) -> None:
-            for stats in ctx.stats:
-                modules = [ctx.modules[n] for n in stats.names]
-                weights = [m.weight.detach().float() for m in modules]
-                # Rows are independent given H, so matrices sharing an input are one stack.
-                params, codes, loss = fn(torch.cat(weights), stats.hessian, *args)
-                start = 0
-                for name, m, w in zip(stats.names, modules, weights):
-                    rows = slice(start, start + w.shape[0])
-                    start += w.shape[0]
-                    p = QuantParams(params.bits, params.group_size, params.symmetric,
-                                    params.scales[rows], params.zeros[rows])
-                    c = codes[rows].contiguous()
-                    record(name, w, p, c, loss)
-                    # The next block's inputs must come from this quantized block. (Block linears
-                    # are never tied to another module, so set_weight needs no tie set.)
-                    set_weight(m, p.dequantize(c))
-
-        cal = plan.calibration
-        run_layerwise(model, plan.input_ids, on_layer, collect=("hessian",), targets=plan.targets,
-                      batch_size=cal["batch_size"], progress=progress, desc=plan.method.name,
-                      single_pass=cal["batch_size"] >= cal["n_samples"])
-    quantize_model_linears(model, results)
-    return details
+    applied = run_plan(model, plan, progress=progress, runner=run_layerwise)
+    quantize_model_linears(model, applied.payloads)
+    return applied.details
 
 
 def quantize_model(model: nn.Module, tokenizer=None, method: str = "rtn", bits: int = 4,
