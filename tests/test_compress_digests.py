@@ -96,6 +96,13 @@ def run_case(model_dir, text: str, case: str) -> str:
     return _digest(model, report)
 
 
+# The digests were computed with torch 2.13.0's CPU kernels on an AVX512 machine; other kernels round
+# differently in the last bit, which says nothing about the code.
+PINNED_ON = ("2.13.0", "AVX512")
+
+
+@pytest.mark.skipif((torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability()) != PINNED_ON,
+                    reason=f"digests pinned on torch/CPU kernels {PINNED_ON}")
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_results_pinned(tiny_llama_dir, news_snippet, case):
     assert run_case(tiny_llama_dir, news_snippet, case) == DIGESTS[case]
