@@ -22,6 +22,7 @@ from ..adapters.peft_io import ELASTIC_CONFIG
 from ..errors import ArtifactError, ConfigError
 
 PRESETS = ("shears", "block", "module")
+ELASTIC_VERSION = 1  # of elastic_config.json
 
 def group_name(module: str, preset: str, arch: Architecture | None = None) -> str:
     """The module's group under a preset; Shears' groups come from the architecture map's roles
@@ -110,11 +111,15 @@ class ElasticSpace:
 
     # ---- files --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"preset": self.preset,
+        return {"version": ELASTIC_VERSION, "preset": self.preset,
                 "groups": {g: {"modules": grp.modules, "space": grp.space} for g, grp in self.groups.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ElasticSpace":
+        version = data.get("version", 1)  # files written before the version field are version 1
+        if version != ELASTIC_VERSION:
+            raise ArtifactError(f"elastic configuration version {version!r} is not one this slimtune reads "
+                                f"(version {ELASTIC_VERSION}); upgrade slimtune or re-train the super-adapter")
         groups = {g: RankGroup(list(v["modules"]), check_rank_space(v["space"])) for g, v in data["groups"].items()}
         return cls(groups, data.get("preset"))
 
