@@ -96,3 +96,9 @@ def test_bad_sizes():
         load_task("gsm_symbolic", train_size=-1)
     with pytest.raises(DataError, match="unknown option.*accepted: train_size, validation_size, test_size"):
         load_task("gsm_symbolic", n_train=3)
+
+
+def test_problems_carry_their_template_as_bootstrap_cluster(task):
+    for ex in task.test + task.validation:
+        assert ex.meta["cluster"] == f"gsm_symbolic template {ex.meta['template']}"
+    assert len({ex.meta["cluster"] for ex in task.test}) == 17  # intervals resample the 17 test templates

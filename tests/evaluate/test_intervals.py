@@ -106,3 +106,40 @@ def test_bad_input():
         mean_ci([1], confidence=95)
     with pytest.raises(ConfigError, match="no members"):
         macro_ci({})
+
+
+def test_cluster_bootstrap_resamples_whole_clusters():
+    import numpy as np
+
+    from slimtune.evaluate.intervals import mean_ci, paired_ci
+
+    rng = np.random.default_rng(1)
+    per_cluster = rng.integers(0, 2, size=30).astype(float)  # 30 templates, 10 problems each, all alike
+    scores = np.repeat(per_cluster, 10)
+    clusters = np.repeat([f"t{i}" for i in range(30)], 10).tolist()
+    by_cluster = mean_ci(scores, clusters=clusters)
+    # equal cluster sizes: the same draws over 30 cluster means
+    assert by_cluster["ci"] == mean_ci(per_cluster)["ci"] and by_cluster["n"] == 300
+    by_example = mean_ci(scores)
+    assert (by_cluster["ci"][1] - by_cluster["ci"][0]) > 2.5 * (by_example["ci"][1] - by_example["ci"][0])
+    # singleton clusters are the ordinary bootstrap, draw for draw
+    assert mean_ci(scores, clusters=list(range(300)))["ci"] == by_example["ci"]
+    other = np.repeat(1 - per_cluster, 10)
+    d = paired_ci(scores, other, clusters=clusters)
+    assert d["ci"] == paired_ci(per_cluster, 1 - per_cluster)["ci"]
+    members = ["a"] * 150 + ["b"] * 150
+    g = paired_ci(scores, other, groups=members, clusters=clusters)
+    assert g["per_task"]["a"]["n"] == 150 and g["ci"][1] - g["ci"][0] > d["ci"][1] - d["ci"][0] - 0.2
+
+
+def test_gsm_examples_carry_their_template_as_cluster_and_evaluation_uses_it():
+    from slimtune.data.tasks import Example, Task
+    from slimtune.evaluate import with_intervals
+    from slimtune.evaluate.intervals import mean_ci
+
+    examples = [Example(f"q{i}", target="1", meta={"cluster": f"t{i // 5}"}) for i in range(40)]
+    task = Task("toy", "generation", [], [], examples, score=lambda p, e: float(p == e.target))
+    scores = [float((i // 5) % 2) for i in range(40)]
+    r = with_intervals(task, examples, scores, "accuracy")
+    assert r["clusters"][:6] == ["t0"] * 5 + ["t1"]
+    assert r["accuracy_ci"] == mean_ci(scores, clusters=r["clusters"])["ci"] != mean_ci(scores)["ci"]

@@ -121,7 +121,8 @@ def _fill(seed: int, sizes: dict[str, int], templates: dict[str, list[int]]) -> 
                 prompt=qa_prompt(entry["question"]),
                 answer=" " + _worked_solution(entry),
                 target=entry["answer"],
-                meta={"source": NAME, "seed": seed, "index": i, "template": dataset.task_indices[i]},
+                meta={"source": NAME, "seed": seed, "index": i, "template": dataset.task_indices[i],
+                      "cluster": f"{NAME} template {dataset.task_indices[i]}"},
             ))
             if all(len(out[s]) == n for s, n in sizes.items()):
                 return out

@@ -18,11 +18,20 @@ from .perplexity import check_perplexity_args, perplexity
 
 def with_intervals(task: Task, examples, scores: list[float], key: str) -> dict:
     """Per-example ids and scores, the headline's bootstrap interval (`<key>_ci`) and, for a suite,
-    each member's accuracy and interval and their macro average (`average`, `average_ci`)."""
-    out = {"ids": [ex.id for ex in examples], "scores": scores, f"{key}_ci": mean_ci(scores)["ci"]}
+    each member's accuracy and interval and their macro average (`average`, `average_ci`). Examples
+    that carry meta["cluster"] (gsm_symbolic: their template) are resampled by cluster."""
+    clusters = [ex.meta.get("cluster") for ex in examples]
+    clusters = clusters if clusters and all(c is not None for c in clusters) else None
+    out = {"ids": [ex.id for ex in examples], "scores": scores,
+           f"{key}_ci": mean_ci(scores, clusters=clusters)["ci"], **({"clusters": clusters} if clusters else {})}
     if task.members:
         members = [ex.meta.get("task", task.spec) for ex in examples]
-        r = macro_ci(grouped(scores, members))
+        by_member = None
+        if clusters:
+            by_member = {}
+            for m, c in zip(members, clusters):
+                by_member.setdefault(m, []).append(c)
+        r = macro_ci(grouped(scores, members), clusters=by_member)
         order = [m for m in task.members if m in r["per_task"]] + [m for m in r["per_task"] if m not in task.members]
         out |= {"members": members, "per_task": {m: {"n": r["per_task"][m]["n"], "acc": r["per_task"][m]["mean"],
                                  "acc_ci": r["per_task"][m]["ci"]} for m in order},

@@ -18,7 +18,8 @@ def paired_difference(a: dict, b: dict, members: list[str] | None = None, order:
 
     With `members` (one member label per example, a suite's) the difference is that of the macro
     averages, resampled within members, with "per_task" differences (in `order`'s order first);
-    otherwise of the plain means.
+    otherwise of the plain means. Results that carry `clusters` (gsm_symbolic's templates) are
+    resampled by cluster.
     """
     for name, r in (("A", a), ("B", b)):
         if "scores" not in r or "ids" not in r:
@@ -26,7 +27,7 @@ def paired_difference(a: dict, b: dict, members: list[str] | None = None, order:
     if a["ids"] != b["ids"]:
         raise ConfigError(f"results A and B were scored on different examples ({len(a['ids'])} vs {len(b['ids'])}, "
                           "or in another order); a paired comparison needs the same task, split, split seed and limit")
-    d = paired_ci(a["scores"], b["scores"], groups=members)
+    d = paired_ci(a["scores"], b["scores"], groups=members, clusters=a.get("clusters"))
     if "per_task" in d:
         keys = [m for m in order if m in d["per_task"]] + [m for m in d["per_task"] if m not in order]
         d["per_task"] = {m: d["per_task"][m] for m in keys}
