@@ -27,8 +27,10 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
              adapter: str | Path | None = None, split: str = "test", limit: int | None = None,
              perplexity_text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
              batch_size: int = 8, split_seed: int | None = None, allow_overlap: bool = False,
-             out: str | Path | None = None, progress: bool = True) -> dict:
+             out: str | Path | None = None, drift: bool = True, progress: bool = True) -> dict:
     """Accuracy on a task split and/or perplexity on a text; optionally writes the JSON to `out`.
+    With a text, a tuned model (an adapter, or a merged model) is compared with its base on it
+    (`perplexity_ratio`, evaluate/drift.py) unless drift=False.
 
     The task's split seed defaults to the one the model's (and adapter's) lineage used for it, else
     0. Reporting on examples that the lineage trained or selected on is refused (LeakageError)
@@ -52,7 +54,7 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
                             seq_len=seq_len, max_windows=max_windows, batch_size=batch_size,
                             progress=progress)
     result = {"model": str(model), "adapter": str(adapter) if adapter else None, **result}
-    if text is not None:
+    if text is not None and drift:
         from .evaluate.drift import perplexity_drift
 
         result |= perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -33,7 +33,6 @@ class Architecture:
     roles: dict[str, str]                       # role -> module path inside a block
     keep_dense: tuple[str, ...] = ()            # patterns no compressor touches by default
     kv_heads_key: str | None = "num_key_value_heads"
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def default_targets(self) -> tuple[str, ...]:
@@ -70,8 +69,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), True, _LLAMA_ROLES),
     # Gemma-3 alternates sliding-window and full-attention layers with different RoPE bases; the
     # layer-by-layer runner captures each layer's own inputs, so nothing else differs here.
-    Architecture("gemma3", ("gemma3_text", "gemma3"), True, _LLAMA_ROLES,
-                 notes={"bos": "Gemma is trained with <bos> first; texts are scored after the prefix token"}),
+    Architecture("gemma3", ("gemma3_text", "gemma3"), True, _LLAMA_ROLES),
     Architecture("phi3", ("phi3",), True, {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj",
                                           "gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}),
     Architecture("bert", ("bert", "roberta"), False,

@@ -314,7 +314,9 @@ def _run(args: argparse.Namespace) -> None:
                               perplexity_text=args.perplexity_text, seq_len=args.seq_len,
                               max_windows=args.max_windows, batch_size=args.batch_size, split_seed=args.split_seed,
                               allow_overlap=args.allow_overlap, out=args.out)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "ids", "scores", "members", "clusters")}, indent=2))
+        from .evaluate import PER_EXAMPLE
+
+        print(json.dumps({k: v for k, v in result.items() if k not in PER_EXAMPLE or k == "samples"}, indent=2))
         if "split_sizes" in result:
             sizes = ", ".join(f"{k} {v}" for k, v in result["split_sizes"].items())
             print(f"slimtune: scored {result['n']} {result['split']} examples of {result['task_spec']} "

@@ -389,15 +389,18 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
         api.merge(src, out=out, overwrite=overwrite)
     elif st.stage == "evaluate":
         from .artifacts import atomic_dir, write_manifest
+        from .evaluate import PER_EXAMPLE
 
         started = time.time()
         results = {}
         for m in st.models:
+            # drift=False: the stage scores the bases too, and the report divides one by the other
             results[m] = api.evaluate(paths[m], task=task, split=st.split, limit=st.limit,
                                       perplexity_text=st.perplexity_text, seq_len=st.seq_len,
-                                      max_windows=st.max_windows, split_seed=recipe.split_seed, progress=progress)
+                                      max_windows=st.max_windows, split_seed=recipe.split_seed, drift=False,
+                                      progress=progress)
         with atomic_dir(out, overwrite) as tmp:
             write_json_atomic(tmp / "results.json", results)
             write_manifest(tmp, stage="evaluate", method="evaluate", config=st.model_dump(),
-                           metrics={m: {k: v for k, v in r.items() if k not in ("samples", "predictions", "ids", "scores", "members")}
+                           metrics={m: {k: v for k, v in r.items() if k not in PER_EXAMPLE}
                                     for m, r in results.items()}, started=started)

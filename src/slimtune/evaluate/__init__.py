@@ -16,6 +16,10 @@ from .intervals import grouped, macro_ci, mean_ci
 from .perplexity import check_perplexity_args, perplexity
 
 
+# Per-example lists of a result: kept in results files, left out of printed summaries and manifests.
+PER_EXAMPLE = ("samples", "predictions", "ids", "scores", "members", "clusters")
+
+
 def with_intervals(task: Task, examples, scores: list[float], key: str) -> dict:
     """Per-example ids and scores, the headline's bootstrap interval (`<key>_ci`) and, for a suite,
     each member's accuracy and interval and their macro average (`average`, `average_ci`). Examples
