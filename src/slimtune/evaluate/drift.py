@@ -1,8 +1,8 @@
 """Perplexity drift: how far fine-tuning moved a model from its base, on the same plain text.
 
-Task accuracy can rise while the language model underneath is wrecked (a merged Gemma-3 went
-from perplexity 395 to 8,249 in 15 steps while its task accuracy rose). slimtune reports the
-tuned model's perplexity over its base's, and warns past DRIFT_WARN.
+Task accuracy can rise while the language model underneath is wrecked (a short, aggressive
+fine-tuning of a small model can multiply its perplexity). slimtune reports the tuned model's
+perplexity over its base's, and warns past DRIFT_WARN.
 """
 
 from __future__ import annotations
