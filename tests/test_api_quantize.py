@@ -69,7 +69,7 @@ def test_rtn_round_trip_through_api(tiny_llama_dir, tmp_path):
                          r"group sizes that divide every quantized layer: 2, 4, 8, 16, 32, 64"),
     ({"group_size": 0}, "group_size must be a positive integer or -1"),
     ({"skip": ["*"]}, "no linear module left to quantize"),
-    ({"calibration": {"n_samples": 0}}, "n_samples must be an integer >= 1"),
+    ({"calibration": {"n_samples": 0}}, "calibration.n_samples: Input should be greater than or equal to 1"),
 ])
 def test_bad_input_is_rejected_before_work(tiny_llama_dir, tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -39,7 +39,7 @@ def test_sparsify_two_four_with_sparsegpt(tiny_llama_dir, tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"method": "random"}, "unknown sparsity method 'random'; known methods: magnitude, sparsegpt, wanda"),
-    ({"sparsity": 1.0}, r"sparsity must be a number in \[0, 1\)"),
+    ({"sparsity": 1.0}, r"sparsity: Input should be less than 1 \(got 1.0\)"),
     ({"pattern": "2:5"}, "needs input widths divisible by 5"),
     ({"pattern": "two-four"}, "pattern"),
 ])

@@ -68,11 +68,12 @@ def test_a_new_quantizer_is_one_registration(tiny_llama, monkeypatch):
     model, tok = tiny_llama
     calls = []
 
-    def rtn_mse(weight, hessian, bits, group_size, symmetric, act_order, damp, observer):
+    def rtn_mse(weight, hessian, bits, group_size, symmetric, observer):
         calls.append(hessian)
-        return (*rtn_quantize(weight, bits, group_size, symmetric, "mse"), 1.5)
+        return (*rtn_quantize(weight, bits, group_size, symmetric, observer), 1.5)
 
-    monkeypatch.setitem(QUANTIZERS, "rtn-mse", Quantizer("rtn-mse", None, stacked(rtn_mse), observers=("mse",)))
+    monkeypatch.setitem(QUANTIZERS, "rtn-mse", Quantizer("rtn-mse", None, stacked(rtn_mse),
+                                                         {"observer": ("mse", compress.choice("mse", "minmax"))}))
     report = quantize_model(model, tok, "rtn-mse", group_size=32, progress=False)
     assert calls == [None] * 14 and len(quant_linears(model)) == 14
     assert report["total"]["observer"] == "mse" and report["model.layers.0.mlp.up_proj"]["loss"] == 1.5

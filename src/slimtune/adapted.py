@@ -13,36 +13,18 @@ from .errors import ArtifactError, ConfigError
 from .models import load_model
 
 
-ADAPTERS = ("lora", "nls")
-QA_WEIGHTS = ("auto", "float", "quantized")
 
-
-def check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str, qa_weights: str,
-                        quant_aware: bool, float_base, alpha: float, dropout: float) -> tuple[int, list[int] | None]:
-    """The cheap checks of finetune's adapter options; returns (maximal rank, rank space or None)."""
+def check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str) -> tuple[int, list[int] | None]:
+    """finetune's (maximal rank, rank space or None) from its validated config (configs.FinetuneConfig):
+    lora defaults to rank 16; nls to Shears' space [r, 3r/4, r/2] with r = 32."""
     from .adapters.lora import check_rank_space
-    from .nas import PRESETS
 
-    if adapter not in ADAPTERS:
-        raise ConfigError(f"unknown adapter {adapter!r}; choose from {', '.join(ADAPTERS)}")
-    if rank is not None and rank < 1:
-        raise ConfigError(f"rank must be >= 1, got {rank}")
-    if not 0 < alpha < float("inf") or not 0 <= dropout < 1:  # nan and inf are refused too
-        raise ConfigError(f"need alpha > 0 and 0 <= dropout < 1; got alpha={alpha}, dropout={dropout}")
-    if qa_weights not in QA_WEIGHTS:
-        raise ConfigError(f"qa_weights must be one of {', '.join(QA_WEIGHTS)}, got {qa_weights!r}")
-    if (qa_weights != "auto" or float_base is not None) and not quant_aware:
-        raise ConfigError("qa_weights / float_base only apply to quantization-aware adapters (--quant-aware)")
     if adapter == "lora":
-        if rank_space is not None:
-            raise ConfigError("a rank space makes the adapter elastic: pass --adapter nls with --rank-space")
         return rank or 16, None
-    if groups not in PRESETS:
-        raise ConfigError(f"unknown rank-group preset {groups!r}; choose from {', '.join(PRESETS)}")
-    if rank_space is None:  # Shears' default shape: [r, 3r/4, r/2]
+    if rank_space is None:
         r = rank or 32
         rank_space = sorted({r, max(1, 3 * r // 4), max(1, r // 2)}, reverse=True)
-    space = check_rank_space(rank_space, rank)
+    space = check_rank_space(list(rank_space), rank)
     return space[0], space
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import lineage
 from .adapted import (check_adapter_args, check_sparse_base, float_weights, load_adapted,  # noqa: F401 (load_adapted
@@ -15,20 +15,25 @@ from .adapters import add_lora, lora_layers, merge_lora, save_adapter
 from .adapters.peft_io import base_of_adapter
 from .architectures import architecture_of, require_causal_lm
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic, write_manifest
-from .data import DEFAULT_TASK, Task, load_text
+from .data import DEFAULT_TASK, load_text
 from .errors import ArtifactError, ConfigError
 from .guards import check_result_file
 from .models import DEFAULT_MODEL, load_model, target_modules
 from .nas.objective import task_score  # noqa: F401 (re-exported: bench scripts report api.task_score(result))
+from .configs import (CONFIG_VERSION, CompareConfig, EvaluateConfig, ExtractConfig, FinetuneConfig, QuantizeConfig, SearchConfig,
+                      SparsifyConfig)
 from .train import TrainConfig, barrier, build_train_config, is_main_process, train
 
 
-def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEFAULT_TASK,
-             adapter: str | Path | None = None, split: str = "test", limit: int | None = None,
-             perplexity_text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
-             batch_size: int = 8, split_seed: int | None = None, allow_overlap: bool = False,
-             out: str | Path | None = None, drift: bool = True, progress: bool = True) -> dict:
+def _calibration(cfg) -> dict | None:
+    return cfg.calibration.model_dump() if cfg.calibration is not None else None
+
+
+def evaluate(model: str | Path = DEFAULT_MODEL, *, adapter: str | Path | None = None, out: str | Path | None = None,
+             config: EvaluateConfig | dict | None = None, progress: bool = True, **options: Any) -> dict:
     """Accuracy on a task split and/or perplexity on a text; optionally writes the JSON to `out`.
+    Options: configs.EvaluateConfig (task, split, limit, perplexity_text, seq_len, max_windows,
+    batch_size, split_seed, allow_overlap, drift), as `config` or keywords.
     With a text, a tuned model (an adapter, or a merged model) is compared with its base on it
     (`perplexity_ratio`, evaluate/drift.py) unless drift=False.
 
@@ -38,23 +43,22 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
     """
     from .evaluate import evaluate_model
 
-    if task is None and perplexity_text is None:
-        raise ConfigError("nothing to evaluate: give a task, a perplexity text, or both")
+    cfg = EvaluateConfig.build(config, options)
+    task, split, limit, split_seed = cfg.task, cfg.split, cfg.limit, cfg.split_seed
+    perplexity_text, seq_len, max_windows, batch_size = cfg.perplexity_text, cfg.seq_len, cfg.max_windows, cfg.batch_size
     check_result_file(out)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
     history = lineage.combine(lineage.of(model), lineage.of(adapter) if adapter is not None else [])
     task_obj = held_out = None
     if task is not None:
         task_obj = lineage.task_split(task, split_seed, history)
-        held_out = lineage.check_held_out(history, task_obj, split, task_obj.split(split)[:limit], allow_overlap)
+        held_out = lineage.check_held_out(history, task_obj, split, task_obj.split(split)[:limit], cfg.allow_overlap)
     text = load_text(perplexity_text) if perplexity_text is not None else None
     net, tokenizer = load_adapted(model, adapter) if adapter is not None else load_model(model)
     result = evaluate_model(net, tokenizer, task=task_obj, split=split, limit=limit, text=text,
                             seq_len=seq_len, max_windows=max_windows, batch_size=batch_size,
                             progress=progress)
     result = {"model": str(model), "adapter": str(adapter) if adapter else None, **result}
-    if text is not None and drift:
+    if text is not None and cfg.drift:
         from .evaluate.drift import perplexity_drift
 
         result |= perplexity_drift(model, adapter, tokenizer, text, result, seq_len, max_windows, batch_size, progress)
@@ -68,13 +72,9 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, task: str | Task | None = DEF
     return result
 
 
-def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TASK, out: str | Path,
-             targets: Sequence[str] | None = None, adapter: str = "lora", rank: int | None = None,
-             alpha: float = 32.0, dropout: float | None = None, rank_space: Sequence[int] | None = None,
-             groups: str = "shears", sparse_adapter: bool = False, quant_aware: bool = False,
-             qa_weights: str = "auto", float_base: str | Path | None = None,
-             train_config: TrainConfig | dict | None = None, split_seed: int = 0, overwrite: bool = False,
-             progress: bool = True, **train_overrides: Any) -> Path:
+def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: FinetuneConfig | dict | None = None,
+             train_config: TrainConfig | dict | None = None, overwrite: bool = False, progress: bool = True,
+             **options: Any) -> Path:
     """Train an adapter on the task's training split; write it as a PEFT adapter to `out`.
 
     adapter='lora' trains a fixed rank (default 16); adapter='nls' trains an elastic super-adapter
@@ -90,18 +90,21 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     The task's split is fixed by `split_seed` (default 0), not by the training seed; the manifest's
     lineage records the training examples, so evaluation refuses to report on them.
     An interrupted run resumes from its last checkpoint (kept beside `out` until it finishes).
+    Options: configs.FinetuneConfig, as `config` or keywords; keywords that are not its fields are
+    training settings (TrainConfig: epochs, learning_rate, ...), as is `train_config`.
     """
     started = time.time()
     out = check_output_dir(out, overwrite)
-    config = build_train_config(train_config, **train_overrides)
-    sparse_like = sparse_adapter or quant_aware
-    dropout = (0.0 if sparse_like else 0.05) if dropout is None else dropout
-    r_max, space = check_adapter_args(adapter, rank, list(rank_space) if rank_space is not None else None,
-                                       groups, qa_weights, quant_aware, float_base, alpha, dropout)
-    if sparse_like and dropout > 0:
-        raise ConfigError("sparse and quantization-aware adapters apply their update to the weight, which leaves "
-                          f"no adapter input to drop out: pass --dropout 0 (got {dropout})")
-    qa_weights, float_base = resolve_qa_weights(model, quant_aware, qa_weights, float_base)
+    train_overrides = {k: options.pop(k) for k in list(options) if k not in FinetuneConfig.model_fields}
+    if train_config is not None:
+        options["train"] = train_config
+    cfg = FinetuneConfig.build(config, options)
+    config = build_train_config(cfg.train, **train_overrides)
+    task, adapter, targets, alpha, groups = cfg.task or DEFAULT_TASK, cfg.adapter, cfg.targets, cfg.alpha, cfg.groups
+    sparse_adapter, quant_aware, split_seed = cfg.sparse_adapter, cfg.quant_aware, cfg.split_seed
+    dropout = (0.0 if sparse_adapter or quant_aware else 0.05) if cfg.dropout is None else cfg.dropout
+    r_max, space = check_adapter_args(adapter, cfg.rank, cfg.rank_space, groups)
+    qa_weights, float_base = resolve_qa_weights(model, quant_aware, cfg.qa_weights, cfg.float_base)
     task_obj = lineage.task_split(task, split_seed)
     if not task_obj.train:
         raise ConfigError(f"task {task_obj.spec} has no training examples (split seed {split_seed})")
@@ -139,12 +142,10 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
             callbacks[0].save_checkpoint(tmp)
         write_manifest(
             tmp, stage="finetune", method=method_name(adapter, sparse_adapter, quant_aware),
-            config={"model": str(model), "task": task_obj.spec, "split_seed": split_seed, "targets": names,
-                    "adapter": adapter,
-                    "rank": r_max, "rank_space": space, "groups": groups if space else None, "alpha": alpha,
-                    "dropout": dropout, "sparse": sparse_adapter, "quant_aware": quant_aware,
-                    "qa_weights": qa_weights, "float_base": str(float_base) if float_base else None,
-                    "train": config.model_dump()},
+            config={**cfg.record(), "model": str(model), "task": task_obj.spec, "targets": names, "rank": r_max,
+                    "rank_space": space, "groups": groups if space else None, "dropout": dropout,
+                    "sparse": sparse_adapter, "qa_weights": qa_weights,
+                    "float_base": str(float_base) if float_base else None, "train": config.model_dump()},
             inputs={"model": model} if Path(str(model)).exists() else None,
             metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(lora_layers(net)),
                      "base_zero_fraction": zeros},
@@ -157,23 +158,25 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, task: str | Task = DEFAULT_TA
     return out
 
 
-def extract(adapter: str | Path | None = None, *, out: str | Path, select: str | dict = "median",
-            from_search: str | Path | None = None, pick: str = "knee", model: str | Path | None = None,
-            task: str | Task | None = None, limit: int | None = None, split_seed: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> Path:
+def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: str | Path | None = None,
+            model: str | Path | None = None, config: ExtractConfig | dict | None = None, overwrite: bool = False,
+            progress: bool = True, **options: Any) -> Path:
     """Export one sub-adapter of an elastic super-adapter as a standard PEFT LoRA (rank_pattern,
     alpha_pattern). `select`: maximal, median, minimal, nncf (the best of NNCF's candidates on the
     task's VALIDATION split), or an explicit {group: rank} configuration. With `from_search` (a
     `search` run directory), the configuration is a searched trial instead: `pick` is
     best-accuracy, smallest, knee (of the Pareto front) or trial=N. The validation split is read with
     the split seed the super-adapter's lineage used (or `split_seed`); the examples that chose the
-    sub-adapter join its lineage as a selection set."""
+    sub-adapter join its lineage as a selection set. Options: configs.ExtractConfig (select, pick,
+    task, limit, split_seed), as `config` or keywords."""
     from .nas import ElasticSpace, nncf_candidates, parse_selection
     from .nas.objective import score_candidates
     from .nas.sampling import HISTORY_FILE
 
     started = time.time()
     out = check_output_dir(out, overwrite)
+    cfg = ExtractConfig.build(config, options)
+    select, pick, task, limit, split_seed = cfg.select, cfg.pick, cfg.task, cfg.limit, cfg.split_seed
     if from_search is not None:
         from .nas.run_dir import picked_trial
 
@@ -183,7 +186,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     space = ElasticSpace.load(adapter)
     label, config = parse_selection(space, select)
     if from_search is not None:
-        label = f"search:{pick}:trial={picked['trial']}"
+        label = f"search:{pick or 'knee'}:trial={picked['trial']}"
     super_adapter = Artifact.find(adapter)
     recorded = super_adapter.config if super_adapter else {}
     history = lineage.of(from_search if from_search is not None else adapter)
@@ -215,7 +218,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
         mode = {k: recorded.get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
         mode["float_base"] = super_adapter.input("float_base") if super_adapter else None  # where it is now
         write_manifest(tmp, stage="extract", method=label,
-                       config={"model": str(model), "super_adapter": str(adapter), "selection": label,
+                       config={**cfg.record(), "model": str(model), "super_adapter": str(adapter), "selection": label,
                                "ranks": config, **mode},
                        inputs={"adapter": adapter},
                        metrics={"adapter_parameters": space.size(config, widths),
@@ -226,31 +229,29 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, select: str |
     return out
 
 
-def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str = "wanda",
-             sparsity: float | None = None, pattern: str = "unstructured", calibration: dict | None = None,
-             skip: Sequence[str] | None = None, options: dict | None = None, overwrite: bool = False,
-             progress: bool = True) -> Path:
+def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: SparsifyConfig | dict | None = None,
+             overwrite: bool = False, progress: bool = True, **options: Any) -> Path:
     """Prune a model's linear layers (magnitude, Wanda, SparseGPT; unstructured or N:M) and save it
-    as an HF directory with explicit zeros; the manifest records per-matrix sparsity."""
-    from .sparsity import DEFAULT_SKIP, SPARSIFIERS, sparsify_model
-    from .sparsity.masks import check_sparsity, parse_pattern
+    as an HF directory with explicit zeros; the manifest records per-matrix sparsity. Options:
+    configs.SparsifyConfig (method, sparsity, pattern, calibration, skip, options), as `config` or
+    keywords."""
+    from .sparsity import DEFAULT_SKIP, sparsify_model
+    from .sparsity.masks import parse_pattern
 
     started = time.time()
     out = check_output_dir(out, overwrite)
-    if method not in SPARSIFIERS:  # the cheap checks come before loading the model
-        raise ConfigError(f"unknown sparsity method {method!r}; known methods: {', '.join(sorted(SPARSIFIERS))}")
-    parse_pattern(pattern)
-    if sparsity is not None:
-        check_sparsity(sparsity)
+    cfg = SparsifyConfig.build(config, options)  # the cheap checks come before loading the model
+    method, skip = cfg.method, cfg.skip
+    parse_pattern(cfg.pattern)
     net, tokenizer = load_model(model)
-    report = sparsify_model(net, tokenizer, method, sparsity, pattern, calibration,
-                            DEFAULT_SKIP if skip is None else skip, options, progress=progress)
+    report = sparsify_model(net, tokenizer, method, cfg.sparsity, cfg.pattern, _calibration(cfg),
+                            DEFAULT_SKIP if skip is None else skip, cfg.options, progress=progress)
     total = report.pop("total")
     with atomic_dir(out, overwrite) as tmp:
         net.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_manifest(tmp, stage="sparsify", method=method,
-                       config={"model": str(model), "method": method, "sparsity": total["target_sparsity"],
+                       config={**cfg.record(), "model": str(model), "sparsity": total["target_sparsity"],
                                "pattern": total["pattern"], "options": total["options"],
                                "calibration": total["calibration"], "skip": list(DEFAULT_SKIP if skip is None else skip)},
                        inputs={"model": model} if Path(str(model)).exists() else None,
@@ -261,34 +262,31 @@ def sparsify(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str 
     return out
 
 
-def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, method: str = "gptq", bits: int = 4,
-             group_size: int = 64, symmetric: bool = True, act_order: bool | None = None, damp: float = 0.01,
-             observer: str | None = None, calibration: dict | None = None, skip: Sequence[str] | None = None,
-             overwrite: bool = False, progress: bool = True) -> Path:
+def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: QuantizeConfig | dict | None = None,
+             overwrite: bool = False, progress: bool = True, **options: Any) -> Path:
     """Quantize a (dense or sparse) model's decoder linears with RTN or GPTQ, keeping its zeros, and
     save it as a compressed-tensors pack-quantized HF directory (transformers loads it; so does
-    load_model, with exact QuantParams for the later stages). observer: how group scales are
-    chosen, "minmax", "mse" or "imatrix" (None: the method's default, gptq imatrix, rtn minmax);
-    act_order None: on for gptq."""
-    from .quant import DEFAULT_SKIP, QUANTIZERS, check_bits, quantize_model
+    load_model, with exact QuantParams for the later stages). Options: configs.QuantizeConfig
+    (method, bits, group_size, symmetric, calibration, skip, and the method's own options: gptq
+    act_order, damp, observer; rtn observer), as `config` or keywords."""
+    from .quant import DEFAULT_SKIP, check_bits, quantize_model
     from .quant.formats import write_quantized
 
     started = time.time()
     out = check_output_dir(out, overwrite)
-    if method not in QUANTIZERS:  # the cheap checks come before loading the model
-        raise ConfigError(f"unknown quantization method {method!r}; known methods: {', '.join(sorted(QUANTIZERS))}")
-    check_bits(bits)
-    skip = DEFAULT_SKIP if skip is None else tuple(skip)
+    cfg = QuantizeConfig.build(config, options)  # the cheap checks come before loading the model
+    method = cfg.method
+    check_bits(cfg.bits)
+    skip = DEFAULT_SKIP if cfg.skip is None else tuple(cfg.skip)
     net, tokenizer = load_model(model)
-    report = quantize_model(net, tokenizer, method, bits, group_size, symmetric, act_order, damp, calibration,
-                            skip, progress=progress, observer=observer)
+    report = quantize_model(net, tokenizer, method, cfg.bits, cfg.group_size, cfg.symmetric, _calibration(cfg),
+                            skip, progress=progress, options=cfg.options)
     total = report.pop("total")
-    config = {k: total[k] for k in ("method", "bits", "group_size", "symmetric", "observer", "act_order", "damp",
-                                    "calibration")
-              if k in total}
+    config = {k: v for k, v in total.items() if k not in ("layers", "weights", "zeros", "zeros_after",
+                                                          "bytes_per_weight", "left_float", "wall_time_s")}
     with atomic_dir(out, overwrite) as tmp:
         write_quantized(net, tmp, tokenizer)
-        write_manifest(tmp, stage="quantize", method=method, config={"model": str(model), **config, "skip": list(skip)},
+        write_manifest(tmp, stage="quantize", method=method, config={**cfg.record(), "model": str(model), **config, "skip": list(skip)},
                        inputs={"model": model} if Path(str(model)).exists() else None,
                        metrics={"quantized_layers": total["layers"], "weights": total["weights"],
                                 "zeros": total["zeros"], "zeros_after": total["zeros_after"],
@@ -307,11 +305,9 @@ def inspect(path: str | Path) -> dict:
     return summarize(path)
 
 
-def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = None,
-           objectives: Sequence[str] = ("accuracy", "params"), trials: int = 30, storage: str | None = None,
-           study_name: str = "slimtune-search", sampler: str = "nsga2", population: int | None = None,
-           seed: int = 0, limit: int | None = None, model: str | Path | None = None,
-           enqueue: dict[str, dict] | None = None, split_seed: int | None = None, progress: bool = True) -> Path:
+def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = None,
+           enqueue: dict[str, dict] | None = None, config: SearchConfig | dict | None = None, progress: bool = True,
+           **options: Any) -> Path:
     """Multi-objective search over the rank groups of an elastic super-adapter (optuna; NSGA-II by default).
 
     Objectives: accuracy (validation, maximised) or loss (validation completion loss), and params
@@ -322,7 +318,8 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     `split_seed`), and the scored slice joins the search's lineage as a selection set. Trials persist
     in `storage` (default: SQLite in `out`); re-running the same command resumes, and several workers
     given the same storage and `out` share one study and one budget of `trials` completed trials.
-    Writes trials.jsonl, pareto.json and pareto.png into `out`.
+    Writes trials.jsonl, pareto.json and pareto.png into `out`. Options: configs.SearchConfig, as
+    `config` or keywords.
     """
     import os
     import socket
@@ -330,14 +327,12 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
     from .nas import ElasticSpace, run_dir
     from .nas.heuristics import first_trials
     from .nas.objective import make_objective
-    from .nas.search import Searcher, check_objectives, make_sampler, open_study
+    from .nas.search import Searcher, make_sampler, open_study
 
     started = time.time()
-    objectives = check_objectives(objectives)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"trials must be a positive integer, got {trials!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    cfg = SearchConfig.build(config, options)
+    objectives, trials, limit, split_seed, seed = cfg.objectives, cfg.trials, cfg.limit, cfg.split_seed, cfg.seed
+    task, sampler, population, study_name, storage = cfg.task, cfg.sampler, cfg.population, cfg.study_name, cfg.storage
     space = ElasticSpace.load(adapter)
     super_adapter = Artifact.find(adapter)
     task = task or (super_adapter.task if super_adapter else None)
@@ -371,7 +366,7 @@ def search(adapter: str | Path, *, out: str | Path, task: str | Task | None = No
 
     records, front = run_dir.write_results(out, study, objectives)
     fractions = [1.0 - r["eval_s"] / r["trial_s"] for r in records if r["eval_s"] and r["trial_s"]]
-    write_manifest(out, stage="search", method=sampler, config={"model": str(model), **settings, "trials": trials,
+    write_manifest(out, stage="search", method=sampler, config={**cfg.record(), "model": str(model), **settings,
                                                                 "storage": storage},
                    inputs={"adapter": adapter},
                    metrics={"completed_trials": len(records), "pareto_size": len(front),
@@ -412,29 +407,29 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
             net.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
-                       config={"model": str(model), "adapter": str(adapter)},
+                       config={"model": str(model), "adapter": str(adapter), "version": CONFIG_VERSION},
                        inputs={"adapter": adapter}, started=started,
                        lineage=lineage.combine(lineage.of(model), lineage.of(adapter)))
     return out
 
 
-def compare(model_a: str | Path, model_b: str | Path, *, task: str | Task = DEFAULT_TASK,
-            adapter_a: str | Path | None = None, adapter_b: str | Path | None = None, split: str = "test",
-            limit: int | None = None, batch_size: int = 8, split_seed: int | None = None,
-            allow_overlap: bool = False, out: str | Path | None = None, progress: bool = True) -> dict:
+def compare(model_a: str | Path, model_b: str | Path, *, adapter_a: str | Path | None = None,
+            adapter_b: str | Path | None = None, out: str | Path | None = None,
+            config: CompareConfig | dict | None = None, progress: bool = True, **options: Any) -> dict:
     """Evaluate two models (each optionally with an adapter) on the same examples and the paired
     difference A - B of their accuracy with its bootstrap interval (for a suite: per member and on the
     macro average). The split seed defaults to the one both lineages used for the task (else 0); both
-    models are held-out-checked against their own lineage as in `evaluate`."""
+    models are held-out-checked against their own lineage as in `evaluate`. Options:
+    configs.CompareConfig, as `config` or keywords."""
     from .evaluate.compare import headline, paired_difference
 
-    if task is None:
-        raise ConfigError("compare needs a task: both models are scored on its examples")
+    cfg = CompareConfig.build(config, options)
+    task, split, limit, split_seed = cfg.task, cfg.split, cfg.limit, cfg.split_seed
     check_result_file(out)
     history = lineage.combine(*(lineage.of(p) for p in (model_a, model_b, adapter_a, adapter_b) if p is not None))
     task_obj = lineage.task_split(task, split_seed, history)  # one Task object: the same examples for both
-    results = [evaluate(m, task=task_obj, adapter=ad, split=split, limit=limit, batch_size=batch_size,
-                        allow_overlap=allow_overlap, progress=progress)
+    results = [evaluate(m, task=task_obj, adapter=ad, split=split, limit=limit, batch_size=cfg.batch_size,
+                        allow_overlap=cfg.allow_overlap, progress=progress)
                for m, ad in ((model_a, adapter_a), (model_b, adapter_b))]
     members = None
     if task_obj.members:

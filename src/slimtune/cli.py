@@ -6,29 +6,15 @@ import argparse
 import json
 import sys
 
+from .cli_args import add_config_arguments, config_from_args
+from .configs import STAGE_CONFIGS
 from .errors import SlimtuneError
 from .guards import finite_float
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
 
 MODEL_HELP = (f"model: a builtin alias ({', '.join(BUILTIN_MODELS)}), a local Hugging Face directory "
               f"(also slimtune artifacts), a .gguf file, or a hub id when online (default: {DEFAULT_MODEL})")
-TASK_HELP = ("task: a builtin name (polarity, gsm_symbolic, bigbench:<name>), a .jsonl/.csv file of "
-             "your own, or hf:<dataset> (default: polarity)")
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _ints(value: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,24,16, got {value!r}") from None
-
-
-SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
-                   "(default: the split seed the model's lineage used for this task, else 0)")
+OVERWRITE_HELP = "replace --out if it is a slimtune artifact or an empty directory (never other files)"
 
 
 def _add_evaluate(sub) -> None:
@@ -38,17 +24,8 @@ def _add_evaluate(sub) -> None:
                                    "windowed perplexity on a text. Prints JSON.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--adapter", help="a LoRA adapter directory (PEFT format) to apply before evaluating")
-    p.add_argument("--task", default="polarity", help=TASK_HELP + "; pass 'none' for perplexity only")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split to score (default: test)")
-    p.add_argument("--limit", type=int, help="score only the first N examples of the split")
-    p.add_argument("--perplexity-text", help="also measure perplexity on this text: 'wiki', 'news' or a UTF-8 file")
-    p.add_argument("--seq-len", type=int, default=512, help="perplexity window length in tokens (default 512)")
-    p.add_argument("--max-windows", type=int, help="perplexity over at most this many windows (default: the whole text)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, help=SPLIT_SEED_HELP)
-    p.add_argument("--allow-overlap", action="store_true",
-                   help="report even on examples the model's lineage trained or selected on (the output says so)")
     p.add_argument("--out", help="also write the results JSON to this file")
+    add_config_arguments(p, STAGE_CONFIGS["evaluate"])
 
 
 def _add_compare(sub) -> None:
@@ -61,14 +38,8 @@ def _add_compare(sub) -> None:
     p.add_argument("model_b", help="model B: " + MODEL_HELP)
     p.add_argument("--adapter-a", help="a LoRA adapter directory to apply to model A")
     p.add_argument("--adapter-b", help="a LoRA adapter directory to apply to model B")
-    p.add_argument("--task", default="polarity", help=TASK_HELP + "; suite:commonsense and suite:math report per member")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split to score (default: test)")
-    p.add_argument("--limit", type=int, help="score only the first N examples of the split")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    p.add_argument("--split-seed", dest="split_seed", type=int, help=SPLIT_SEED_HELP)
-    p.add_argument("--allow-overlap", action="store_true",
-                   help="report even on examples a model's lineage trained or selected on (the output says so)")
     p.add_argument("--out", help="also write both results and the difference as JSON to this file")
+    add_config_arguments(p, STAGE_CONFIGS["compare"])
 
 
 def _add_finetune(sub) -> None:
@@ -80,52 +51,11 @@ def _add_finetune(sub) -> None:
                                    "since stock PEFT would compute another function. Re-running the same command after an interruption "
                                    "resumes from the last checkpoint.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--task", default="polarity", help=TASK_HELP)
     p.add_argument("--out", required=True, help="output adapter directory (must not exist unless --overwrite)")
-    p.add_argument("--targets", type=_csv, help="comma-separated module-name patterns to adapt, e.g. q_proj,v_proj "
-                   "(suffix match, or a regex on the full name); default: all attention and MLP projections")
-    p.add_argument("--adapter", default="lora", choices=["lora", "nls"],
-                   help="lora: one fixed rank; nls: an elastic super-adapter whose rank groups are sampled from "
-                        "--rank-space once per optimizer step (Shears/SQFT), for `slimtune extract` (default lora)")
-    p.add_argument("--rank", type=int, help="LoRA rank r, the maximal rank for nls (default 16 for lora, 32 for nls)")
-    p.add_argument("--rank-space", type=_ints, help="nls: descending ranks, the first being the maximal one "
-                                                    "(default r,3r/4,r/2, e.g. 32,24,16)")
-    p.add_argument("--groups", default="shears", choices=["shears", "block", "module"],
-                   help="nls: modules sharing a rank: shears = per block [q,k,v], [gate,up], [down], others alone; "
-                        "block = one rank per block (NNCF); module = every module alone (default shears)")
-    p.add_argument("--alpha", type=finite_float, default=32.0, help="LoRA alpha; the update is scaled by alpha/r (alpha/r_max "
-                                                             "for every nls sub-adapter) (default 32)")
-    p.add_argument("--dropout", type=finite_float, help="dropout on the adapter's input (default 0.05; 0 and the only choice "
-                                                 "with --sparse-adapter or --quant-aware)")
-    p.add_argument("--sparse-adapter", action="store_true",
-                   help="SparsePEFT: mask the update by the base's zeros, in training and in merge, so the merged "
-                        "model keeps the base's sparsity (needs a sparse base)")
-    p.add_argument("--quant-aware", action="store_true",
-                   help="QA-SparsePEFT: train through the quantized base's own grid (straight-through), so the "
-                        "merge lands on the same INT grid exactly (needs a `slimtune quantize` base)")
-    p.add_argument("--qa-weights", default="auto", choices=["auto", "float", "quantized"],
-                   help="--quant-aware: merge the update into the float weights before quantization (SQFT's choice; "
-                        "trains well) or into the dequantized base (starts exactly at the GPTQ model, but an update "
-                        "counts only once it crosses half a grid step, so it learns slowly); auto: float when the "
-                        "float model is known, else quantized (default auto)")
-    p.add_argument("--float-base", help="--qa-weights float: the float model the base was quantized from "
-                                        "(default: the one the quantized base's manifest records)")
-    p.add_argument("--epochs", type=finite_float, help="passes over the training split (default 3)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", dest="learning_rate", type=finite_float, help="peak learning rate (default 3e-4)")
-    p.add_argument("--batch-size", type=int, help="examples per micro-batch (default 8)")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--max-length", type=int, help="cut sequences to this many tokens (default 256)")
-    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 10)")
-    p.add_argument("--lr-scheduler", choices=["cosine", "linear", "constant", "constant_with_warmup"], help="learning-rate schedule (default cosine)")
-    p.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps (default 50)")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
-    p.add_argument("--seed", type=int, help="seed of the adapter's initialisation, the data order and NLS sampling (default 42)")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the task's train/validation/test split, separate from --seed (default 0)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it is a slimtune artifact or an empty directory (never other files), and "
-                        "start afresh instead of refusing checkpoints left by another configuration")
+                   help=OVERWRITE_HELP + ", and start afresh instead of refusing checkpoints left by another "
+                        "configuration")
+    add_config_arguments(p, STAGE_CONFIGS["finetune"])
 
 
 def _add_extract(sub) -> None:
@@ -138,17 +68,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--out", required=True, help="output adapter directory")
     p.add_argument("--from-search", help="a `slimtune search` run directory: extract one of its trials (see --pick) "
                                          "instead of --select from --adapter")
-    p.add_argument("--pick", default="knee", help="with --from-search: best-accuracy | smallest | knee (of the Pareto "
-                                                  "front) | trial=N (default knee)")
-    p.add_argument("--select", default="median",
-                   help="maximal | median | minimal | nncf (the best on the task's VALIDATION split of the median, the "
-                        "most frequently sampled and the 5 lowest-loss training configurations) | a JSON object "
-                        "{group: rank}, groups as in elastic_config.json (default median)")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--task", help="nncf: task whose validation split scores the candidates (default: the training task)")
-    p.add_argument("--limit", type=int, help="nncf: score on the first N validation examples")
-    p.add_argument("--split-seed", type=int, help="nncf: " + SPLIT_SEED_HELP)
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_config_arguments(p, STAGE_CONFIGS["extract"])
 
 
 def _add_search(sub) -> None:
@@ -161,21 +83,8 @@ def _add_search(sub) -> None:
                                    "pareto.json and pareto.png; `slimtune extract --from-search` exports a trial.")
     p.add_argument("--super-adapter", required=True, help="super-adapter directory (slimtune finetune --adapter nls)")
     p.add_argument("--out", required=True, help="search run directory (created, or resumed)")
-    p.add_argument("--task", help="task whose validation split is scored (default: the super-adapter's training task)")
-    p.add_argument("--objectives", type=_csv, default=["accuracy", "params"],
-                   help="comma-separated: accuracy or loss, and params (adapter parameters) or nonzero (non-zero base "
-                        "weights + adapter parameters) (default accuracy,params)")
-    p.add_argument("--trials", type=int, default=30, help="completed trials in all, over all workers (default 30)")
-    p.add_argument("--storage", help="optuna storage URL shared by workers, e.g. sqlite:///runs/s.db or "
-                                     "postgresql://user@host/db (default: sqlite in --out)")
-    p.add_argument("--study-name", default="slimtune-search", help="study name inside the storage")
-    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "nsga3", "tpe", "random"],
-                   help="optuna sampler (default nsga2)")
-    p.add_argument("--population", type=int, help="NSGA-II/III population size (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--limit", type=int, help="score on the first N validation examples (the same slice every trial)")
-    p.add_argument("--split-seed", type=int, help=SPLIT_SEED_HELP)
     p.add_argument("--model", help="base model (default: the one recorded in the super-adapter)")
+    add_config_arguments(p, STAGE_CONFIGS["search"])
 
 
 def _add_run(sub) -> None:
@@ -208,26 +117,7 @@ def _add_merge(sub) -> None:
     p.add_argument("--adapter", required=True, help="adapter directory written by `slimtune finetune` (or any PEFT LoRA)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
-
-
-def _add_calibration_and_output(p, methods: str, left: str) -> None:
-    p.add_argument("--calibration", default="news",
-                   help=f"{methods} calibration text: 'news', 'wiki' or a UTF-8 file (default news)")
-    p.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed for picking calibration windows (default 0)")
-    p.add_argument("--calibration-batch", type=int, default=16,
-                   help="calibration sequences per forward pass (default 16); lower it to save memory. Pruning "
-                        "with all samples in one batch runs every block once (see README)")
-    p.add_argument("--skip", type=_csv, help=f"comma-separated module patterns to leave {left} (default: the LM head)")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
-
-
-def _calibration(args) -> dict:
-    return {"source": args.calibration, "n_samples": args.samples, "seq_len": args.seq_len, "seed": args.seed,
-            "batch_size": args.calibration_batch}
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def _add_sparsify(sub) -> None:
@@ -236,12 +126,9 @@ def _add_sparsify(sub) -> None:
                                    "and save an HF model directory with explicit zeros. Wanda and SparseGPT calibrate "
                                    "layer by layer: each block's inputs come from the already-pruned blocks.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"], help="pruning method (default wanda)")
-    p.add_argument("--sparsity", type=finite_float, help="fraction of weights to zero, in [0, 1) (default 0.5; implied by an N:M pattern)")
-    p.add_argument("--pattern", default="unstructured", help="'unstructured' (exact count per row) or N:M, e.g. 2:4 or 4:8 (keep N of every M inputs)")
-    p.add_argument("--damp", type=finite_float, help="SparseGPT: Hessian dampening as a fraction of its mean diagonal (default 0.01)")
-    p.add_argument("--block-size", type=int, help="SparseGPT: columns per block (default 128)")
-    _add_calibration_and_output(p, "Wanda/SparseGPT", "dense")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_config_arguments(p, STAGE_CONFIGS["sparsify"])
 
 
 def _add_quantize(sub) -> None:
@@ -253,25 +140,9 @@ def _add_quantize(sub) -> None:
                                    "quantized blocks. The group size must divide every layer's input width (the error "
                                    "lists the sizes that do); -1 means one group per output row.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--method", default="gptq", choices=["rtn", "gptq"], help="quantization method (default gptq)")
-    p.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4 or 8 (default 4)")
-    p.add_argument("--group-size", type=int, default=64, help="consecutive inputs sharing a scale and zero point, or -1 for one "
-                                                              "group per output row (default 64)")
-    grid = p.add_mutually_exclusive_group()
-    grid.add_argument("--sym", dest="symmetric", action="store_true", default=True,
-                      help="symmetric grid: zero point fixed at 2^(bits-1), scale from max|w| (default)")
-    grid.add_argument("--asym", dest="symmetric", action="store_false",
-                      help="asymmetric grid: min-max scale with an integer zero point per group")
-    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
-                   help="GPTQ: quantize columns in order of decreasing Hessian diagonal (static groups, so the export "
-                        "keeps contiguous groups; default on for gptq)")
-    p.add_argument("--damp", type=finite_float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal "
-                                                           "(default 0.01)")
-    p.add_argument("--observer", choices=["minmax", "mse", "imatrix"], default=None,
-                   help="how each group's scale is chosen: minmax (the weights' range), mse (the shrunk range with the "
-                        "least rounding error) or imatrix (mse weighted by each input's mean square activation; GPTQ "
-                        "only). Default: imatrix for gptq, minmax for rtn")
-    _add_calibration_and_output(p, "GPTQ", "in float")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_config_arguments(p, STAGE_CONFIGS["quantize"])
 
 
 def _add_inspect(sub) -> None:
@@ -291,7 +162,7 @@ def _add_demo(sub) -> None:
                                    "skips finished stages.")
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--task", default=None, help=TASK_HELP + " (default: the demo's, bigbench:social_iqa)")
+    p.add_argument("--task", default=None, help="task: a builtin name, bigbench:<name>, a file or hf:<dataset> (default: the demo's, bigbench:social_iqa)")
     p.add_argument("--epochs", type=finite_float, default=None, help="fine-tuning epochs (default: the demo's setting)")
     p.add_argument("--max-windows", type=int, default=4, help="perplexity windows of 512 tokens on the Wikipedia text (default 4)")
 
@@ -308,12 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     from . import api
 
+    if args.command in STAGE_CONFIGS:
+        config = config_from_args(STAGE_CONFIGS[args.command], args)
     if args.command == "evaluate":
-        task = None if args.task.lower() == "none" else args.task
-        result = api.evaluate(args.model, task=task, adapter=args.adapter, split=args.split, limit=args.limit,
-                              perplexity_text=args.perplexity_text, seq_len=args.seq_len,
-                              max_windows=args.max_windows, batch_size=args.batch_size, split_seed=args.split_seed,
-                              allow_overlap=args.allow_overlap, out=args.out)
+        result = api.evaluate(args.model, adapter=args.adapter, out=args.out, config=config)
         from .evaluate import PER_EXAMPLE
 
         print(json.dumps({k: v for k, v in result.items() if k not in PER_EXAMPLE or k == "samples"}, indent=2))
@@ -328,33 +197,21 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "compare":
         from .evaluate.compare import format_comparison
 
-        result = api.compare(args.model_a, args.model_b, task=args.task, adapter_a=args.adapter_a,
-                             adapter_b=args.adapter_b, split=args.split, limit=args.limit, batch_size=args.batch_size,
-                             split_seed=args.split_seed, allow_overlap=args.allow_overlap, out=args.out)
+        result = api.compare(args.model_a, args.model_b, adapter_a=args.adapter_a, adapter_b=args.adapter_b,
+                             out=args.out, config=config)
         print(format_comparison(result))
         for r in (result["a"], result["b"]):
             if (r.get("held_out") or {}).get("warning"):
                 print(r["held_out"]["warning"], file=sys.stderr)
     elif args.command == "finetune":
-        overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "learning_rate", "batch_size", "grad_accum",
-                                                   "max_length", "warmup_steps", "lr_scheduler", "save_steps",
-                                                   "gradient_checkpointing", "seed")}
-        out = api.finetune(args.model, task=args.task, out=args.out, targets=args.targets, adapter=args.adapter,
-                           rank=args.rank, rank_space=args.rank_space, groups=args.groups, alpha=args.alpha,
-                           dropout=args.dropout, sparse_adapter=args.sparse_adapter, quant_aware=args.quant_aware,
-                           qa_weights=args.qa_weights, float_base=args.float_base, split_seed=args.split_seed,
-                           overwrite=args.overwrite, **overrides)
+        out = api.finetune(args.model, out=args.out, overwrite=args.overwrite, config=config)
         print(f"adapter written to {out}")
     elif args.command == "extract":
-        out = api.extract(args.adapter, out=args.out, select=args.select, from_search=args.from_search, pick=args.pick,
-                          model=args.model, task=args.task, limit=args.limit, split_seed=args.split_seed,
-                          overwrite=args.overwrite)
+        out = api.extract(args.adapter, out=args.out, from_search=args.from_search, model=args.model,
+                          overwrite=args.overwrite, config=config)
         print(f"sub-adapter ({json.loads((out / 'slimtune.json').read_text())['method']}) written to {out}")
     elif args.command == "search":
-        out = api.search(args.super_adapter, out=args.out, task=args.task, objectives=args.objectives,
-                         trials=args.trials, storage=args.storage, study_name=args.study_name, sampler=args.sampler,
-                         population=args.population, seed=args.seed, limit=args.limit, model=args.model,
-                         split_seed=args.split_seed)
+        out = api.search(args.super_adapter, out=args.out, model=args.model, config=config)
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
         print(f"{metrics['completed_trials']} trials, {metrics['pareto_size']} on the Pareto front; "
               f"{out}/pareto.json, {out}/pareto.png")
@@ -371,20 +228,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)
         print(f"merged model written to {out}")
-    elif args.command == "sparsify":
-        options = {k: v for k, v in (("damp", args.damp), ("block_size", args.block_size)) if v is not None}
-        out = api.sparsify(args.model, out=args.out, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-                           calibration=None if args.method == "magnitude" else _calibration(args), skip=args.skip,
-                           options=options or None, overwrite=args.overwrite)
-        from .summary import format_summary
-
-        print(format_summary(api.inspect(out)))
-    elif args.command == "quantize":
-        out = api.quantize(args.model, out=args.out, method=args.method, bits=args.bits, group_size=args.group_size,
-                           symmetric=args.symmetric, act_order=args.act_order, damp=args.damp,
-                           observer=args.observer,
-                           calibration=_calibration(args) if args.method == "gptq" else None, skip=args.skip,
-                           overwrite=args.overwrite)
+    elif args.command in ("sparsify", "quantize"):
+        out = getattr(api, args.command)(args.model, out=args.out, overwrite=args.overwrite, config=config)
         from .summary import format_summary
 
         print(format_summary(api.inspect(out)))

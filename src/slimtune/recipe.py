@@ -26,18 +26,22 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .artifacts import RECIPE_FILE, STATE_DIR, write_json_atomic
+from .configs import (STAGE_CONFIGS, Config, EvaluateConfig, ExtractConfig, FinetuneConfig, MergeConfig,
+                      QuantizeConfig, SearchConfig, SparsifyConfig, describe)
 from .errors import ArtifactError, ConfigError
 from .guards import NAME_RULE, check_name
 
 
 
 class _Stage(BaseModel):
+    """A recipe stage: its name, its input, and the stage's config (configs.py) fields."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(description=NAME_RULE)
     input: str | None = None
@@ -47,79 +51,55 @@ class _Stage(BaseModel):
     def _safe_name(cls, name: str) -> str:
         return check_name(name)
 
+    def config(self, recipe: "Recipe") -> Config:
+        """The stage's config; task and split seed default to the recipe's."""
+        cls = STAGE_CONFIGS[self.stage]
+        values = {k: getattr(self, k) for k in cls.model_fields}
+        if "task" in values and values["task"] is None:
+            values["task"] = recipe.task
+        if "split_seed" in values and "split_seed" not in self.model_fields_set:
+            values["split_seed"] = recipe.split_seed
+        return cls(**values)
 
-class SparsifyStage(_Stage):
+
+class SparsifyStage(_Stage, SparsifyConfig):
     stage: Literal["sparsify"]
-    method: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
-    sparsity: float | None = Field(None, ge=0, lt=1)
-    pattern: str = "unstructured"
-    calibration: dict[str, Any] | None = None
-    skip: list[str] | None = None
-    options: dict[str, Any] | None = None
 
 
-class QuantizeStage(_Stage):
+class QuantizeStage(_Stage, QuantizeConfig):
     stage: Literal["quantize"]
-    method: Literal["rtn", "gptq"] = "gptq"
-    bits: int = 4
-    group_size: int = 64
-    symmetric: bool = True
-    act_order: bool | None = None
-    damp: float = 0.01
-    observer: Literal["minmax", "mse", "imatrix"] | None = None
-    calibration: dict[str, Any] | None = None
-    skip: list[str] | None = None
 
 
-class FinetuneStage(_Stage):
+class FinetuneStage(_Stage, FinetuneConfig):
     stage: Literal["finetune"]
-    task: str | None = None
-    adapter: Literal["lora", "nls"] = "lora"
-    targets: list[str] | None = None
-    rank: int | None = Field(None, ge=1)
-    rank_space: list[int] | None = None
-    groups: Literal["shears", "block", "module"] = "shears"
-    alpha: float = Field(32.0, gt=0)
-    dropout: float | None = Field(None, ge=0, lt=1)
-    sparse_adapter: bool = False
-    quant_aware: bool = False
-    qa_weights: Literal["auto", "float", "quantized"] = "auto"
-    train: dict[str, Any] = Field(default_factory=dict)
 
 
-class ExtractStage(_Stage):
+class ExtractStage(_Stage, ExtractConfig):
     stage: Literal["extract"]
-    select: str | dict[str, int] = "median"
-    pick: str | None = Field(None, description="with a search input: best-accuracy, smallest, knee or trial=N")
-    task: str | None = None
-    limit: int | None = Field(None, ge=1)
 
 
-class SearchStage(_Stage):
+class SearchStage(_Stage, SearchConfig):
     stage: Literal["search"]
-    task: str | None = None
-    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "params"])
-    trials: int = Field(30, ge=1)
-    sampler: Literal["nsga2", "nsga3", "tpe", "random"] = "nsga2"
-    population: int | None = Field(None, ge=2)
-    seed: int = 0
-    limit: int | None = Field(None, ge=1)
-    storage: str | None = None
 
 
-class MergeStage(_Stage):
+class MergeStage(_Stage, MergeConfig):
     stage: Literal["merge"]
 
 
-class EvaluateStage(_Stage):
+class EvaluateStage(_Stage, EvaluateConfig):
+    """A recipe's evaluate stage scores several models; unlike `slimtune evaluate` it measures
+    perplexity on 8 windows of the Wikipedia text unless told otherwise, and its task defaults to the
+    recipe's."""
+
     stage: Literal["evaluate"]
     models: list[str] = Field(default_factory=lambda: ["model"], description="'model' or names of earlier model stages")
     task: str | None = None
-    split: Literal["train", "validation", "test"] = "test"
-    limit: int | None = Field(None, ge=1)
     perplexity_text: str | None = "wiki"
-    seq_len: int = Field(512, ge=8)
     max_windows: int | None = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _something(self):
+        return self  # the task defaults to the recipe's
 
 
 StageConfig = Annotated[Union[SparsifyStage, QuantizeStage, FinetuneStage, ExtractStage, SearchStage, MergeStage,
@@ -136,21 +116,8 @@ class Recipe(BaseModel):
     stages: list[StageConfig] = Field(min_length=1)
 
 
-def _path(loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _describe(e: ValidationError, source: str) -> str:
-    parts = []
-    for err in e.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in MAKES)]  # drop the union tag
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        parts.append(f"{_path(loc) or '<top>'}: {err['msg']}{shown}")
-    return f"invalid recipe {source}: " + "; ".join(parts)
+    return describe(e, f"recipe {source}", drop=tuple(MAKES))  # the union's tag is not part of the path
 
 
 def load_recipe(source: str | Path | dict, overrides: dict | None = None) -> Recipe:
@@ -179,8 +146,6 @@ def load_recipe(source: str | Path | dict, overrides: dict | None = None) -> Rec
 
 def plan(recipe: Recipe) -> dict[str, str]:
     """{stage name: input name ('model' for the recipe's model)}; errors name the stage's path."""
-    from .nas.search import check_objectives
-
     inputs: dict[str, str] = {}
     seen: dict[str, BaseModel] = {}
     latest = {"model": "model"}
@@ -225,19 +190,6 @@ def plan(recipe: Recipe) -> dict[str, str]:
             from_search = seen[inputs[st.name]].stage == "search"
             if st.pick is not None and not from_search:
                 raise ConfigError(f"{where}.pick: picks a searched trial; its input must be a search stage")
-        if st.stage == "quantize" and st.method == "rtn" and (st.act_order or st.observer == "imatrix"):
-            key = "act_order" if st.act_order else "observer"
-            raise ConfigError(f"{where}.{key}: {key} {getattr(st, key)!r} needs the calibration statistics that only "
-                              "method gptq collects")
-        if st.stage == "search":
-            check_objectives(st.objectives)
-        if st.stage == "finetune":
-            from .train import TrainConfig
-
-            try:
-                TrainConfig(**st.train)
-            except ValidationError as e:
-                raise ConfigError(_describe(e, f"{where}.train")) from e
         if st.stage == "evaluate":
             for m in st.models:
                 if m != "model" and (m not in seen or MAKES[seen[m].stage] != "model"):
@@ -360,31 +312,18 @@ def _run_stages(recipe: Recipe, inputs: dict, run_dir: Path, progress: bool, log
 
 
 def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: bool, progress: bool) -> None:
-    task = getattr(st, "task", None) or recipe.task
-    if st.stage == "sparsify":
-        api.sparsify(src, out=out, method=st.method, sparsity=st.sparsity, pattern=st.pattern,
-                     calibration=st.calibration, skip=st.skip, options=st.options, overwrite=overwrite, progress=progress)
-    elif st.stage == "quantize":
-        api.quantize(src, out=out, method=st.method, bits=st.bits, group_size=st.group_size, symmetric=st.symmetric,
-                     act_order=st.act_order, damp=st.damp, observer=st.observer, calibration=st.calibration,
-                     skip=st.skip, overwrite=overwrite, progress=progress)
-    elif st.stage == "finetune":
-        api.finetune(src, task=task, out=out, targets=st.targets, adapter=st.adapter, rank=st.rank,
-                     rank_space=st.rank_space, groups=st.groups, alpha=st.alpha, dropout=st.dropout,
-                     sparse_adapter=st.sparse_adapter, quant_aware=st.quant_aware, qa_weights=st.qa_weights,
-                     train_config=st.train, split_seed=recipe.split_seed, overwrite=overwrite, progress=progress)
+    config = st.config(recipe)
+    if st.stage in ("sparsify", "quantize", "finetune"):
+        getattr(api, st.stage)(src, out=out, config=config, overwrite=overwrite, progress=progress)
     elif st.stage == "extract":
         from .nas.run_dir import SEARCH_CONFIG
 
         if (Path(src) / SEARCH_CONFIG).is_file():
-            api.extract(out=out, from_search=src, pick=st.pick or "knee", overwrite=overwrite, progress=progress)
+            api.extract(out=out, from_search=src, config=config, overwrite=overwrite, progress=progress)
         else:
-            api.extract(src, out=out, select=st.select, task=st.task, limit=st.limit, split_seed=recipe.split_seed,
-                        overwrite=overwrite, progress=progress)
+            api.extract(src, out=out, config=config, overwrite=overwrite, progress=progress)
     elif st.stage == "search":
-        api.search(src, out=out, task=task, objectives=st.objectives, trials=st.trials, sampler=st.sampler,
-                   population=st.population, seed=st.seed, limit=st.limit, storage=st.storage,
-                   split_seed=recipe.split_seed, progress=progress)
+        api.search(src, out=out, config=config, progress=progress)
     elif st.stage == "merge":
         api.merge(src, out=out, overwrite=overwrite)
     elif st.stage == "evaluate":
@@ -395,10 +334,7 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
         results = {}
         for m in st.models:
             # drift=False: the stage scores the bases too, and the report divides one by the other
-            results[m] = api.evaluate(paths[m], task=task, split=st.split, limit=st.limit,
-                                      perplexity_text=st.perplexity_text, seq_len=st.seq_len,
-                                      max_windows=st.max_windows, split_seed=recipe.split_seed, drift=False,
-                                      progress=progress)
+            results[m] = api.evaluate(paths[m], config=config, drift=False, progress=progress)
         with atomic_dir(out, overwrite) as tmp:
             write_json_atomic(tmp / "results.json", results)
             write_manifest(tmp, stage="evaluate", method="evaluate", config=st.model_dump(),

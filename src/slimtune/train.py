@@ -29,18 +29,20 @@ class TrainConfig(BaseModel):
 
     epochs: float = Field(3.0, gt=0, description="passes over the training split")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
-    learning_rate: float = Field(3e-4, gt=0)
+    learning_rate: float = Field(3e-4, gt=0, description="peak learning rate",
+                                 json_schema_extra={"flag": ("--lr", "--learning-rate")})
     batch_size: int = Field(8, ge=1, description="examples per device per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_length: int = Field(256, ge=8, description="sequences are cut to this many tokens")
-    warmup_steps: int = Field(10, ge=0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 42
-    logging_steps: int = Field(10, ge=1)
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    seed: int = Field(42, description="seed of the adapter's initialisation, the data order and NLS sampling")
+    logging_steps: int = Field(10, ge=1, description="log the loss every this many optimizer steps")
     save_steps: int = Field(50, ge=1, description="checkpoint every this many optimizer steps")
-    save_total_limit: int = Field(2, ge=1)
-    gradient_checkpointing: bool = False
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
 
 
 def tokenize_example(example: Example, tokenizer, max_length: int, add_eos: bool) -> dict:

@@ -3,6 +3,8 @@ the remaining tracebacks are one-line errors raised before the work."""
 
 import json
 
+import re
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -25,7 +27,7 @@ def test_cli_refuses_non_finite_numbers(tiny_llama_dir, tmp_path, capsys, flag, 
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "ad"), f"{flag}={value}", *TINY_TRAIN])
     assert e.value.code == 2
-    assert f"argument {flag}: expected a finite number, got '{value}'" in capsys.readouterr().err
+    assert re.search(rf"argument {flag}(/--[a-z-]+)?: expected a finite number, got '{value}'", capsys.readouterr().err)
     assert not (tmp_path / "ad").exists()
 
 
@@ -33,8 +35,8 @@ def test_cli_refuses_non_finite_numbers(tiny_llama_dir, tmp_path, capsys, flag, 
     ({"learning_rate": float("inf")}, "learning_rate: Input should be a finite number"),
     ({"epochs": float("inf")}, "epochs: Input should be a finite number"),
     ({"weight_decay": float("nan")}, "weight_decay: Input should be a finite number"),
-    ({"alpha": float("inf")}, "need alpha > 0"),
-    ({"alpha": float("nan")}, "need alpha > 0"),
+    ({"alpha": float("inf")}, "alpha: Input should be a finite number"),
+    ({"alpha": float("nan")}, "alpha: Input should be a finite number"),
 ])
 def test_api_refuses_non_finite_numbers_before_work(tiny_llama_dir, tmp_path, monkeypatch, kw, message):
     monkeypatch.setattr("slimtune.api.load_model", lambda *a, **k: pytest.fail("loaded a model"))
@@ -45,7 +47,7 @@ def test_api_refuses_non_finite_numbers_before_work(tiny_llama_dir, tmp_path, mo
 @pytest.mark.parametrize("stage, message", [
     ({"name": "a", "stage": "finetune", "train": {"learning_rate": float("inf")}}, "learning_rate: Input should be a finite"),
     ({"name": "a", "stage": "finetune", "alpha": float("inf")}, "stages[0].alpha: Input should be a finite number"),
-    ({"name": "q", "stage": "quantize", "damp": float("nan")}, "stages[0].damp: Input should be a finite number"),
+    ({"name": "q", "stage": "quantize", "damp": float("nan")}, "stages[0]: option damp must be a number in [0.0, 1000000.0], got nan"),
     ({"name": "a", "stage": "finetune", "train": {"epochs": float("inf")}}, "epochs: Input should be a finite"),
 ])
 def test_recipes_refuse_non_finite_numbers(tiny_llama_dir, stage, message):

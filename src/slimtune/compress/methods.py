@@ -74,23 +74,26 @@ class Registry(dict):
 
 # ---- options ---------------------------------------------------------------------------------
 
-def choice(*allowed):
-    """An option check: the value must be one of `allowed`."""
+def choice(*allowed, help: str = ""):
+    """An option check: the value must be one of `allowed`; `help` says what the option does (the
+    CLI shows it, with the choices)."""
     def check(name, value):
-        if value not in allowed:
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
             raise ConfigError(f"option {name}={value!r} is not valid; choose from {', '.join(map(repr, allowed))}")
         return value
+    check.choices, check.help = allowed, help
     return check
 
 
-def number(low: float, high: float = math.inf, integer: bool = False):
-    """An option check: a number (an integer if `integer`) in [low, high]."""
+def number(low: float, high: float = math.inf, integer: bool = False, help: str = ""):
+    """An option check: a number (an integer if `integer`) in [low, high]; `help` as for choice."""
     def check(name, value):
         ok = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok or not low <= value <= high:
             kind = "an integer" if integer else "a number"
             raise ConfigError(f"option {name} must be {kind} in [{low}, {high}], got {value!r}")
         return value
+    check.choices, check.help = None, help
     return check
 
 

@@ -71,8 +71,10 @@ def write_results(out: Path, study, objectives: list[str]) -> tuple[list[dict], 
     return records, front
 
 
-def picked_trial(search_dir: str | Path, choice: str) -> tuple[str, dict, dict]:
-    """(super-adapter, configuration, trial record) of the trial `choice` picks in a finished search run."""
+def picked_trial(search_dir: str | Path, choice: str | None) -> tuple[str, dict, dict]:
+    """(super-adapter, configuration, trial record) of the trial `choice` picks in a finished search
+    run (None: the knee of the Pareto front)."""
+    choice = choice or "knee"
     search_dir = Path(search_dir)
     config_path, trials_path = search_dir / SEARCH_CONFIG, search_dir / TRIALS_FILE
     if not config_path.is_file() or not trials_path.is_file():

@@ -40,7 +40,7 @@ import torch
 
 from ..errors import SlimtuneError
 from ..sparsity.sparsegpt import hinv_cholesky
-from .params import QuantParams, check_bits, check_observer, compute_params, fit_params
+from .params import DEFAULT_BITS, DEFAULT_GROUP_SIZE, QuantParams, check_bits, check_observer, compute_params, fit_params
 
 # The sweep's scale for a pruned entry: w / 2^100 rounds to 0 for any float32 weight, so the
 # entry's code is z (exactly 0 after dequantization), its dequantized value (q - z) * s is 0 and
@@ -78,7 +78,7 @@ def _sub_block(step: int, group_size: int, dynamic: bool, target: int = 32) -> i
     return sub if sub >= 8 else step
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 64,
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = DEFAULT_BITS, group_size: int = DEFAULT_GROUP_SIZE,
                   symmetric: bool = True, act_order: bool = False, damp: float = 0.01,
                   block_size: int = 128, observer: str = "imatrix") -> tuple[QuantParams, torch.Tensor, float]:
     """(QuantParams, uint8 codes [out, in], loss) for weight [out, in] given H [in, in].

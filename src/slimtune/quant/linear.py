@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .packing import pack, packed_width, unpack
-from .params import QuantParams, check_bits
+from .params import DEFAULT_BITS, DEFAULT_GROUP_SIZE, QuantParams, check_bits
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int = 64,
+    def __init__(self, in_features: int, out_features: int, bits: int = DEFAULT_BITS, group_size: int = DEFAULT_GROUP_SIZE,
                  symmetric: bool = True, bias: bool = False, has_g_idx: bool = False, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features

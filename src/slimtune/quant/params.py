@@ -26,6 +26,8 @@ import torch
 from ..errors import ConfigError
 
 SUPPORTED_BITS = (2, 3, 4, 8)
+DEFAULT_BITS = 4
+DEFAULT_GROUP_SIZE = 64  # the quantize stage's default (configs.QuantizeConfig)
 MAX_LISTED_GROUP = 256  # group sizes listed in error messages
 
 
@@ -275,7 +277,7 @@ def fit_params(w: torch.Tensor, bits: int, symmetric: bool, observer: str = "min
     return scale * best_p, zero
 
 
-def compute_params(weight: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = True,
+def compute_params(weight: torch.Tensor, bits: int = DEFAULT_BITS, group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = True,
                    observer: str = "minmax", importance: torch.Tensor | None = None) -> QuantParams:
     """QuantParams for weight [out, in] with contiguous groups of group_size (-1: per row).
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .params import QuantParams, compute_params
+from .params import DEFAULT_BITS, DEFAULT_GROUP_SIZE, QuantParams, compute_params
 
 
-def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 64,
+def rtn_quantize(weight: torch.Tensor, bits: int = DEFAULT_BITS, group_size: int = DEFAULT_GROUP_SIZE,
                  symmetric: bool = True, observer: str = "minmax") -> tuple[QuantParams, torch.Tensor]:
     """(QuantParams, uint8 codes [out, in]) for weight [out, in]; observer "minmax" or "mse"."""
     params = compute_params(weight.detach(), bits, group_size, symmetric, observer)

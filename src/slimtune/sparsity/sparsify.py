@@ -47,11 +47,14 @@ def _sparsegpt(weights, stats, sparsity, nm, damp=0.01, block_size=128):
 
 
 SPARSIFIERS = Registry("sparsity", [
-    Sparsifier("magnitude", None, _magnitude, {"scope": ("matrix", choice("matrix", "row"))},
+    Sparsifier("magnitude", None, _magnitude,
+               {"scope": ("matrix", choice("matrix", "row", help="where the smallest weights are counted: per matrix "
+                                                                 "or per output row"))},
                "smallest |W| per matrix (or per row); no calibration"),
     Sparsifier("wanda", "sqnorm", _wanda, {}, "|W_ij| * ||X_j||_2 per output row (or N:M group)"),
     Sparsifier("sparsegpt", "hessian", _sparsegpt,
-               {"damp": (0.01, number(0.0, 1e6)), "block_size": (128, number(1, 1 << 20, integer=True))},
+               {"damp": (0.01, number(0.0, 1e6, help="Hessian dampening as a fraction of its mean diagonal")),
+                "block_size": (128, number(1, 1 << 20, integer=True, help="columns per block"))},
                "row-wise OBS with error propagation (SparseGPT)"),
 ])
 

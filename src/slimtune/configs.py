@@ -1,0 +1,291 @@
+"""One pydantic config per stage: the one place where a stage's options, their defaults, checks and
+help texts are defined. The Python API validates its keyword arguments through them, the CLI is
+generated from their fields (cli.py), a recipe's stages are these configs plus a name and an input
+(recipe.py), and the manifest stores the config with CONFIG_VERSION.
+
+What a stage reads and writes (model, adapter, out, overwrite) is not an option: those are the
+stage's arguments. A compression method's own options are a pydantic model that the method
+registers (compress.Method.options); `options` is checked against the chosen method's model when
+the config is built, so a recipe with a typo fails before its first stage.
+
+Field metadata for the CLI (json_schema_extra): "flag" (the option's flags, default --field-name),
+"cli": False (API and recipe only), "off" (a flag that sets a boolean to false).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+
+from .compress import DEFAULT_CALIBRATION, Registry, check_options
+from .errors import ConfigError
+from .nas.search import OBJECTIVES, SAMPLERS
+from .nas.space import PRESETS
+from .quant import QUANTIZERS
+from .quant.params import DEFAULT_BITS, DEFAULT_GROUP_SIZE
+from .sparsity import SPARSIFIERS
+from .data import DEFAULT_TASK, Task
+from .train import TrainConfig
+
+CONFIG_VERSION = 1
+SPLITS = ("train", "validation", "test")
+ADAPTERS = ("lora", "nls")
+QA_WEIGHTS = ("auto", "float", "quantized")
+SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
+                   "(default: the split seed the model's lineage used for this task, else 0)")
+
+
+def _cli(flag: str | tuple[str, ...] | None = None, **extra) -> dict:
+    if flag is not None:
+        extra["flag"] = (flag,) if isinstance(flag, str) else flag
+    return extra
+
+
+class Config(BaseModel):
+    """Base of every stage config: unknown keys, NaN and infinity are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+
+    @field_serializer("*", when_used="json")
+    @classmethod
+    def _task_spec(cls, value):
+        return value.spec if isinstance(value, Task) else value
+
+    @classmethod
+    def build(cls, config: "Config | dict | None" = None, overrides: dict | None = None, what: str | None = None):
+        """The config from an instance or dict, updated by keyword overrides; a ConfigError naming
+        each wrong field otherwise."""
+        data = config.model_dump(exclude_unset=True) if isinstance(config, BaseModel) else dict(config or {})
+        data.update(overrides or {})
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise ConfigError(describe(e, what or f"{cls.stage_name()} options")) from e
+
+    @classmethod
+    def stage_name(cls) -> str:
+        return cls.__name__.removesuffix("Config").lower()
+
+    def record(self) -> dict:
+        """What the manifest stores: the config as JSON with its version."""
+        return {**self.model_dump(mode="json"), "version": CONFIG_VERSION}
+
+
+def describe(e: ValidationError, what: str, drop: tuple[str, ...] = ()) -> str:
+    """One line per wrong field: its path, pydantic's message and the value given."""
+    parts = []
+    for err in e.errors():
+        path = ""
+        for part in err["loc"]:
+            if isinstance(part, str) and part in drop:
+                continue
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{path}: {msg}{shown}" if path else msg)
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+# ---- compression -----------------------------------------------------------------------------
+
+class Calibration(Config):
+    """Calibration text for methods that run layer by layer (defaults: compress.DEFAULT_CALIBRATION)."""
+
+    source: str = Field(DEFAULT_CALIBRATION["source"], description="calibration text: 'news', 'wiki' or a UTF-8 file",
+                        json_schema_extra=_cli("--calibration"))
+    n_samples: int = Field(DEFAULT_CALIBRATION["n_samples"], ge=1, description="calibration sequences",
+                           json_schema_extra=_cli("--samples"))
+    seq_len: int = Field(DEFAULT_CALIBRATION["seq_len"], ge=1, description="tokens per calibration sequence")
+    seed: int = Field(DEFAULT_CALIBRATION["seed"], ge=0, description="seed for picking calibration windows")
+    batch_size: int = Field(DEFAULT_CALIBRATION["batch_size"], ge=1,
+                            description="calibration sequences per forward pass; lower it to save memory (all "
+                                        "samples in one batch run every block once)",
+                            json_schema_extra=_cli("--calibration-batch"))
+
+
+class _Compress(Config):
+    registry: ClassVar[Registry]  # the stage's methods
+
+    calibration: Calibration | None = Field(None, description="calibration of layer-by-layer methods")
+    skip: list[str] | None = Field(None, description="module-name patterns to leave as they are (default: the LM "
+                                                     "head)")
+    options: dict[str, Any] | None = Field(None, description="the method's own options")
+
+    @model_validator(mode="after")
+    def _method_options(self):
+        spec = self.registry.lookup(self.method)
+        if self.calibration is not None and not spec.calibrated:
+            raise ValueError(f"method {self.method!r} takes no calibration data")
+        check_options(spec, self.options)
+        return self
+
+
+class SparsifyConfig(_Compress):
+    registry = SPARSIFIERS
+
+    method: str = Field("wanda", description=f"pruning method: {', '.join(SPARSIFIERS)}",
+                        json_schema_extra=_cli(choices=tuple(SPARSIFIERS)))
+    sparsity: float | None = Field(None, ge=0, lt=1, description="fraction of weights to zero, in [0, 1) (0.5 "
+                                                                 "unless an N:M pattern implies it)")
+    pattern: str = Field("unstructured", description="'unstructured' (exact count per row) or N:M, e.g. 2:4 (keep "
+                                                     "N of every M inputs)")
+
+
+class QuantizeConfig(_Compress):
+    registry = QUANTIZERS
+
+    method: str = Field("gptq", description=f"quantization method: {', '.join(QUANTIZERS)}",
+                        json_schema_extra=_cli(choices=tuple(QUANTIZERS)))
+    bits: int = Field(DEFAULT_BITS, description="bits per weight: 2, 3, 4 or 8")
+    group_size: int = Field(DEFAULT_GROUP_SIZE, description="consecutive inputs sharing a scale and zero point, or "
+                                                            "-1 for one group per output row")
+    symmetric: bool = Field(True, description="symmetric grid: zero point 2^(bits-1), scale from max|w| (--asym: "
+                                              "min-max scale with an integer zero point per group)",
+                            json_schema_extra=_cli("--sym", off="--asym"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _knobs_are_options(cls, data):
+        """act_order, damp and observer are GPTQ's / RTN's own options; top-level keys are accepted."""
+        if isinstance(data, dict) and any(k in data for k in ("act_order", "damp", "observer")):
+            data = dict(data)
+            options = dict(data.get("options") or {})
+            for k in ("act_order", "damp", "observer"):
+                if data.get(k) is not None:
+                    options[k] = data[k]
+                data.pop(k, None)
+            data["options"] = options or None
+        return data
+
+
+# ---- adapters ----------------------------------------------------------------------------------
+
+class FinetuneConfig(Config):
+    task: str | Task | None = Field(None, description="task: a builtin name (polarity, gsm_symbolic, bigbench:<name>), a "
+                                               ".jsonl/.csv file, or hf:<dataset> (default: the recipe's, else "
+                                               "polarity)")
+    adapter: Literal[ADAPTERS] = Field("lora", description="lora: one fixed rank; nls: an elastic super-adapter whose "
+                                                           "rank groups are sampled from the rank space once per "
+                                                           "optimizer step (Shears/SQFT)")
+    targets: list[str] | None = Field(None, description="module-name patterns to adapt (default: all attention and "
+                                                        "MLP projections)")
+    rank: int | None = Field(None, ge=1, description="LoRA rank r, the maximal rank for nls (default 16 for lora, 32 "
+                                                     "for nls)")
+    rank_space: list[int] | None = Field(None, description="nls: descending ranks, the first the maximal one "
+                                                           "(default r,3r/4,r/2)")
+    groups: Literal[PRESETS] = Field("shears", description="nls: modules sharing a rank: shears = per block "
+                                                                 "[q,k,v], [gate,up], [down]; block = one rank per "
+                                                                 "block; module = every module alone")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r (alpha/r_max for nls)")
+    dropout: float | None = Field(None, ge=0, lt=1, description="dropout on the adapter's input (default 0.05; 0 "
+                                                                "with sparse or quantization-aware adapters)")
+    sparse_adapter: bool = Field(False, description="SparsePEFT: mask the update by the base's zeros, so the merged "
+                                                    "model keeps them (needs a sparse base)")
+    quant_aware: bool = Field(False, description="QA-SparsePEFT: train through the quantized base's own grid, so the "
+                                                 "merge lands on it exactly (needs a `slimtune quantize` base)")
+    qa_weights: Literal[QA_WEIGHTS] = Field("auto", description="quant-aware: merge the update into the float weights "
+                                                                "before quantization (float, SQFT's choice) or into "
+                                                                "the dequantized base (quantized); auto: float when "
+                                                                "the float model is known")
+    float_base: str | None = Field(None, description="qa_weights float: the float model the base was quantized from "
+                                                     "(default: the one the base's manifest records)")
+    split_seed: int = Field(0, description="seed of the task's train/validation/test split, separate from the "
+                                           "training seed")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.qa_weights != "auto" or self.float_base is not None) and not self.quant_aware:
+            raise ValueError("qa_weights / float_base only apply to quantization-aware adapters (quant_aware)")
+        if self.adapter == "lora" and self.rank_space is not None:
+            raise ValueError("a rank space makes the adapter elastic: use adapter nls with rank_space")
+        if (self.sparse_adapter or self.quant_aware) and self.dropout:
+            raise ValueError("sparse and quantization-aware adapters apply their update to the weight, which leaves "
+                             f"no adapter input to drop out: set dropout 0 (got {self.dropout})")
+        return self
+
+
+class ExtractConfig(Config):
+    select: str | dict[str, int] = Field("median", description="maximal | median | minimal | nncf (the best on the "
+                                                               "task's VALIDATION split of NNCF's candidates) | a JSON "
+                                                               "object {group: rank}")
+    pick: str | None = Field(None, description="from a search: best-accuracy | smallest | knee (of the Pareto "
+                                               "front) | trial=N (default knee)")
+    task: str | Task | None = Field(None, description="nncf: task whose validation split scores the candidates (default: "
+                                               "the training task)")
+    limit: int | None = Field(None, ge=1, description="nncf: score on the first N validation examples")
+    split_seed: int | None = Field(None, description="nncf: " + SPLIT_SEED_HELP)
+
+
+class SearchConfig(Config):
+    task: str | Task | None = Field(None, description="task whose validation split is scored (default: the super-adapter's "
+                                               "training task)")
+    objectives: list[Literal[tuple(OBJECTIVES)]] = Field(["accuracy", "params"], min_length=1,
+                                                  description="accuracy or loss, and params (adapter parameters) or "
+                                                              "nonzero (non-zero base weights + adapter parameters)")
+    trials: int = Field(30, ge=1, description="completed trials in all, over all workers")
+    storage: str | None = Field(None, description="optuna storage URL shared by workers, e.g. sqlite:///runs/s.db "
+                                                  "(default: sqlite in the run directory)")
+    study_name: str = Field("slimtune-search", description="study name inside the storage")
+    sampler: Literal[SAMPLERS] = Field("nsga2", description="optuna sampler")
+    population: int | None = Field(None, ge=2, description="NSGA-II/III population size (default 16)")
+    seed: int = Field(0, description="sampler seed")
+    limit: int | None = Field(None, ge=1, description="score on the first N validation examples (the same slice "
+                                                      "every trial)")
+    split_seed: int | None = Field(None, description=SPLIT_SEED_HELP)
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, objectives):
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"objective listed twice in {objectives}")
+        return objectives
+
+
+class MergeConfig(Config):
+    """Merge has no options: what it does follows from the adapter and its base."""
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+class _Scoring(Config):
+    split: Literal[SPLITS] = Field("test", description="which split to score")
+    limit: int | None = Field(None, ge=1, description="score only the first N examples of the split")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    split_seed: int | None = Field(None, description=SPLIT_SEED_HELP, json_schema_extra=_cli(("--split-seed", "--seed")))
+    allow_overlap: bool = Field(False, description="report even on examples the lineage trained or selected on (the "
+                                                   "output says so)")
+
+
+class EvaluateConfig(_Scoring):
+    task: str | Task | None = Field(DEFAULT_TASK, description="task: a builtin name, bigbench:<name>, suite:commonsense, a "
+                                                     "file or hf:<dataset>; 'none' for perplexity only")
+    perplexity_text: str | None = Field(None, description="also measure perplexity on this text: 'wiki', 'news' or a "
+                                                          "UTF-8 file")
+    seq_len: int = Field(512, ge=8, description="perplexity window length in tokens")
+    max_windows: int | None = Field(None, ge=1, description="perplexity over at most this many windows (default: "
+                                                            "the whole text)")
+    drift: bool = Field(True, description="compare a tuned model's perplexity with its base's",
+                        json_schema_extra=_cli(cli=False))
+
+    @field_validator("task")
+    @classmethod
+    def _none(cls, task):
+        return None if isinstance(task, str) and task.lower() == "none" else task
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.task is None and self.perplexity_text is None:
+            raise ValueError("nothing to evaluate: give a task, a perplexity text, or both")
+        return self
+
+
+class CompareConfig(_Scoring):
+    task: str | Task = Field(DEFAULT_TASK, description="task both models are scored on; suites report per member")
+
+
+STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
+    SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
+    CompareConfig)}
