@@ -13,6 +13,7 @@ from .adapted import (check_adapter_args, check_sparse_base, float_weights, load
                       method_name, resolve_qa_weights, zero_fraction)                     # is public here)
 from .adapters import add_lora, lora_layers, merge_lora, save_adapter
 from .adapters.peft_io import base_of_adapter
+from .api_extra import diagnose_intruders, refactor  # noqa: F401 (stages kept in api_extra.py, public here)
 from .architectures import architecture_of, require_causal_lm
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic, write_manifest
 from .data import DEFAULT_TASK, load_text

@@ -65,11 +65,15 @@ def _layers_mode(layers: dict) -> dict | None:
         raise ArtifactError(f"the model's LoRA layers mix modes (sparse, quant_aware, float qa_weight): {sorted(modes)}; "
                             "an adapter applies one mode to every layer, so build them with one add_lora call")
     sparse, quant_aware, float_weights = modes.pop()
+    return mode_record(sparse, quant_aware, "float" if float_weights else "quantized")
+
+
+def mode_record(sparse: bool, quant_aware: bool, qa_weights: str | None) -> dict | None:
+    """What adapter_config.json records of a sparse / quantization-aware adapter (None for plain LoRA)."""
     if not (sparse or quant_aware):
         return None
-    kind = _KINDS[(sparse, quant_aware)]
-    return {"kind": kind, "sparse": sparse, "quant_aware": quant_aware,
-            "qa_weights": ("float" if float_weights else "quantized") if quant_aware else None}
+    return {"kind": _KINDS[(bool(sparse), bool(quant_aware))], "sparse": bool(sparse), "quant_aware": bool(quant_aware),
+            "qa_weights": qa_weights if quant_aware else None}
 
 
 def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
@@ -79,26 +83,35 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
     alpha' = alpha·r'/r_max, so PEFT's scaling alpha'/r' is the super-adapter's alpha/r_max.
     Sparse and quantization-aware layers are written so that PEFT refuses them (module docstring).
     """
-    from peft import LoraConfig
-
     layers = lora_layers(model)
     if not layers:
         raise ArtifactError("the model has no LoRA layers to save")
     mode = _layers_mode(layers)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ranks = {n: l.active_rank for n, l in layers.items()}
+    factors = {n: l.active_factors() for n, l in layers.items()}
     alphas = {n: l.lora_alpha * l.active_rank / l.r if l.active_rank != l.r else l.lora_alpha
               for n, l in layers.items()}
+    return write_lora(out_dir, factors, alphas, target_modules=_target_spec(model, list(layers)),
+                      task_type=_task_type(model), dropout=next(iter(layers.values())).dropout,
+                      base_model_name_or_path=base_model_name_or_path, mode=mode)
+
+
+def write_lora(out_dir: str | Path, factors: dict, alphas: dict, *, target_modules, task_type: str,
+               dropout: float = 0.0, base_model_name_or_path: str | None = None, mode: dict | None = None) -> Path:
+    """Write LoRA factors {module: (A, B)} with per-module alphas as a PEFT adapter: the most common rank
+    and alpha as r / lora_alpha, the others in rank_pattern / alpha_pattern. `mode` (sparse /
+    quantization-aware, as adapter_config.json records it; None for plain LoRA) makes PEFT refuse it."""
+    from peft import LoraConfig
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = {n: int(a.shape[0]) for n, (a, _) in factors.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
-    dropout = next(iter(layers.values())).dropout
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-        target_modules=_target_spec(model, list(layers)),
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=target_modules,
         rank_pattern={n: v for n, v in ranks.items() if v != r},
         alpha_pattern={n: v for n, v in alphas.items() if v != alpha},
-        task_type=_task_type(model), base_model_name_or_path=base_model_name_or_path,
+        task_type=task_type, base_model_name_or_path=base_model_name_or_path,
     )
     config.save_pretrained(str(out_dir))
     weights_file = WEIGHTS_FILE
@@ -112,8 +125,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
         path.write_text(json.dumps(written, indent=2, sort_keys=True))
         weights_file = SLIMTUNE_WEIGHTS_FILE
     tensors = {}
-    for name, layer in layers.items():
-        a, b = layer.active_factors()
+    for name, (a, b) in factors.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = a.detach().contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = b.detach().contiguous()
     save_file(tensors, str(out_dir / weights_file), metadata={"format": "pt"})

@@ -1,0 +1,160 @@
+"""SVD-truncated adapters vs NLS sub-adapters of the same size (issue 19, item 4).
+
+    python bench/svd_vs_nls.py --super-adapter RUN/super --model BASE      # an existing NLS super-adapter
+    python bench/svd_vs_nls.py                                             # trains one on polarity first
+    python bench/svd_vs_nls.py --quick                                     # tiny random Llama, under a minute
+
+From one NLS super-adapter: its maximal, median and minimal sub-adapters (`slimtune extract`), and at
+each of their adapter-parameter counts two SVD re-factorizations of the maximal adapter (`slimtune
+refactor`): `svd-uniform` (the same uniform rank, so exactly the same count) and `svd-budget` (per-module
+ranks allocated greedily by singular-value energy per parameter, within the same count). All are scored
+on the same examples of the task's held-out split (test by default; the lineage check refuses examples
+the super-adapter trained on), with 95% bootstrap intervals and each SVD variant's paired difference from
+the NLS sub-adapter of its size. Prints a table and draws accuracy vs adapter parameters in the style of
+the search's Pareto plot (pareto.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HEURISTICS = ("maximal", "median", "minimal")
+
+
+def _evaluate(api, model, task, adapter, split, limit):
+    result = api.evaluate(model, task=task, adapter=adapter, split=split, limit=limit, progress=False)
+    metric = "acc" if "acc" in result else "accuracy"
+    return result, api.task_score(result), result.get(f"{metric}_ci")
+
+
+def _uniform_rank(config: dict) -> int | None:
+    ranks = set(config.values())
+    return ranks.pop() if len(ranks) == 1 else None
+
+
+def plot(rows: list[dict], path, title: str) -> None:
+    """Accuracy vs adapter parameters (millions): NLS sub-adapters as a line with their labels, SVD variants
+    as markers, intervals as error bars (the search's pareto.png style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"nls": ("-o", "tab:blue"), "svd-uniform": ("s", "tab:orange"), "svd-budget": ("^", "tab:green")}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for method, (marker, color) in styles.items():
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["params"])
+        if not pts:
+            continue
+        xs, ys = [r["params"] / 1e6 for r in pts], [r["acc"] for r in pts]
+        err = [[r["acc"] - (r["ci"] or [r["acc"]] * 2)[0] for r in pts], [(r["ci"] or [r["acc"]] * 2)[1] - r["acc"]
+                                                                          for r in pts]]
+        ax.errorbar(xs, ys, yerr=err, fmt=marker, color=color, ms=5, capsize=3, label=method, alpha=0.9)
+        if method == "nls":
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(r["size"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
+    ax.set_xlabel("params (millions)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--super-adapter", help="an NLS super-adapter (default: train one on --task)")
+    ap.add_argument("--model", default=None, help="its base model (default: the one it records; smollm2-135m to train)")
+    ap.add_argument("--task", default=None, help="task (default: the super-adapter's training task, else polarity)")
+    ap.add_argument("--split", default="test", choices=["validation", "test"], help="held-out split scored (default test)")
+    ap.add_argument("--limit", type=int, default=None, help="score the first N examples of the split (default: all)")
+    ap.add_argument("--keep", help="run directory (default: a temp dir); finished parts are reused")
+    ap.add_argument("--quick", action="store_true", help="tiny random Llama, a few training steps (a smoke test)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--plot", help="accuracy vs adapter parameters PNG (default: svd_vs_nls.png in the run directory)")
+    args = ap.parse_args(argv)
+
+    from slimtune import api
+    from slimtune.adapters.peft_io import base_of_adapter
+    from slimtune.artifacts import Artifact
+    from slimtune.evaluate.compare import paired_difference
+    from slimtune.models import build_tiny_model
+
+    tmp = tempfile.TemporaryDirectory()
+    work = Path(args.keep) if args.keep else Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    train = dict(epochs=4.0, learning_rate=5e-4, batch_size=8, warmup_steps=5, max_length=128, seed=42, progress=False)
+    space = [32, 24, 16]
+    if args.quick:
+        args.model = str(work / "tiny") if (work / "tiny").exists() else str(build_tiny_model(work / "tiny"))
+        train.update(epochs=None, max_steps=6, learning_rate=2e-2, warmup_steps=0, max_length=64)
+        train = {k: v for k, v in train.items() if v is not None}
+        space = [8, 6, 4]
+        args.limit = args.limit or 24
+    sup = Path(args.super_adapter) if args.super_adapter else work / "super"
+    if not sup.exists():
+        task = args.task or "polarity"
+        print(f"training an NLS super-adapter ({','.join(map(str, space))}, shears groups) on {task} -> {sup}", flush=True)
+        api.finetune(args.model or "smollm2-135m", task=task, out=sup, adapter="nls", rank_space=space,
+                     alpha=2.0 * space[0], dropout=0.0, **train)
+    model = args.model or base_of_adapter(sup)
+    task = args.task or (Artifact.find(sup).task if Artifact.find(sup) else None) or "polarity"
+
+    rows, results = [], {}
+    for size in HEURISTICS:
+        sub = work / f"nls-{size}"
+        if not sub.exists():
+            api.extract(sup, out=sub, select=size, model=model, progress=False)
+        manifest = Artifact.load(sub)
+        params, ranks = manifest.metrics["adapter_parameters"], manifest.config["ranks"]
+        variants = {"nls": sub}
+        uniform = _uniform_rank(ranks)
+        if uniform is not None:
+            variants["svd-uniform"] = work / f"svd-uniform-{size}"
+            if not variants["svd-uniform"].exists():
+                api.refactor(sup, out=variants["svd-uniform"], rank=uniform, model=model)
+        variants["svd-budget"] = work / f"svd-budget-{size}"
+        if not variants["svd-budget"].exists():
+            api.refactor(sup, out=variants["svd-budget"], budget=params, model=model)
+        for method, adapter in variants.items():
+            result, acc, ci = _evaluate(api, model, task, adapter, args.split, args.limit)
+            n_params = Artifact.load(adapter).metrics["adapter_parameters"]
+            results[(method, size)] = result
+            row = {"method": method, "size": size, "params": n_params, "acc": acc, "ci": ci, "adapter": str(adapter)}
+            if method != "nls":
+                d = paired_difference(result, results[("nls", size)])
+                row["minus_nls"] = {"diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]}
+            rows.append(row)
+            print(f"{size:>8} {method:<12} params {n_params:>10,}  acc {acc:.3f}"
+                  + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                  + (f"  vs nls {row['minus_nls']['diff']:+.3f} [{row['minus_nls']['ci'][0]:+.3f}, "
+                     f"{row['minus_nls']['ci'][1]:+.3f}]" if "minus_nls" in row else ""), flush=True)
+
+    n = results[("nls", "maximal")]["n"]
+    print(f"\n{task}, {args.split} split, n = {n}; super-adapter {sup} on {model}")
+    print("| size | method | adapter params | accuracy [95% CI] | minus NLS [95% CI] |")
+    print("|---|---|---:|---|---|")
+    for r in rows:
+        ci = f" [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["ci"] else ""
+        diff = (f"{r['minus_nls']['diff']:+.3f} [{r['minus_nls']['ci'][0]:+.3f}, {r['minus_nls']['ci'][1]:+.3f}]"
+                if "minus_nls" in r else "")
+        print(f"| {r['size']} | {r['method']} | {r['params']:,} | {r['acc']:.3f}{ci} | {diff} |")
+    path = Path(args.plot) if args.plot else work / "svd_vs_nls.png"
+    plot(rows, path, f"SVD truncation vs NLS sub-adapters: {task} {args.split} (n = {n})")
+    print(f"plot: {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"task": task, "split": args.split, "n": n, "model": str(model),
+                                               "super_adapter": str(sup), "rows": rows}, indent=2))
+    if not args.keep:
+        print("(run directory removed; pass --keep DIR to keep the adapters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Stages beyond api.py (kept out of it for its length), with api.py's contract: validate before work,
+write one artifact atomically with a manifest that carries lineage. api.py re-exports them.
+
+- `refactor`: SVD re-factorization of a trained adapter, truncated to a rank or a parameter budget
+  (adapters/svd.py), written as a standard PEFT LoRA (rank_pattern) in the adapter's own mode.
+- `diagnose_intruders`: intruder dimensions of an adapter or a merged model against its base (diagnose/).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import lineage
+from .adapters.peft_io import adapter_mode, base_of_adapter, mode_record, write_lora
+from .adapters.svd import check_ranks, read_factors, refactor_factors
+from .artifacts import Artifact, atomic_dir, check_output_dir, write_manifest
+from .diagnose import diagnose_intruders
+from .errors import ArtifactError
+
+__all__ = ["refactor", "diagnose_intruders"]
+
+
+def refactor(adapter: str | Path, *, out: str | Path, rank: int | dict | None = None, budget: int | None = None,
+             model: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Re-factor an adapter's updates as U·Σ·Vᵀ (components by singular value) and truncate them: `rank`
+    uniform (capped at each module's rank) or {module: rank}, or per-module ranks allocated to a `budget`
+    of adapter parameters (greedy by energy per parameter). An elastic super-adapter is taken at its
+    maximal rank. The result is a fixed-rank PEFT LoRA (rank_pattern, alpha_pattern) that `merge` merges
+    and, for a plain LoRA, peft.PeftModel loads; sparse and quantization-aware adapters keep their mode
+    (the truncated update is still masked / put on the grid at merge). Lineage is inherited."""
+    started = time.time()
+    out = check_output_dir(out, overwrite)
+    check_ranks(rank, budget)  # the cheap checks before reading the adapter
+    config, factors = read_factors(adapter)
+    check_ranks(rank, budget, factors)
+    mode = adapter_mode(adapter)
+    source = Artifact.find(adapter)
+    recorded = source.config if source else {}
+    if model is None:
+        try:
+            model = base_of_adapter(adapter)
+        except ArtifactError:
+            model = None
+    new, alphas, report = refactor_factors(factors, rank, budget)
+    params = sum(r["parameters"] for r in report.values())
+    source_params = sum(a.numel() + b.numel() for a, b, _ in factors.values())
+    error2 = sum(r["frobenius_error"] ** 2 for r in report.values())
+    label = f"svd:rank={rank}" if isinstance(rank, int) else f"svd:budget={budget}" if budget else "svd:ranks"
+    with atomic_dir(out, overwrite) as tmp:
+        write_lora(tmp, new, alphas, target_modules=config.get("target_modules") or sorted(new),
+                   task_type=config.get("task_type") or "CAUSAL_LM", dropout=config.get("lora_dropout", 0.0),
+                   base_model_name_or_path=str(model) if model is not None else None,
+                   mode=mode_record(mode["sparse"], mode["quant_aware"], mode["qa_weights"]))
+        write_manifest(tmp, stage="refactor", method=label,
+                       config={"model": str(model) if model is not None else None, "adapter": str(adapter),
+                               "rank": rank, "budget": budget, "ranks": {n: r["rank"] for n, r in report.items()},
+                               "sparse": bool(mode["sparse"]), "quant_aware": bool(mode["quant_aware"]),
+                               "qa_weights": mode["qa_weights"] if mode["quant_aware"] else None,
+                               "float_base": mode["float_base"], "task": recorded.get("task")},
+                       inputs={"adapter": adapter},
+                       metrics={"adapter_parameters": params, "source_parameters": source_params,
+                                "frobenius_error": error2 ** 0.5,
+                                "modules": {n: {k: v for k, v in r.items() if k != "sigma"} for n, r in report.items()},
+                                "sigma": {n: r["sigma"] for n, r in report.items()}},
+                       started=started, lineage=lineage.of(adapter))
+    return out

@@ -1,0 +1,69 @@
+"""`slimtune refactor` and `slimtune diagnose intruders`: thin wrappers over slimtune.api (api_extra.py),
+kept beside cli.py for its length."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .guards import finite_float
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_refactor(sub) -> None:
+    p = sub.add_parser("refactor", help="SVD re-factorization of an adapter, truncated to a rank or a budget",
+                       description="Rewrite each module's update s*B*A as U*S*V^T (components ordered by singular "
+                                   "value) and keep the top ones: the best approximation of that rank (Eckart-Young). "
+                                   "Writes a fixed-rank PEFT LoRA (rank_pattern) in the adapter's own mode (sparse and "
+                                   "quantization-aware adapters stay masked / on the grid at merge).")
+    p.add_argument("--adapter", required=True, help="adapter directory (any LoRA; an nls super-adapter at its maximal rank)")
+    p.add_argument("--out", required=True, help="output adapter directory")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--rank", type=int, help="the same rank in every module (capped at the module's rank)")
+    size.add_argument("--budget", type=int, help="adapter parameters in all: per-module ranks chosen greedily by "
+                                                 "singular-value energy per parameter (at least 1 per module)")
+    p.add_argument("--model", help="base model to record (default: the one recorded in the adapter)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
+
+
+def add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="diagnostics of a tuned model against its base (intruder dimensions)",
+                       description="Diagnostics of a tuned model against its base.")
+    which = p.add_subparsers(dest="diagnosis", required=True, metavar="DIAGNOSIS", help="intruders")
+    q = which.add_parser("intruders", help="intruder dimensions of an adapter or a merged model",
+                         description="Intruder dimensions (Shuttleworth et al. 2024): per adapted matrix, the top-k left "
+                                     "singular vectors of the tuned weight whose |cosine| with every left singular vector "
+                                     "of the base is below epsilon. The base is the one the adapter was trained on "
+                                     "(dense, sparse, or the dequantized INT4 weights); the tuned weight is what merge "
+                                     "writes (masked, and on the grid for quantization-aware adapters).")
+    q.add_argument("--model", help="base model (default: the one the adapter or merged model records)")
+    tuned = q.add_mutually_exclusive_group(required=True)
+    tuned.add_argument("--adapter", help="an adapter directory, applied in its own mode")
+    tuned.add_argument("--tuned", help="a merged (or fully fine-tuned) model directory to compare with --model")
+    q.add_argument("--k", type=int, default=10, help="top singular vectors of each tuned weight to test (default 10)")
+    q.add_argument("--epsilon", type=finite_float, default=0.5,
+                   help="cosine-similarity threshold in (0, 1) (default 0.5)")
+    q.add_argument("--targets", type=_csv, help="comma-separated module patterns to diagnose (default: all adapted)")
+    q.add_argument("--out", help="also write the results JSON to this file")
+    q.add_argument("--plot", help="write a plot (.png, .pdf or .svg) of the per-matrix similarities and counts")
+
+
+def run_extra(args: argparse.Namespace) -> None:
+    from . import api
+
+    if args.command == "refactor":
+        out = api.refactor(args.adapter, out=args.out, rank=args.rank, budget=args.budget, model=args.model,
+                           overwrite=args.overwrite)
+        metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
+        print(f"adapter of {metrics['adapter_parameters']} parameters (from {metrics['source_parameters']}; "
+              f"Frobenius error of the update {metrics['frobenius_error']:.4g}) written to {out}")
+    elif args.command == "diagnose":
+        from .diagnose import format_intruders
+
+        result = api.diagnose_intruders(args.model, adapter=args.adapter, tuned=args.tuned, k=args.k,
+                                        epsilon=args.epsilon, targets=args.targets, out=args.out, plot=args.plot)
+        print(format_intruders(result))
