@@ -6,11 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .guards import finite_float
-
-
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+from .cli_args import add_config_arguments, config_from_args
+from .configs import IntrudersConfig, RefactorConfig
 
 
 def add_refactor(sub) -> None:
@@ -21,13 +18,10 @@ def add_refactor(sub) -> None:
                                    "quantization-aware adapters stay masked / on the grid at merge).")
     p.add_argument("--adapter", required=True, help="adapter directory (any LoRA; an nls super-adapter at its maximal rank)")
     p.add_argument("--out", required=True, help="output adapter directory")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--rank", type=int, help="the same rank in every module (capped at the module's rank)")
-    size.add_argument("--budget", type=int, help="adapter parameters in all: per-module ranks chosen greedily by "
-                                                 "singular-value energy per parameter (at least 1 per module)")
     p.add_argument("--model", help="base model to record (default: the one recorded in the adapter)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
+    add_config_arguments(p, RefactorConfig)
 
 
 def add_diagnose(sub) -> None:
@@ -44,10 +38,7 @@ def add_diagnose(sub) -> None:
     tuned = q.add_mutually_exclusive_group(required=True)
     tuned.add_argument("--adapter", help="an adapter directory, applied in its own mode")
     tuned.add_argument("--tuned", help="a merged (or fully fine-tuned) model directory to compare with --model")
-    q.add_argument("--k", type=int, default=10, help="top singular vectors of each tuned weight to test (default 10)")
-    q.add_argument("--epsilon", type=finite_float, default=0.5,
-                   help="cosine-similarity threshold in (0, 1) (default 0.5)")
-    q.add_argument("--targets", type=_csv, help="comma-separated module patterns to diagnose (default: all adapted)")
+    add_config_arguments(q, IntrudersConfig)
     q.add_argument("--out", help="also write the results JSON to this file")
     q.add_argument("--plot", help="write a plot (.png, .pdf or .svg) of the per-matrix similarities and counts")
 
@@ -56,14 +47,14 @@ def run_extra(args: argparse.Namespace) -> None:
     from . import api
 
     if args.command == "refactor":
-        out = api.refactor(args.adapter, out=args.out, rank=args.rank, budget=args.budget, model=args.model,
-                           overwrite=args.overwrite)
+        out = api.refactor(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite,
+                           **config_from_args(RefactorConfig, args))
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
         print(f"adapter of {metrics['adapter_parameters']} parameters (from {metrics['source_parameters']}; "
               f"Frobenius error of the update {metrics['frobenius_error']:.4g}) written to {out}")
     elif args.command == "diagnose":
         from .diagnose import format_intruders
 
-        result = api.diagnose_intruders(args.model, adapter=args.adapter, tuned=args.tuned, k=args.k,
-                                        epsilon=args.epsilon, targets=args.targets, out=args.out, plot=args.plot)
+        result = api.diagnose_intruders(args.model, adapter=args.adapter, tuned=args.tuned, out=args.out,
+                                        plot=args.plot, **config_from_args(IntrudersConfig, args))
         print(format_intruders(result))

@@ -26,6 +26,7 @@ from .quant import QUANTIZERS
 from .quant.params import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from .sparsity import SPARSIFIERS
 from .data import DEFAULT_TASK, Task
+from .diagnose.intruders import DEFAULT_EPSILON, DEFAULT_K
 from .train import TrainConfig
 
 CONFIG_VERSION = 1
@@ -248,6 +249,30 @@ class MergeConfig(Config):
     """Merge has no options: what it does follows from the adapter and its base."""
 
 
+class RefactorConfig(Config):
+    """SVD re-factorization of an adapter (adapters/svd.py): exactly one of rank and budget."""
+
+    rank: int | dict[str, int] | None = Field(None, description="the same rank in every module (capped at the "
+                                                                "module's rank), or {module: rank} (API)")
+    budget: int | None = Field(None, ge=1, description="adapter parameters in all: per-module ranks chosen greedily "
+                                                       "by singular-value energy per parameter (at least 1 per module)")
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if (self.rank is None) == (self.budget is None):
+            raise ValueError("give either a rank (uniform, or per module) or a parameter budget, not "
+                             + ("both" if self.rank is not None else "neither"))
+        return self
+
+
+class IntrudersConfig(Config):
+    """Intruder dimensions (diagnose/intruders.py)."""
+
+    k: int = Field(DEFAULT_K, ge=1, description="top singular vectors of each tuned weight to test")
+    epsilon: float = Field(DEFAULT_EPSILON, gt=0, lt=1, description="cosine-similarity threshold in (0, 1)")
+    targets: list[str] | None = Field(None, description="module patterns to diagnose (default: all adapted)")
+
+
 # ---- evaluation --------------------------------------------------------------------------------
 
 class _Scoring(Config):
@@ -288,4 +313,4 @@ class CompareConfig(_Scoring):
 
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
     SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
-    CompareConfig)}
+    CompareConfig, RefactorConfig, IntrudersConfig)}
