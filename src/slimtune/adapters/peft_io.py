@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ArtifactError
-from .lora import add_lora, lora_layers
+from .base import adapter_layers
+from .lora import add_lora
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -58,9 +59,11 @@ def _target_spec(model: nn.Module, names: list[str]) -> list[str]:
     return suffixes if selected == set(names) else sorted(names)
 
 
-def _layers_mode(layers: dict) -> dict | None:
+def _layers_mode(exports: dict, layers: dict) -> dict | None:
     """The sparse / QA mode every layer shares (None for plain LoRA); a mix cannot be saved as one adapter."""
-    modes = {(l.sparse, l.quant_aware, l.quant_aware and l.qa_weight is not None) for l in layers.values()}
+    modes = {("sparse" in e.variants, "quant_aware" in e.variants,
+              "quant_aware" in e.variants and getattr(layers[n], "qa_weight", None) is not None)
+             for n, e in exports.items()}
     if len(modes) > 1:
         raise ArtifactError(f"the model's LoRA layers mix modes (sparse, quant_aware, float qa_weight): {sorted(modes)}; "
                             "an adapter applies one mode to every layer, so build them with one add_lora call")
@@ -81,18 +84,18 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
     """
     from peft import LoraConfig
 
-    layers = lora_layers(model)
+    layers = adapter_layers(model)
     if not layers:
         raise ArtifactError("the model has no LoRA layers to save")
-    mode = _layers_mode(layers)
+    exports = {n: layer.export() for n, layer in layers.items()}  # the contract: PEFT's layout at the active rank
+    mode = _layers_mode(exports, layers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ranks = {n: l.active_rank for n, l in layers.items()}
-    alphas = {n: l.lora_alpha * l.active_rank / l.r if l.active_rank != l.r else l.lora_alpha
-              for n, l in layers.items()}
+    ranks = {n: e.rank for n, e in exports.items()}
+    alphas = {n: e.alpha for n, e in exports.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
-    dropout = next(iter(layers.values())).dropout
+    dropout = next(iter(exports.values())).dropout
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
         target_modules=_target_spec(model, list(layers)),
@@ -111,11 +114,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
         written[MODE_KEY] = mode
         path.write_text(json.dumps(written, indent=2, sort_keys=True))
         weights_file = SLIMTUNE_WEIGHTS_FILE
-    tensors = {}
-    for name, layer in layers.items():
-        a, b = layer.active_factors()
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = a.detach().contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = b.detach().contiguous()
+    tensors = {f"{PREFIX}{name}.{key}": t for name, e in exports.items() for key, t in e.tensors.items()}
     save_file(tensors, str(out_dir / weights_file), metadata={"format": "pt"})
     return out_dir
 
