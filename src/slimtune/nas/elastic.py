@@ -15,8 +15,9 @@ Widths are real slices: the sub-network computes exactly what a physically small
 (`nas.subnetwork.extract_subnetwork` builds that model).
 
 A configuration maps dimension names to choices; missing dimensions take their maximal choice.
-`SearchSpace` is versioned on disk (elastic_config.json, ELASTIC_VERSION); version 1 files (rank
-groups: {"groups": {name: {"modules", "space"}}}) load as rank dimensions.
+`SearchSpace` is versioned on disk (elastic_config.json): version 1 holds rank groups
+({"groups": {name: {"modules", "space"}}}; a rank-only space is still written so, and older slimtune
+reads it), version 2 (ELASTIC_VERSION) dimensions with their bindings.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ class SearchSpace:
         """Validate a full or partial configuration; missing dimensions take their maximal choice."""
         unknown = sorted(set(config) - set(self.dimensions))
         if unknown:
-            raise ConfigError(f"unknown dimension(s) {unknown[:5]}; this space's dimensions are e.g. "
+            what = "rank group" if all(d.kind == "rank" for d in self.dimensions.values()) else "dimension"
+            raise ConfigError(f"unknown {what}(s) {unknown[:5]}; this space's {what}s are e.g. "
                               f"{list(self.dimensions)[:4]}")
         for n, c in config.items():
             if c not in self.dimensions[n].choices:
@@ -271,6 +273,11 @@ class SearchSpace:
 
     # ---- files --------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """Version 1 (rank groups, which older slimtune reads) when every dimension is a rank dimension
+        of unit 1, else version 2 (dimensions with their bindings)."""
+        if all(d.kind == "rank" and all(b.unit == 1 for b in d.bindings) for d in self.dimensions.values()):
+            return {"version": 1, "preset": self.preset,
+                    "groups": {n: {"modules": d.modules, "space": d.choices} for n, d in self.dimensions.items()}}
         return {"version": ELASTIC_VERSION, "preset": self.preset,
                 "dimensions": {n: {"choices": d.choices, "bindings": [[b.module, b.axis, b.unit] for b in d.bindings]}
                                for n, d in self.dimensions.items()}}
