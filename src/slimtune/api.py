@@ -11,7 +11,7 @@ from typing import Any
 from . import lineage
 from .adapted import (check_adapter_args, check_sparse_base, float_weights, load_adapted,  # noqa: F401 (load_adapted
                       method_name, resolve_qa_weights, zero_fraction)                     # is public here)
-from .adapters import add_lora, lora_layers, merge_lora, save_adapter
+from .adapters import adapter_layers, add_lora, merge_adapters, save_adapter
 from .adapters.peft_io import base_of_adapter
 from .api_extra import diagnose_intruders, refactor  # noqa: F401 (stages kept in api_extra.py, public here)
 from .architectures import architecture_of, require_causal_lm
@@ -148,7 +148,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
                     "sparse": sparse_adapter, "qa_weights": qa_weights,
                     "float_base": str(float_base) if float_base else None, "train": config.model_dump()},
             inputs={"model": model} if Path(str(model)).exists() else None,
-            metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(lora_layers(net)),
+            metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(adapter_layers(net)),
                      "base_zero_fraction": zeros},
             started=started, seed=config.seed,
             lineage=lineage.combine(lineage.of(model),
@@ -213,7 +213,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
         candidates, best = score_candidates(net, tokenizer, space, pending, task_obj, limit, progress)
         label, config = f"nncf:{best['label']}", best["config"]
     space.apply(net, config)
-    widths = {n: (l.in_features, l.out_features) for n, l in lora_layers(net).items()}
+    widths = {n: (l.in_features, l.out_features) for n, l in adapter_layers(net).items()}
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
         mode = {k: recorded.get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
@@ -393,8 +393,8 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
     out = check_output_dir(out, overwrite)
     model = model or base_of_adapter(adapter)
     net, tokenizer = load_adapted(model, adapter)
-    quant_aware = any(l.quant_aware for l in lora_layers(net).values())
-    merge_lora(net)
+    quant_aware = any(getattr(l, "quant_aware", False) for l in adapter_layers(net).values())
+    merge_adapters(net)
     quantized = bool(quant_linears(net))
     if quantized and not quant_aware:
         from .quant.linear import dequantize_all

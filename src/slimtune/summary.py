@@ -54,10 +54,10 @@ def summarize(path: str | Path) -> dict:
         except ArtifactError:  # not a LoRA at all (another PEFT method)
             summary["peft_compatible"] = None
         if (directory / ELASTIC_CONFIG).is_file():
-            from .nas import ElasticSpace
+            from .nas import SearchSpace
 
-            space = ElasticSpace.load(directory)
-            summary["elastic"] = {"preset": space.preset, "groups": {g: grp.space for g, grp in space.groups.items()}}
+            space = SearchSpace.load(directory)
+            summary["elastic"] = {"preset": space.preset, "groups": {g: d.choices for g, d in space.dimensions.items()}}
         return summary
     if not (directory / "config.json").is_file():
         raise ArtifactError(f"{directory} is neither a model directory (config.json) nor an adapter (adapter_config.json)")

@@ -2,7 +2,9 @@
 
 Trainer gives us gradient accumulation, schedules, checkpoints, resume, logging and multi-process
 training. We change only what an adapter run needs: checkpoints hold the trainable parameters
-(a few MB) instead of the whole model, and resuming loads them back.
+(a few MB) instead of the whole model, and resuming loads them back; and one objective hook
+(`Objective`): a step may train several configurations of an elastic super-network (their
+gradients accumulate), with distillation from a teacher and extra regularizer terms.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -43,6 +46,74 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(50, ge=1, description="checkpoint every this many optimizer steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+
+
+class Objective:
+    """How a micro-batch's training loss is formed: the one hook for several configurations per step,
+    distillation and regularizers.
+
+    sampler       gives the step's configurations (`step_configurations()`) and activates one
+                  (`activate(config)`): nas.ElasticSampler; None: the first callback that has them.
+    reduction     the loss of a micro-batch over the step's configurations c = 1..n: "mean" (default)
+                  trains on (1/n)·Σ_c L_c, so one configuration is plain training and a learning rate
+                  means the same for any n; "sum" trains on Σ_c L_c (OFA / EFTNAS accumulate gradients so).
+                  Either way it is one backward through every configuration's graph, so the gradients
+                  of all of them accumulate before the optimizer step (memory: n forward graphs; gradient
+                  checkpointing would recompute them all under the last configuration, so it is refused).
+    teacher       a frozen model (or a callable inputs -> logits) to distil from: per configuration
+                  L_c = a·CE + (1-a)·T²·KL(teacher ‖ student) (`distillation_loss`); EFTNAS: a=0.1, T=2.
+    regularizers  callables (model, outputs) -> scalar tensor, added to every configuration's loss as is
+                  (they are not divided by gradient accumulation: scale them yourself).
+    With one configuration, no teacher and no regularizer the Trainer's own loss runs unchanged.
+    """
+
+    def __init__(self, sampler=None, reduction: Literal["mean", "sum"] = "mean",
+                 teacher: nn.Module | Callable | None = None, alpha: float = 0.1, temperature: float = 2.0,
+                 regularizers: Sequence[Callable] = ()):
+        if reduction not in ("mean", "sum"):
+            raise ConfigError(f"objective reduction must be 'mean' or 'sum', got {reduction!r}")
+        if not 0.0 <= alpha <= 1.0 or not temperature > 0:
+            raise ConfigError(f"distillation needs 0 <= alpha <= 1 and temperature > 0, got {alpha}, {temperature}")
+        self.sampler, self.reduction, self.teacher = sampler, reduction, teacher
+        self.alpha, self.temperature, self.regularizers = float(alpha), float(temperature), list(regularizers)
+
+    def configurations(self) -> list:
+        return self.sampler.step_configurations() if self.sampler is not None else [None]
+
+    def plain(self, n_configs: int) -> bool:
+        return n_configs <= 1 and self.teacher is None and not self.regularizers
+
+    @torch.no_grad()
+    def teacher_logits(self, inputs: dict) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        if not isinstance(self.teacher, nn.Module):
+            return self.teacher(inputs)
+        return self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+    def config_loss(self, model, inputs: dict, outputs, ce: torch.Tensor, teacher_logits, num_items_in_batch) -> torch.Tensor:
+        loss = ce
+        if teacher_logits is not None:
+            loss = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], ce, self.alpha,
+                                     self.temperature, num_items_in_batch)
+        for regularizer in self.regularizers:
+            loss = loss + regularizer(model, outputs)
+        return loss
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      ce: torch.Tensor, alpha: float = 0.1, temperature: float = 2.0,
+                      num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """a·CE + (1-a)·T²·KL(teacher ‖ student), the KL between the temperature-softened next-token
+    distributions at the positions the CE scores (logits at t predict label t+1; labels -100 are
+    skipped), summed over positions and divided as the CE is: by `num_items` (the step's label tokens,
+    under gradient accumulation) when given, else by the number of scored positions."""
+    mask = labels[:, 1:] != -100
+    s = student_logits[:, :-1][mask].float() / temperature
+    t = teacher_logits[:, :-1][mask].float().to(s.device) / temperature
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="sum")
+    kl = kl / (num_items if num_items is not None else max(int(mask.sum()), 1))
+    return alpha * ce + (1.0 - alpha) * temperature ** 2 * kl.to(ce.dtype)
 
 
 def tokenize_example(example: Example, tokenizer, max_length: int, add_eos: bool) -> dict:
@@ -111,6 +182,28 @@ def _make_trainer_class():
 
         slimtune_fingerprint: str = ""
         slimtune_loss_sum: float = 0.0  # the training losses of the whole run, restored on resume
+        slimtune_objective: Objective | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            objective = self.slimtune_objective
+            configs = objective.configurations() if objective is not None else [None]
+            if objective is None or objective.plain(len(configs)):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            teacher_logits = objective.teacher_logits(inputs)
+            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as training_step decides
+            record = getattr(objective.sampler, "add_config_loss", None)
+            total, first = None, None
+            for index, config in enumerate(configs):
+                if len(configs) > 1:
+                    objective.sampler.activate(config)
+                ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+                loss = objective.config_loss(model, inputs, outputs, ce, teacher_logits, num_items_in_batch)
+                if record is not None:
+                    record(index, loss.item() / (1 if scaled else self.current_gradient_accumulation_steps))
+                total, first = (loss, outputs) if total is None else (total + loss, first)
+            if objective.reduction == "mean":
+                total = total / len(configs)
+            return (total, first) if return_outputs else total
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -174,11 +267,13 @@ def _make_trainer_class():
 def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: TrainConfig,
           checkpoint_dir: str | Path, *, add_eos: bool = False, callbacks: list | None = None,
           report_to: str | list[str] = "none", progress: bool = True, run_key: dict | None = None,
-          fresh: bool = False) -> dict:
+          fresh: bool = False, objective: Objective | None = None) -> dict:
     """Train the model's trainable parameters on `examples`; resumes from the newest complete checkpoint of
     the same configuration in `checkpoint_dir` (checkpoints.resume_point: `run_key` adds what the caller
     knows of the run, e.g. the base model; checkpoints of another configuration are an error, or are removed
-    when `fresh`). Returns the training metrics (loss over the whole run, steps, runtime)."""
+    when `fresh`). `objective` forms each micro-batch's loss (`Objective`: several configurations per step,
+    distillation, regularizers; default: the sampler among `callbacks`, if any, with the mean over its
+    configurations). Returns the training metrics (loss over the whole run, steps, runtime)."""
     from transformers import TrainingArguments
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -186,6 +281,12 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: Trai
     if len(dataset) == 0:
         from .errors import DataError
         raise DataError("no training examples left after tokenization (is the training split empty?)")
+    objective = objective or Objective()
+    if objective.sampler is None:
+        objective.sampler = next((cb for cb in callbacks or [] if hasattr(cb, "step_configurations")), None)
+    if config.gradient_checkpointing and getattr(objective.sampler, "configs_per_step", 1) > 1:
+        raise ConfigError("gradient checkpointing recomputes a forward pass during backward, under whichever "
+                          "configuration is active then; a step that trains several configurations cannot use it")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -218,6 +319,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: Trai
         data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
     )
     trainer.slimtune_fingerprint = run_fingerprint(model, dataset.items, config, run_key)
+    trainer.slimtune_objective = objective
     main = int(os.environ.get("RANK", "0")) == 0
     result = trainer.train(resume_from_checkpoint=resume_point(checkpoint_dir, trainer.slimtune_fingerprint,
                                                                fresh, main))

@@ -4,13 +4,12 @@ Our own layer rather than PEFT's (DESIGN.md §3): later stages need elastic rank
 quantization-aware merges, which PEFT does not have. Parameter names follow PEFT (`lora_A`,
 `lora_B`, `base_layer`) so a saved adapter loads with `peft.PeftModel.from_pretrained`.
 
-The forward and backward are one autograd function (`_LoraFunction`): the scaling is applied to
-the small N×r activation instead of the N×out output, the update is added in place with addmm,
-the input gradient of both branches is accumulated in place, and with dropout only the dropped
-positions (or a boolean mask) are kept for backward instead of the dropped copy of the input; on
-CPU the dropped positions are drawn as geometric gaps (~p·n random numbers instead of n). This
-keeps LoRA's step time and memory close to the frozen model's (bench/lora_step.py measures it
-against PEFT; bench/RESULTS.md has the numbers).
+`LoraLinear` implements the adapter-layer contract (`adapters.base.AdapterLayer`); SparsePEFT and
+QA-SparsePEFT are its variants (`base.SparseMask`, `base.QuantAware`). The forward and backward are
+fused autograd functions (`adapters.functions`), which keep LoRA's step time and memory close to the
+frozen model's (bench/lora_step.py measures it against PEFT; bench/RESULTS.md has the numbers). A
+width-sliced layer (elastic widths, `set_axis('out' | 'in', k)`) computes with plain autograd on the
+first k rows / columns instead.
 """
 
 from __future__ import annotations
@@ -22,148 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .base import AdapterExport, AdapterLayer, adapter_layers, merge_adapters, set_submodule, variants
+from .functions import _LoraFunction, _MergedWeightFunction, _sample_drops, _zero_dropped  # noqa: F401
 
 
-# Up to this dropout rate, on CPU, the dropped elements are drawn as positions (geometric gaps)
-# instead of one uniform number per element: ~p·n draws instead of n (see `_sample_drops`).
-_POSITIONS_MAX_P = 0.25
-
-
-def _sample_drops(n: int, p: float) -> torch.Tensor:
-    """Flat indices (int64, ascending) of the dropped elements of an n-element tensor.
-
-    Each element is dropped independently with probability p, exactly as with a uniform mask: the
-    gaps between consecutive drops of a Bernoulli(p) sequence are i.i.d. Geometric(p), drawn by
-    inversion as ceil(log(u) / log(1 - p)) from float64 uniforms u, so ~p·n uniform draws replace n
-    (the CPU generator is serial, so this is most of the cost of dropout). Uses torch's default
-    generator, so `torch.manual_seed` makes it repeatable.
-    """
-    k = int(n * p + 6.0 * math.sqrt(n * p * (1.0 - p)) + 16.0)  # too few but once in ~1e9 calls
-    log_q = math.log1p(-p)
-
-    def positions(start: float | torch.Tensor = 0.0) -> torch.Tensor:  # 1-based, float64 is exact
-        gaps = torch.rand(k, dtype=torch.float64).log_().div_(log_q).ceil_()  # u = 0: inf, harmless
-        return gaps.cumsum_(0).add_(start)
-
-    pos = positions()
-    while pos[-1].item() <= n:  # the draws ended before the tensor did: continue the sequence
-        pos = torch.cat([pos, positions(pos[-1])])
-    count = int(torch.searchsorted(pos, float(n), right=True))
-    return pos[:count].sub_(1.0).to(torch.int64)
-
-
-def _zero_dropped(t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-    """Zero the dropped elements of a contiguous N×k tensor in place (drop: bool mask or flat indices)."""
-    if drop.dtype == torch.bool:
-        return t.masked_fill_(drop, 0.0)
-    t.view(-1).index_fill_(0, drop.long(), 0.0)
-    return t
-
-
-class _LoraFunction(torch.autograd.Function):
-    """y = x·Wᵀ + b + s·drop(x)·Aᵀ·Bᵀ, with the scaling s/(1-p) applied to the N×r activation.
-
-    Dropout state kept for backward is either the dropped positions (int32/int64, ~0.4·p bytes per
-    input element; CPU, p <= _POSITIONS_MAX_P) or a boolean drop mask (1 byte per element,
-    `torch.rand_like(x) < p`, as before). Masking uses index_fill/masked_fill, never a multiply
-    by a bool tensor (which materialises a float copy of the mask first).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dropout: float):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        y = F.linear(x2, weight, bias)
-        drop = None
-        c = scaling
-        if dropout > 0.0:
-            c = scaling / (1.0 - dropout)  # inverted-dropout rescale folded into the N×r activation
-            n = x2.numel()
-            if x2.device.type == "cpu" and dropout <= _POSITIONS_MAX_P:
-                idx = _sample_drops(n, dropout)
-                xd = x2.reshape(-1).index_fill(0, idx, 0.0).view(x2.shape)
-                drop = idx.to(torch.int32) if n < 2**31 else idx
-            else:
-                drop = torch.rand_like(x2) < dropout
-                xd = x2.masked_fill(drop, 0.0)
-        else:
-            xd = x2
-        h = (xd @ lora_a.t()).mul_(c)  # N×r, already scaled
-        del xd
-        y.addmm_(h, lora_b.t())
-        ctx.save_for_backward(x2 if ctx.needs_input_grad[3] else None, drop, h, weight, lora_a, lora_b)
-        ctx.c, ctx.shape = c, shape
-        return y.reshape(*shape[:-1], y.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x2, drop, h, weight, lora_a, lora_b = ctx.saved_tensors
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = grad_a = grad_b = None
-        if ctx.needs_input_grad[4]:
-            grad_b = g.t() @ h
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
-            return None, None, None, None, grad_b, None, None
-        gh = (g @ lora_b).mul_(ctx.c)  # gradient w.r.t. drop(x)·Aᵀ (unscaled)
-        if ctx.needs_input_grad[3]:
-            xd = x2 if drop is None else _zero_dropped(x2.clone(memory_format=torch.contiguous_format), drop)
-            grad_a = gh.t() @ xd
-            del xd
-        if ctx.needs_input_grad[0]:
-            if drop is None:
-                grad_x = (g @ weight).addmm_(gh, lora_a)
-            else:
-                grad_x = _zero_dropped(gh @ lora_a, drop).addmm_(g, weight)
-            grad_x = grad_x.reshape(ctx.shape)
-        return grad_x, None, None, grad_a, grad_b, None, None
-
-
-class _MergedWeightFunction(torch.autograd.Function):
-    """y = x·W_effᵀ + b for the sparse (SparsePEFT) and quantization-aware (QA-SparsePEFT) updates.
-
-    W_eff = W + (s·B·A) ⊙ M, and for quantization-aware layers W_eff = Q(W + (s·B·A) ⊙ M) on the
-    base's grid. The mask does not factor through the low rank, so the update is applied to the
-    weight; backward takes the one weight-sized gradient this needs, G = gᵀ·x, passes it straight
-    through Q (STE) and the mask, and projects it onto the rank: dB = s·(G⊙M)·Aᵀ, dA = s·Bᵀ·(G⊙M).
-    W_eff is recomputed in backward instead of kept, so memory stays at LoRA's.
-    """
-
-    @staticmethod
-    def forward(ctx, x, lora_a, lora_b, layer):
-        weight = layer.effective_weight(lora_a, lora_b).to(x.dtype)
-        bias = layer.base_layer.bias
-        y = F.linear(x, weight, None if bias is None else bias.to(x.dtype))
-        ctx.save_for_backward(x, lora_a, lora_b)
-        ctx.layer = layer
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, lora_a, lora_b = ctx.saved_tensors
-        layer = ctx.layer
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g @ layer.effective_weight(lora_a, lora_b).to(g.dtype)).reshape(x.shape)
-        gw = g.t() @ x.reshape(-1, x.shape[-1])  # dL/dW_eff, out × in
-        if layer.pruned is not None:
-            gw.masked_fill_(layer.pruned, 0.0)
-        gw = gw.to(lora_a.dtype).mul_(layer.scaling)
-        return grad_x, lora_b.t() @ gw, gw @ lora_a.t(), None
-
-
-class LoraLinear(nn.Module):
+class LoraLinear(AdapterLayer):
     """A frozen linear layer (`base_layer`: nn.Linear or QuantLinear) with a low-rank update s·B·A.
 
     Options, all off by default (plain LoRA, s = alpha / r):
       rank_space   elastic LoRA (NLS): descending ranks, the first is r (the maximal rank). The active
                    rank r' uses A[:r'] and B[:, :r'] with the maximal rank's scaling, so every
-                   sub-adapter is a slice of this one. Set it with `active_rank`.
-      sparse       SparsePEFT: the update is masked by the base's sparsity, W + (s·B·A) ⊙ M with
-                   M = (W != 0), in training and in merge, so the base's zeros stay zeros.
-      quant_aware  QA-SparsePEFT: the base is a QuantLinear and the forward uses the merged weight
-                   on its grid, Q(W + (s·B·A) ⊙ M) (straight-through gradient); W is the dequantized
-                   base, or `qa_weight` (e.g. the float weights before quantization, as in SQFT).
+                   sub-adapter is a slice of this one. Set it with `active_rank` (or the 'rank' axis).
+      sparse       SparsePEFT (variant `SparseMask`): the update is masked by the base's sparsity,
+                   W + (s·B·A) ⊙ M with M = (W != 0), in training and in merge, so zeros stay zeros.
+      quant_aware  QA-SparsePEFT (variant `QuantAware`): the base is a QuantLinear and the forward uses
+                   the merged weight on its grid, Q(W + (s·B·A) ⊙ M) (straight-through gradient); W is
+                   the dequantized base, or `qa_weight` (e.g. the float weights before quantization).
     """
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
@@ -207,6 +80,7 @@ class LoraLinear(nn.Module):
             self.qa_weight = None
         # The positions the update may not touch (sparse only), kept as a bool buffer: 1 byte/weight.
         self.register_buffer("pruned", (self._frozen_weight() == 0) if sparse else None, persistent=False)
+        self.variants = variants(*(["sparse"] if sparse else []), *(["quant_aware"] if quant_aware else []))
         self.reset_parameters()
 
     # ---- configuration --------------------------------------------------------------------
@@ -233,6 +107,19 @@ class LoraLinear(nn.Module):
             raise ConfigError(f"rank {rank} is not in this adapter's rank space {allowed}")
         self._active_rank = int(rank)
 
+    @property
+    def axes(self) -> dict[str, int]:
+        return {"rank": self.r, **super().axes}
+
+    def active_axis(self, name: str) -> int:
+        return self._active_rank if name == "rank" else super().active_axis(name)
+
+    def set_axis(self, name: str, size: int) -> None:
+        if name == "rank":
+            self.active_rank = size
+        else:
+            super().set_axis(name, size)
+
     def reset_parameters(self) -> None:
         # PEFT's default: A Kaiming-uniform, B zero, so the adapter starts as the identity update.
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -250,17 +137,19 @@ class LoraLinear(nn.Module):
         return self.qa_weight if self.qa_weight is not None else self.base_layer.weight
 
     def update(self, lora_a: torch.Tensor | None = None, lora_b: torch.Tensor | None = None) -> torch.Tensor:
-        """The dense update s·B·A at the active rank, masked by the base's sparsity when sparse."""
+        """The dense update s·B·A at the active rank, after the variants (masked by the base's zeros when sparse)."""
         if lora_a is None:
             lora_a, lora_b = self.active_factors()
         d = (lora_b @ lora_a).mul_(self.scaling)
-        return d.masked_fill_(self.pruned, 0.0) if self.pruned is not None else d
+        for variant in self.variants:
+            d = variant.update(self, d)
+        return d
 
     def delta_weight(self) -> torch.Tensor:
         """The update as merging adds it (out × in): W_merged = W + delta_weight()."""
         return self.update()
 
-    def _merged(self, lora_a: torch.Tensor | None, lora_b: torch.Tensor | None) -> torch.Tensor:
+    def merged_weight(self, lora_a: torch.Tensor | None = None, lora_b: torch.Tensor | None = None) -> torch.Tensor:
         """W + update, before any grid (float32 for quantization-aware layers, whose grid is float32)."""
         w = self._frozen_weight()
         dtype = torch.float32 if self.grid is not None else w.dtype
@@ -272,20 +161,52 @@ class LoraLinear(nn.Module):
 
         The merge writes exactly this tensor (or its integer codes), so merged == unmerged bitwise.
         """
-        merged = self._merged(lora_a, lora_b)
-        return self.grid.fake_quantize(merged) if self.grid is not None else merged
+        w = self.merged_weight(lora_a, lora_b)
+        for variant in self.variants:
+            w = variant.weight(self, w)
+        return w
 
     @torch.no_grad()
     def merged_codes(self) -> torch.Tensor:
         """Quantization-aware only: the integer codes of the merged weight on the base's grid."""
-        return self.grid.quantize(self._merged(None, None))
+        return self.grid.quantize(self.merged_weight())
+
+    # ---- the contract: merge and export ---------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> nn.Module:
+        """The base with the update folded in: a variant's own merge (QA: codes on the same grid, still
+        packed), else W + update written into a float base; plain LoRA on a QuantLinear is off the grid,
+        so it becomes an nn.Linear holding dequantized W + update."""
+        from ..quant.linear import QuantLinear
+
+        for variant in self.variants:
+            merged = variant.merge(self)
+            if merged is not None:
+                return merged
+        base = self.base_layer
+        if isinstance(base, QuantLinear):
+            return base.to_linear(self.effective_weight())
+        base.weight.copy_(self.effective_weight())
+        return base
+
+    def export(self) -> AdapterExport:
+        """A[:r'], B[:, :r'] at the active rank r' with alpha' = alpha·r'/r, so PEFT's scaling alpha'/r'
+        equals this layer's alpha/r."""
+        a, b = self.active_factors()
+        r = self._active_rank
+        alpha = self.lora_alpha * r / self.r if r != self.r else self.lora_alpha
+        return AdapterExport(r, alpha, self.dropout, {"lora_A.weight": a.detach().contiguous(),
+                                                      "lora_B.weight": b.detach().contiguous()},
+                             tuple(v.name for v in self.variants))
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
         lora_a, lora_b = self.active_factors()
-        if self.pruned is not None or self.grid is not None:
+        if self.width_sliced:
+            return self._sliced_forward(x, lora_a, lora_b)
+        if self.variants:
             if not torch.is_grad_enabled():
                 bias = self.base_layer.bias
                 return F.linear(x, self.effective_weight(lora_a, lora_b).to(x.dtype),
@@ -299,9 +220,25 @@ class LoraLinear(nn.Module):
             return y.add_(F.linear(h, lora_b))
         return _LoraFunction.apply(x, base.weight, base.bias, lora_a, lora_b, self.scaling, dropout)
 
+    def _sliced_forward(self, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+        """The first `active_out` outputs from the first `active_in` inputs (x holds only those): the
+        function of a physically smaller layer holding W[:o, :i], A[:, :i], B[:o] (plain autograd)."""
+        o, i = self.active_axis("out"), self.active_axis("in")
+        bias = self.base_layer.bias
+        bias = None if bias is None else bias[:o].to(x.dtype)
+        if self.variants:  # the variants act on the whole weight (grid groups span the columns): slice after
+            w = self.merged_weight(lora_a, lora_b)
+            for variant in self.variants:
+                w = variant.weight_ste(self, w)
+            return F.linear(x, w[:o, :i].to(x.dtype), bias)
+        y = F.linear(x, self.base_layer.weight[:o, :i].to(x.dtype), bias)
+        xd = F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+        return y + F.linear(F.linear(xd, lora_a[:, :i]), lora_b[:o]) * self.scaling
+
     def extra_repr(self) -> str:
         extra = "".join([f", rank_space={self.rank_space}, active={self._active_rank}" if self.rank_space else "",
-                         ", sparse" if self.sparse else "", ", quant_aware" if self.quant_aware else ""])
+                         "".join(f", {v.name}" for v in self.variants),
+                         f", width=({self.active_axis('out')}, {self.active_axis('in')})" if self.width_sliced else ""])
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.lora_alpha}, "
                 f"dropout={self.dropout}{extra}")
 
@@ -317,11 +254,6 @@ def check_rank_space(space, r_max: int | None = None) -> list[int]:
         raise ConfigError(f"rank space {space} must start at the maximal rank {r_max}"
                           + (" (it has a rank above it)" if space[0] > r_max else ""))
     return space
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def add_lora(model: nn.Module, targets: list[str], r: int = 16, alpha: float = 32.0,
@@ -343,15 +275,16 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 16, alpha: float = 3
     layers = {}
     for name in targets:
         base = model.get_submodule(name)
-        if isinstance(base, LoraLinear):
-            raise ConfigError(f"module {name} already has a LoRA adapter")
+        if isinstance(base, AdapterLayer):
+            raise ConfigError(f"module {name} already has a LoRA adapter" if isinstance(base, LoraLinear)
+                              else f"module {name} already has an adapter ({type(base).__name__})")
         if not _is_linear(base):
             raise ConfigError(f"module {name} is a {type(base).__name__}, not a linear layer; LoRA targets linear layers")
         layer = LoraLinear(base, (rank_pattern or {}).get(name, r), (alpha_pattern or {}).get(name, alpha), dropout,
                            rank_space=rank_space, sparse=sparse, quant_aware=quant_aware,
                            qa_weight=(qa_weights or {}).get(name))
         layer.train(base.training)  # an adapter added to a model in eval mode must not apply dropout
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
         layers[name] = layer
     return layers
 
@@ -363,12 +296,13 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+    """The model's LoRA layers (stages that need any adapter layer use `adapters.base.adapter_layers`)."""
+    return {n: m for n, m in adapter_layers(model).items() if isinstance(m, LoraLinear)}
 
 
-@torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter (at its active rank) into its base and put the base layers back.
+    """Fold every adapter (at its active rank) into its base and put the base layers back
+    (`AdapterLayer.merge` per layer):
 
     - float base: W += update (masked when sparse), so merged == unmerged and zeros stay zeros;
     - quantization-aware on a QuantLinear: the merged weight's codes on the base's own grid, the
@@ -376,16 +310,4 @@ def merge_lora(model: nn.Module) -> nn.Module:
     - plain LoRA on a QuantLinear: the result is off the grid, so the layer becomes an nn.Linear
       holding dequantized W + update (re-quantize it to get an integer model back).
     """
-    from ..quant.linear import QuantLinear
-
-    for name, layer in lora_layers(model).items():
-        base = layer.base_layer
-        if layer.quant_aware:
-            codes = layer.merged_codes()
-            base.set_quantized(base.params, codes)
-        elif isinstance(base, QuantLinear):
-            base = base.to_linear(layer.effective_weight())
-        else:
-            base.weight.copy_(layer.effective_weight())
-        _set_submodule(model, name, base)
-    return model
+    return merge_adapters(model)

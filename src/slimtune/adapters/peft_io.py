@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ArtifactError
-from .lora import add_lora, lora_layers
+from .base import adapter_layers
+from .lora import add_lora
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -58,9 +59,11 @@ def _target_spec(model: nn.Module, names: list[str]) -> list[str]:
     return suffixes if selected == set(names) else sorted(names)
 
 
-def _layers_mode(layers: dict) -> dict | None:
+def _layers_mode(exports: dict, layers: dict) -> dict | None:
     """The sparse / QA mode every layer shares (None for plain LoRA); a mix cannot be saved as one adapter."""
-    modes = {(l.sparse, l.quant_aware, l.quant_aware and l.qa_weight is not None) for l in layers.values()}
+    modes = {("sparse" in e.variants, "quant_aware" in e.variants,
+              "quant_aware" in e.variants and getattr(layers[n], "qa_weight", None) is not None)
+             for n, e in exports.items()}
     if len(modes) > 1:
         raise ArtifactError(f"the model's LoRA layers mix modes (sparse, quant_aware, float qa_weight): {sorted(modes)}; "
                             "an adapter applies one mode to every layer, so build them with one add_lora call")
@@ -83,16 +86,15 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
     alpha' = alpha·r'/r_max, so PEFT's scaling alpha'/r' is the super-adapter's alpha/r_max.
     Sparse and quantization-aware layers are written so that PEFT refuses them (module docstring).
     """
-    layers = lora_layers(model)
+    layers = adapter_layers(model)
     if not layers:
         raise ArtifactError("the model has no LoRA layers to save")
-    mode = _layers_mode(layers)
-    factors = {n: l.active_factors() for n, l in layers.items()}
-    alphas = {n: l.lora_alpha * l.active_rank / l.r if l.active_rank != l.r else l.lora_alpha
-              for n, l in layers.items()}
-    return write_lora(out_dir, factors, alphas, target_modules=_target_spec(model, list(layers)),
-                      task_type=_task_type(model), dropout=next(iter(layers.values())).dropout,
-                      base_model_name_or_path=base_model_name_or_path, mode=mode)
+    exports = {n: layer.export() for n, layer in layers.items()}  # the contract: PEFT's layout at the active rank
+    factors = {n: (e.tensors["lora_A.weight"], e.tensors["lora_B.weight"]) for n, e in exports.items()}
+    return write_lora(out_dir, factors, {n: e.alpha for n, e in exports.items()},
+                      target_modules=_target_spec(model, list(layers)), task_type=_task_type(model),
+                      dropout=next(iter(exports.values())).dropout,
+                      base_model_name_or_path=base_model_name_or_path, mode=_layers_mode(exports, layers))
 
 
 def write_lora(out_dir: str | Path, factors: dict, alphas: dict, *, target_modules, task_type: str,

@@ -1,8 +1,10 @@
-"""Elastic super-networks: rank search spaces, sampling during training, heuristic sub-networks."""
+"""Elastic super-networks: dimensions and search spaces, sampling during training, heuristic sub-networks."""
 
+from .elastic import ELASTIC_VERSION, Binding, Dimension, SearchSpace
 from .heuristics import HEURISTICS, lowest_loss, most_frequent, nncf_candidates, parse_selection
-from .sampling import HISTORY_FILE, ElasticSampler
-from .space import ELASTIC_CONFIG, PRESETS, ElasticSpace, RankGroup, frequencies
+from .sampling import HISTORY_FILE, SAMPLERS, ElasticSampler, sandwich, uniform
+from .space import ELASTIC_CONFIG, PRESETS, ElasticSpace, RankGroup, frequencies, rank_dimensions
 
-__all__ = ["HEURISTICS", "lowest_loss", "most_frequent", "nncf_candidates", "parse_selection", "HISTORY_FILE",
-           "ElasticSampler", "ELASTIC_CONFIG", "PRESETS", "ElasticSpace", "RankGroup", "frequencies"]
+__all__ = ["ELASTIC_VERSION", "Binding", "Dimension", "SearchSpace", "HEURISTICS", "lowest_loss", "most_frequent",
+           "nncf_candidates", "parse_selection", "HISTORY_FILE", "SAMPLERS", "ElasticSampler", "sandwich", "uniform",
+           "ELASTIC_CONFIG", "PRESETS", "ElasticSpace", "RankGroup", "frequencies", "rank_dimensions"]

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 
-from .space import ElasticSpace, frequencies
+from .elastic import SearchSpace
+from .space import frequencies
 
 HEURISTICS = ("maximal", "median", "minimal", "nncf")
 
 
-def most_frequent(space: ElasticSpace, history: list[dict]) -> dict[str, int]:
+def most_frequent(space: SearchSpace, history: list[dict]) -> dict[str, int]:
     """Per group, the rank sampled most often in training (ties: the larger rank)."""
     freq = frequencies(history)
-    return {g: max(grp.space, key=lambda r: (freq.get(g, {}).get(r, 0), r)) for g, grp in space.groups.items()}
+    return {g: max(d.choices, key=lambda r: (freq.get(g, {}).get(r, 0), r)) for g, d in space.dimensions.items()}
 
 
 def lowest_loss(history: list[dict], k: int = 5) -> list[dict[str, int]]:
@@ -32,7 +33,7 @@ def lowest_loss(history: list[dict], k: int = 5) -> list[dict[str, int]]:
     return out
 
 
-def nncf_candidates(space: ElasticSpace, history: list[dict]) -> list[tuple[str, dict[str, int]]]:
+def nncf_candidates(space: SearchSpace, history: list[dict]) -> list[tuple[str, dict[str, int]]]:
     """(label, configuration) pairs, duplicates removed, in NNCF's order."""
     candidates = [("median", space.median()), ("most_frequent", most_frequent(space, history))]
     candidates += [(f"lowest_loss_{i + 1}", c) for i, c in enumerate(lowest_loss(history))]
@@ -45,7 +46,7 @@ def nncf_candidates(space: ElasticSpace, history: list[dict]) -> list[tuple[str,
     return out
 
 
-def parse_selection(space: ElasticSpace, selection) -> tuple[str, dict[str, int] | None]:
+def parse_selection(space: SearchSpace, selection) -> tuple[str, dict[str, int] | None]:
     """A heuristic name, or an explicit configuration (dict or JSON text) checked against the space.
 
     Returns (label, configuration); the configuration is None for 'nncf' (it needs scoring)."""
@@ -70,7 +71,7 @@ def raise_unknown(selection) -> None:
                       "object mapping rank groups to ranks, e.g. '{\"model.layers.0:qkv\": 16}'")
 
 
-def first_trials(space: ElasticSpace, adapter, enqueue: dict | None = None) -> dict[str, dict[str, int]]:
+def first_trials(space: SearchSpace, adapter, enqueue: dict | None = None) -> dict[str, dict[str, int]]:
     """A search's first trials: maximal, median, minimal, the most frequently sampled configuration
     (with a training history), then the caller's; each distinct configuration once."""
     from pathlib import Path

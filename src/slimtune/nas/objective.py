@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..data.tasks import Task
-from .space import ElasticSpace
+from .elastic import SearchSpace
 
 
 def task_score(result: dict) -> float:
@@ -16,15 +16,15 @@ def task_score(result: dict) -> float:
     return result[headline(result)]
 
 
-def make_objective(net, tokenizer, task: Task | None, space: ElasticSpace, objectives: list[str],
+def make_objective(net, tokenizer, task: Task | None, space: SearchSpace, objectives: list[str],
                    limit: int | None) -> Callable[[dict[str, int]], dict[str, float]]:
     """config -> {objective: value} on the model whose active ranks the searcher has already set."""
-    from ..adapters import lora_layers
+    from ..adapters import adapter_layers
     from ..evaluate import evaluate_model
     from ..evaluate.loss import completion_loss
 
-    layers = lora_layers(net)
-    widths = {n: (l.in_features, l.out_features) for n, l in layers.items()}
+    layers = adapter_layers(net)
+    widths = {n: (l.axes["in"], l.axes["out"]) for n, l in layers.items()}
     base_nonzero = sum(int((l.base_layer.weight != 0).sum()) for l in layers.values()) if "nonzero" in objectives else 0
 
     def measure(config: dict[str, int]) -> dict[str, float]:
@@ -43,7 +43,7 @@ def make_objective(net, tokenizer, task: Task | None, space: ElasticSpace, objec
     return measure
 
 
-def score_candidates(net, tokenizer, space: ElasticSpace, candidates, task: Task, limit: int | None,
+def score_candidates(net, tokenizer, space: SearchSpace, candidates, task: Task, limit: int | None,
                      progress: bool = True) -> tuple[list[dict], dict]:
     """NNCF's selection: each (label, configuration) scored on the task's validation split; returns
     every scored candidate and the best (the first of equals: the median comes first)."""

@@ -1,12 +1,18 @@
-"""NLS training: sample one sub-adapter per optimizer step, outside the forward pass.
+"""NLS training: sample the sub-networks of each optimizer step, outside the forward pass.
+
+A sampler rule maps (space, seed, step) to the list of configurations one optimizer step trains:
+  uniform   [one configuration]: each dimension uniformly from its choices (Shears / SQFT / NLS)
+  sandwich  [maximal, one uniform configuration, minimal] (EFTNAS, OFA's sandwich rule)
+The configurations of step t come from a generator seeded with (seed, t) alone, so runs are
+reproducible, resumed runs continue the same sequence, and all processes of a distributed run train
+the same sub-networks.
 
 `ElasticSampler` is a transformers TrainerCallback. Trainer calls `on_step_begin` once per optimizer
-step, before the first micro-batch of the step, so every micro-batch of a gradient-accumulation
-step, and every recomputation under gradient checkpointing, runs the sub-adapter whose loss is
-being optimised (the reference code re-sampled inside forward, which trains a different
-sub-adapter than the one that produced the loss). The configuration of step t is drawn from a
-generator seeded with (seed, t) alone, so runs are reproducible, resumed runs continue the same
-sequence, and all processes of a distributed run train the same sub-adapter.
+step, before the first micro-batch of the step; it activates the step's first configuration, so every
+micro-batch of a gradient-accumulation step, and every recomputation under gradient checkpointing,
+runs the sub-network whose loss is being optimised (the reference code re-sampled inside forward). A
+step with several configurations is trained by the trainer's objective (`train.Objective`), which
+activates each in turn on every micro-batch and accumulates their gradients.
 """
 
 from __future__ import annotations
@@ -18,34 +24,69 @@ from pathlib import Path
 from torch import nn
 from transformers import TrainerCallback
 
-from .space import ElasticSpace
+from ..errors import ConfigError
+from .elastic import SearchSpace
 
 HISTORY_FILE = "elastic_history.json"
 
 
-class ElasticSampler(TrainerCallback):
-    def __init__(self, model: nn.Module, space: ElasticSpace, seed: int = 0):
-        self.model, self.space, self.seed = model, space, seed
-        self.history: list[dict] = []  # one entry per optimizer step: {"step", "config", "loss"}
-        self._config: dict[str, int] | None = None
-        self._loss = 0.0
+def uniform(space: SearchSpace, seed: int, step: int) -> list[dict[str, int]]:
+    """[configuration]: each dimension's choice uniformly at random, from a (seed, step) generator."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return [{name: rng.choice(d.choices) for name, d in space.dimensions.items()}]
 
-    def sample(self, step: int) -> dict[str, int]:
-        """Each group's rank uniformly from its space (no sandwich rule), from a (seed, step) generator."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        return {g: rng.choice(grp.space) for g, grp in self.space.groups.items()}
+
+def sandwich(space: SearchSpace, seed: int, step: int) -> list[dict[str, int]]:
+    """[maximal, uniform, minimal]: the sandwich rule (the random one is `uniform`'s of the same step)."""
+    return [space.maximal(), *uniform(space, seed, step), space.minimal()]
+
+
+SAMPLERS = {"uniform": (uniform, 1), "sandwich": (sandwich, 3)}  # rule, configurations per step
+
+
+class ElasticSampler(TrainerCallback):
+    """Activates the step's configurations; records one history entry per configuration trained:
+    {"step", "config", "loss"} (the loss summed over the step's micro-batches, accumulation-scaled)."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, seed: int = 0, rule: str = "uniform"):
+        if rule not in SAMPLERS:
+            raise ConfigError(f"unknown sampling rule {rule!r}; choose from {', '.join(SAMPLERS)}")
+        self.model, self.space, self.seed, self.rule = model, space, seed, rule
+        self.configs_per_step = SAMPLERS[rule][1]
+        self.history: list[dict] = []
+        self._configs: list[dict[str, int]] = []
+        self._losses: list[float] = []
+
+    def sample(self, step: int) -> list[dict[str, int]]:
+        """The configurations of optimizer step `step` under this sampler's rule."""
+        return SAMPLERS[self.rule][0](self.space, self.seed, step)
+
+    def step_configurations(self) -> list[dict[str, int]]:
+        """The configurations the current step trains (the objective hook asks for them)."""
+        return list(self._configs)
+
+    def activate(self, config: dict[str, int]) -> None:
+        self.space.apply(self.model, config)
 
     # ---- Trainer events -----------------------------------------------------------------
     def on_step_begin(self, args, state, control, **kwargs):
-        self._config = self.space.apply(self.model, self.sample(state.global_step))
-        self._loss = 0.0
+        configs = [self.space.check(c) for c in self.sample(state.global_step)]
+        self.space.apply(self.model, configs[0])
+        self._configs, self._losses = configs, [0.0] * len(configs)
 
     def add_micro_batch_loss(self, loss: float) -> None:
         """Called by the trainer after each micro-batch with its (accumulation-scaled) loss."""
-        self._loss += float(loss)
+        if len(self._configs) == 1:
+            self._losses[0] += float(loss)
+
+    def add_config_loss(self, index: int, loss: float) -> None:
+        """Called by the objective with one configuration's (accumulation-scaled) loss of a micro-batch."""
+        if len(self._configs) > 1:
+            self._losses[index] += float(loss)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.history.append({"step": state.global_step, "config": self._config, "loss": self._loss})
+        for config, loss in zip(self._configs, self._losses):
+            self.history.append({"step": state.global_step, "config": config, "loss": loss})
 
     def on_train_end(self, args, state, control, **kwargs):
         self.space.apply(self.model, self.space.maximal())  # outside training: the maximal adapter

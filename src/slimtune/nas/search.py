@@ -3,7 +3,7 @@ an elastic super-adapter, with trials persisted in an optuna storage (SQLite in 
 by default, any RDB URL for several workers or machines).
 
 A worker loads the base model and the super-adapter once; a trial only sets the active ranks
-(`ElasticSpace.apply`) and evaluates a fixed validation slice. The trial budget is exact across
+(`SearchSpace.apply`) and evaluates a fixed validation slice. The trial budget is exact across
 workers: a trial runs only if the completed trials plus the running trials created before it
 (trial numbers are assigned by the storage) are fewer than the budget; any other is pruned at once.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ConfigError
-from .space import ElasticSpace
+from .elastic import SearchSpace
 
 # objective name -> optuna direction
 OBJECTIVES = {"accuracy": "maximize", "loss": "minimize", "params": "minimize", "nonzero": "minimize"}
@@ -113,7 +113,7 @@ class Searcher:
     """Runs trials of one study in this process. `evaluate(config) -> {objective: value}`."""
 
     study: object
-    space: ElasticSpace
+    space: SearchSpace
     objectives: list[str]
     evaluate: Callable[[dict[str, int]], dict[str, float]]
     budget: int
@@ -144,7 +144,7 @@ class Searcher:
             trial.set_user_attr("reason", "budget reached")
             raise optuna.TrialPruned()
         t0 = time.perf_counter()
-        config = {g: trial.suggest_categorical(g, grp.space) for g, grp in self.space.groups.items()}
+        config = {g: trial.suggest_categorical(g, d.choices) for g, d in self.space.dimensions.items()}
         self.apply(config)
         t1 = time.perf_counter()
         values = self.evaluate(config)
