@@ -282,6 +282,26 @@ def _add_inspect(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a model as GGUF (llama.cpp) or compressed-tensors with smaller embeddings",
+                       description="gguf: OUT/model.gguf; a 4-bit grid with groups of a multiple of 32 is carried over "
+                                   "exactly (symmetric -> Q4_0, asymmetric -> Q4_1), other grids are refused unless "
+                                   "--requantize. compressed-tensors: a packed model re-written with --embeddings.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--out", required=True, help="output artifact directory")
+    p.add_argument("--format", choices=["gguf", "compressed-tensors"], default="gguf")
+    p.add_argument("--float-type", choices=["f16", "bf16", "q8_0", "f32"], default="f16",
+                   help="gguf: type of float (not quantized) linear weights (default f16)")
+    p.add_argument("--embed-type", choices=["q8_0", "f16", "bf16", "f32"], default="q8_0",
+                   help="gguf: type of the token embedding / untied LM head (default q8_0; norms stay f32)")
+    p.add_argument("--requantize", choices=["q4_0", "q4_1", "q8_0"], default=None,
+                   help="gguf: re-quantize quantized layers whose grid GGUF cannot carry (off by default)")
+    p.add_argument("--tokenizer-pre", default=None, help="gguf: llama.cpp pre-tokenizer name (default: detected)")
+    p.add_argument("--embeddings", choices=["float16", "bfloat16"], default=None,
+                   help="compressed-tensors: dtype of the stored embedding / LM head")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output artifact")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded default model and task",
                        description="The full SQFT pipeline on the embedded default model and task: prune 50% with "
@@ -299,7 +319,7 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_compare, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_run,
+    for add in (_add_evaluate, _add_compare, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, _add_inspect, _add_export, _add_run,
                 _add_report, _add_demo):
         add(sub)
     return parser
@@ -388,6 +408,13 @@ def _run(args: argparse.Namespace) -> None:
         from .summary import format_summary
 
         print(format_summary(api.inspect(out)))
+    elif args.command == "export":
+        from .deploy.export import export
+
+        out = export(args.model, out=args.out, format=args.format, float_type=args.float_type,
+                     embed_type=args.embed_type, requantize=args.requantize, tokenizer_pre=args.tokenizer_pre,
+                     embeddings=args.embeddings, overwrite=args.overwrite)
+        print(out)
     elif args.command == "inspect":
         from .summary import format_summary
 
