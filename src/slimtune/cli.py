@@ -154,6 +154,17 @@ def _add_inspect(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a model as GGUF (llama.cpp) or compressed-tensors with smaller embeddings",
+                       description="gguf: OUT/model.gguf; a 4-bit grid with groups of a multiple of 32 is carried over "
+                                   "exactly (symmetric -> Q4_0, asymmetric -> Q4_1), other grids are refused unless "
+                                   "--requantize. compressed-tensors: a packed model re-written with --embeddings.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--out", required=True, help="output artifact directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_config_arguments(p, STAGE_CONFIGS["export"])
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded default model and task",
                        description="The full SQFT pipeline on the embedded default model and task: prune 50% with "
@@ -171,8 +182,8 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_evaluate, _add_compare, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search, _add_merge, add_refactor,
-                add_diagnose, _add_inspect, _add_run,
+    for add in (_add_evaluate, _add_compare, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search,
+                _add_merge, add_refactor, add_diagnose, _add_inspect, _add_export, _add_run,
                 _add_report, _add_demo):
         add(sub)
     return parser
@@ -237,6 +248,11 @@ def _run(args: argparse.Namespace) -> None:
         from .summary import format_summary
 
         print(format_summary(api.inspect(out)))
+    elif args.command == "export":
+        from .deploy.export import export
+
+        out = export(args.model, out=args.out, overwrite=args.overwrite, config=config)
+        print(out)
     elif args.command == "inspect":
         from .summary import format_summary
 

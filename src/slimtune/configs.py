@@ -273,6 +273,32 @@ class IntrudersConfig(Config):
     targets: list[str] | None = Field(None, description="module patterns to diagnose (default: all adapted)")
 
 
+class ExportConfig(Config):
+    """Export of a model artifact (deploy/export.py)."""
+
+    format: Literal["gguf", "compressed-tensors"] = Field(
+        "gguf", description="gguf: OUT/model.gguf for llama.cpp; compressed-tensors: a packed model written again "
+                            "with smaller embeddings")
+    float_type: Literal["f16", "bf16", "q8_0", "f32"] = Field("f16", description="gguf: type of float (not "
+                                                                                 "quantized) linear weights")
+    embed_type: Literal["q8_0", "f16", "bf16", "f32"] = Field("q8_0", description="gguf: type of the token "
+                                                                                  "embedding / untied LM head (norms "
+                                                                                  "stay f32)")
+    requantize: Literal["q4_0", "q4_1", "q8_0"] | None = Field(None, description="gguf: re-quantize quantized layers "
+                                                                                 "whose grid GGUF cannot carry (off "
+                                                                                 "by default)")
+    tokenizer_pre: str | None = Field(None, description="gguf: llama.cpp pre-tokenizer name (default: detected)")
+    embeddings: Literal["float16", "bfloat16"] | None = Field(None, description="compressed-tensors: dtype of the "
+                                                                                "stored embedding / LM head")
+
+    @model_validator(mode="after")
+    def _embeddings_given(self):
+        if self.format == "compressed-tensors" and self.embeddings is None:
+            raise ValueError("a compressed-tensors export re-writes a packed model; set embeddings to float16 or "
+                             "bfloat16 (the quantize stage already writes the float32 form)")
+        return self
+
+
 # ---- evaluation --------------------------------------------------------------------------------
 
 class _Scoring(Config):
@@ -313,4 +339,4 @@ class CompareConfig(_Scoring):
 
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
     SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
-    CompareConfig, RefactorConfig, IntrudersConfig)}
+    CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig)}

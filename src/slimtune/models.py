@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import os
 import re
 import shutil
@@ -115,15 +116,19 @@ def _gguf_to_hf(gguf: Path, cache_name: str | None = None) -> Path:
 
 
 def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
-               trust_remote_code: bool = False, device: str | None = None):
-    """Load (model, tokenizer). Causal LMs get their LM head; encoders load as AutoModel."""
+               trust_remote_code: bool = False, device: str | None = None, int4: str = "dequantize"):
+    """Load (model, tokenizer). Causal LMs get their LM head; encoders load as AutoModel.
+
+    int4: the inference path of a packed model's QuantLinear layers (quant.linear.set_inference):
+    "dequantize" (exact; a float32 copy of each weight is cached) or "kernel" (torch's int4 matmul,
+    weights stay packed; within a tolerance of the exact path, see deploy/int4.py)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(spec)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     _check_weight_files(spec, source)
     if is_packed_quantized(source):
-        return _load_packed(spec, source, torch_dtype, device)
+        return _load_packed(spec, source, torch_dtype, device, int4)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         cls = AutoModelForCausalLM if is_causal_config(config) else AutoModel
@@ -175,9 +180,10 @@ def is_packed_quantized(source: str | os.PathLike) -> bool:
     return qcfg.get("quant_method") == "compressed-tensors" and qcfg.get("format") == "pack-quantized"
 
 
-def _load_packed(spec, source: str, dtype: torch.dtype, device: str | None):
+def _load_packed(spec, source: str, dtype: torch.dtype, device: str | None, int4: str = "dequantize"):
     """Quantized directories load with slimtune's QuantLinear modules (exact QuantParams)."""
     from .quant.formats import load_quantized
+    from .quant.linear import set_inference
 
     try:
         model, tokenizer = load_quantized(source, dtype=dtype)
@@ -193,6 +199,10 @@ def _load_packed(spec, source: str, dtype: torch.dtype, device: str | None):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if device:
         model.to(device)
+    paths = set_inference(model, int4)
+    if int4 == "kernel" and set(paths) != {"kernel"}:
+        warnings.warn(f"int4 kernel: {sum(n for p, n in paths.items() if p != 'kernel')} quantized layers of "
+                      f"{spec} fall back to dequantized weights: {paths}", stacklevel=2)
     model.slimtune_source = str(spec)
     return model, tokenizer
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..architectures import is_causal_config
 from ..artifacts import atomic_dir
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from .linear import QuantLinear, _set_module, quant_linears
 from .packing import unpack
 from .params import QuantParams
@@ -87,11 +87,22 @@ def quantization_config(model: nn.Module) -> dict:
             "config_groups": config_groups, "ignore": others, "kv_cache_scheme": None}
 
 
-def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Dense tensors as they are, QuantLinear buffers under compressed-tensors names; tied copies dropped."""
+EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _embedding_ptrs(model: nn.Module) -> set[int]:
+    mods = [model.get_input_embeddings()] if hasattr(model, "get_input_embeddings") else []
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {m.weight.data_ptr() for m in mods + ([head] if head is not None else []) if m is not None}
+
+
+def _state_dict(model: nn.Module, embeddings: str | None = None) -> dict[str, torch.Tensor]:
+    """Dense tensors as they are, QuantLinear buffers under compressed-tensors names; tied copies dropped.
+    embeddings: store the token embedding and LM head (one tensor when tied) in this float dtype."""
     qls = quant_linears(model)
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
+    embed = _embedding_ptrs(model) if embeddings else set()
     for key, t in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         if owner in qls:
@@ -100,6 +111,8 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         seen.add(t.data_ptr())
         out[key] = t.detach().cpu().contiguous()
+        if t.data_ptr() in embed:
+            out[key] = out[key].to(EMBEDDING_DTYPES[embeddings])
     for name, m in qls.items():
         out[f"{name}.weight_packed"] = m.qweight.detach().cpu().contiguous()
         out[f"{name}.weight_scale"] = m.scales.detach().cpu().contiguous()
@@ -112,10 +125,16 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_quantized(model: nn.Module, directory: str | os.PathLike, tokenizer=None) -> None:
-    """Write model (with QuantLinear modules) as a compressed-tensors HF directory into `directory`."""
+def write_quantized(model: nn.Module, directory: str | os.PathLike, tokenizer=None,
+                    embeddings: str | None = None) -> None:
+    """Write model (with QuantLinear modules) as a compressed-tensors HF directory into `directory`.
+
+    embeddings: "float16" or "bfloat16" stores the token embedding and the LM head (once when tied)
+    in that dtype (half the bytes of float32; loaders upcast them to the model's dtype)."""
     from safetensors.torch import save_file
 
+    if embeddings is not None and embeddings not in EMBEDDING_DTYPES:
+        raise ConfigError(f"embeddings={embeddings!r}: choose from {', '.join(EMBEDDING_DTYPES)}")
     directory = Path(directory)
     config = copy.deepcopy(model.config)
     config.quantization_config = quantization_config(model)
@@ -123,7 +142,7 @@ def write_quantized(model: nn.Module, directory: str | os.PathLike, tokenizer=No
     gen = getattr(model, "generation_config", None)
     if gen is not None:
         gen.save_pretrained(directory)
-    save_file(_state_dict(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(_state_dict(model, embeddings), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 

@@ -8,11 +8,18 @@ Storage (buffers):
   g_idx    int32   [in]                      only for grids with a non-contiguous group order
 So a 4-bit weight with group 64 takes 0.5 + 5/64 bytes per weight (~0.58).
 
-Forward = F.linear(x, dequantized weight, bias), bitwise equal to nn.Linear holding
-dequantized_weight(). The dequantized weight is cached (base weights are frozen); the cache
-is keyed by the buffers' storage and in-place version counters, so load_state_dict, in-place
-edits and .to(device) all invalidate it. Keep scales float32: casting a QuantLinear to another
-float dtype would move its grid (the forward casts the dequantized weight to the input's dtype).
+Two inference paths (`inference`, set per model with `set_inference`):
+  "kernel"      (4-bit grids the kernel takes, on CPU, when no gradient is needed) torch's packed
+                int4 matmul (deploy/int4.py): the codes are repacked once into the kernel's layout
+                (0.5 bytes per weight plus bf16 scales), no float copy of the weight is held; it
+                computes in bfloat16, so it agrees with the exact path within a tolerance only.
+  "dequantize"  F.linear(x, dequantized weight, bias), bitwise equal to nn.Linear holding
+                dequantized_weight(); the float32 weight is built once and cached.
+"kernel" falls back to "dequantize" per layer where the kernel cannot run (`inference_path()` says
+why; `inference_summary(model)` counts the layers per path). Both caches are keyed by the buffers'
+storage and in-place version counters, so load_state_dict, in-place edits and .to(device)
+invalidate them. `.weight` (for code that inspects it, e.g. LoRA training) always builds the
+float cache. Keep scales float32: casting a QuantLinear to another float dtype would move its grid.
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..deploy import int4
+from ..errors import ConfigError
 from .packing import pack, packed_width, unpack
 from .params import DEFAULT_BITS, DEFAULT_GROUP_SIZE, QuantParams, check_bits
+
+INFERENCE_PATHS = ("kernel", "dequantize")
 
 
 class QuantLinear(nn.Module):
@@ -42,6 +53,8 @@ class QuantLinear(nn.Module):
             self.g_idx = None
         self.bias = nn.Parameter(torch.zeros(out_features, **kw), requires_grad=False) if bias else None
         self._cache: tuple | None = None
+        self._kernel: tuple | None = None  # (key, int4.Int4Weight or None, reason)
+        self.inference = "dequantize"
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -114,9 +127,35 @@ class QuantLinear(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache = None
+        self._kernel = None
+
+    def _kernel_weight(self) -> tuple:
+        """(int4.Int4Weight or None, reason it is None), built once per buffer state."""
+        key = self._key(None)
+        if self._kernel is None or self._kernel[0] != key:
+            plain = self.g_idx is None or bool(torch.equal(
+                self.g_idx.long(), torch.arange(self.in_features, device=self.g_idx.device) // self.group_size))
+            reason = int4.unsupported(self.bits, self.group_size, self.in_features, self.out_features, plain,
+                                      self.qweight.device)
+            weight = None if reason else int4.pack_weight(self.codes(), self.scales, self.zeros, self.group_size)
+            self._kernel = (key, weight, reason)
+            if weight is not None:
+                self._cache = None  # no float copy next to the packed one
+        return self._kernel[1], self._kernel[2]
+
+    def inference_path(self) -> tuple[str, str | None]:
+        """("kernel", None) or ("dequantize", why not the kernel) for an inference forward."""
+        if self.inference == "dequantize":
+            return "dequantize", "inference='dequantize'"
+        weight, reason = self._kernel_weight()
+        return ("kernel", None) if weight is not None else ("dequantize", reason)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.inference == "kernel" and not (torch.is_grad_enabled() and x.requires_grad):
+            weight, _ = self._kernel_weight()
+            if weight is not None:
+                return int4.matmul(x, weight, bias)
         return F.linear(x, self._cached_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
@@ -146,6 +185,28 @@ def quantize_model_linears(model: nn.Module, results: dict[str, tuple[QuantParam
 
 def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def set_inference(model: nn.Module, path: str) -> dict[str, int]:
+    """Choose every QuantLinear's inference path ("kernel" or "dequantize"); returns
+    inference_summary(model) (kernel layers are packed for the kernel here, not at the first forward)."""
+    if path not in INFERENCE_PATHS:
+        raise ConfigError(f"unknown inference path {path!r}; choose from {', '.join(INFERENCE_PATHS)}")
+    for m in quant_linears(model).values():
+        m.inference = path
+        if path == "dequantize":
+            m._kernel = None
+    return inference_summary(model)
+
+
+def inference_summary(model: nn.Module) -> dict[str, int]:
+    """{"kernel": n, "dequantize (<reason>)": n, ...} over the model's QuantLinear modules."""
+    counts: dict[str, int] = {}
+    for m in quant_linears(model).values():
+        path, reason = m.inference_path()
+        label = path if reason is None else f"{path} ({reason})"
+        counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def dequantize_all(net) -> None:
