@@ -13,8 +13,8 @@ dense model and on a 50%-sparse (Wanda) base.
 Both sides quantize the same fp32 model with the same calibration token ids: slimtune's
 `calibration_batches(tokenizer, "news", 16, 512, seed=0)` (the slimtune worker checks that the ids it
 calibrates on equal the ones llm-compressor gets). slimtune runs `quantize_model(model, tokenizer,
-method, 4, group_size, symmetric, act_order, 0.01, calibration={source: news, n_samples: 16, seq_len:
-512, seed: 0}, progress=False, observer=...)` then `save_quantized` (compressed-tensors pack-quantized),
+method, 4, group_size, symmetric, calibration={source: news, n_samples: 16, seq_len: 512, seed: 0},
+progress=False, options={observer, and for gptq act_order, damp 0.01})` then `save_quantized` (compressed-tensors pack-quantized),
 in a fresh subprocess of this venv. llm-compressor 0.14 (own venv, see bench/sparsify.py and
 bench/_common.py) runs `oneshot` with `GPTQModifier(config_groups={"group_0": QuantizationScheme(
 targets=["Linear"], weights=QuantizationArgs(num_bits=4, type="int", symmetric=..., strategy="group",
@@ -131,9 +131,9 @@ def _slimtune_job(job: dict, calib) -> dict:
         raise RuntimeError("slimtune's calibration ids differ from the ones llm-compressor gets")
     before = {name: m.weight == 0 for name, m in linear_modules(model).items()}
     t0, c0 = time.perf_counter(), time.process_time()
+    knobs = {"observer": job["observer"], **({"act_order": job["act_order"], "damp": DAMP} if gptq else {})}
     report = quantize_model(model, tokenizer, job["method"], BITS, job["group"], job["grid"] == "sym",
-                            job["act_order"] and gptq, DAMP, calibration=calibration, progress=False,
-                            observer=job["observer"])
+                            calibration=calibration, progress=False, options=knobs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     zeros = total = zeros_before = kept = 0
     for name, m in quant_linears(model).items():

@@ -13,7 +13,7 @@ def test_the_demo_recipe_is_the_full_sqft_pipeline():
     assert tune.adapter == "nls" and tune.sparse_adapter and tune.quant_aware
     assert recipe.stages[1].bits == 4 and recipe.stages[3].select == "nncf"
     # the split belongs to the task (seed 0), not to the training seed; selection on validation only
-    assert recipe.split_seed == 0 and tune.train["seed"] != recipe.split_seed and recipe.stages[3].limit
+    assert recipe.split_seed == 0 and tune.train.seed != recipe.split_seed and recipe.stages[3].limit
     assert recipe.stages[-1].split == "test"
 
 

@@ -95,7 +95,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[Config], 
             _add_method_options(parser, config.registry, dest)
             continue
         flags = tuple(extra.get("flag", (f"--{name.replace('_', '-')}",)))
-        annotation = Literal[extra["choices"]] if "choices" in extra else field.annotation
+        registry = getattr(config, "registry", None)
+        annotation = Literal[tuple(registry)] if name == "method" and registry is not None else field.annotation
         _add_flag(parser, dest, flags, annotation, field.description, field.default, extra.get("off"))
 
 

@@ -9,7 +9,8 @@ registers (compress.Method.options); `options` is checked against the chosen met
 the config is built, so a recipe with a typo fails before its first stage.
 
 Field metadata for the CLI (json_schema_extra): "flag" (the option's flags, default --field-name),
-"cli": False (API and recipe only), "off" (a flag that sets a boolean to false).
+"cli": False (API and recipe only), "off" (a flag that sets a boolean to false). A compression
+stage's `method` offers its registry's methods at the time the CLI is built.
 """
 
 from __future__ import annotations
@@ -126,8 +127,7 @@ class _Compress(Config):
 class SparsifyConfig(_Compress):
     registry = SPARSIFIERS
 
-    method: str = Field("wanda", description=f"pruning method: {', '.join(SPARSIFIERS)}",
-                        json_schema_extra=_cli(choices=tuple(SPARSIFIERS)))
+    method: str = Field("wanda", description="pruning method (sparsity.SPARSIFIERS)")
     sparsity: float | None = Field(None, ge=0, lt=1, description="fraction of weights to zero, in [0, 1) (0.5 "
                                                                  "unless an N:M pattern implies it)")
     pattern: str = Field("unstructured", description="'unstructured' (exact count per row) or N:M, e.g. 2:4 (keep "
@@ -137,8 +137,7 @@ class SparsifyConfig(_Compress):
 class QuantizeConfig(_Compress):
     registry = QUANTIZERS
 
-    method: str = Field("gptq", description=f"quantization method: {', '.join(QUANTIZERS)}",
-                        json_schema_extra=_cli(choices=tuple(QUANTIZERS)))
+    method: str = Field("gptq", description="quantization method (quant.QUANTIZERS)")
     bits: int = Field(DEFAULT_BITS, description="bits per weight: 2, 3, 4 or 8")
     group_size: int = Field(DEFAULT_GROUP_SIZE, description="consecutive inputs sharing a scale and zero point, or "
                                                             "-1 for one group per output row")
