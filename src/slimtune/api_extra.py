@@ -16,7 +16,6 @@ from .adapters.peft_io import adapter_mode, base_of_adapter, mode_record, write_
 from .adapters.svd import check_ranks, read_factors, refactor_factors
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_manifest
 from .diagnose import diagnose_intruders
-from .configs import RefactorConfig
 from .errors import ArtifactError
 
 __all__ = ["refactor", "diagnose_intruders"]
@@ -32,7 +31,7 @@ def refactor(adapter: str | Path, *, out: str | Path, rank: int | dict | None = 
     (the truncated update is still masked / put on the grid at merge). Lineage is inherited."""
     started = time.time()
     out = check_output_dir(out, overwrite)
-    RefactorConfig.build(None, {"rank": rank, "budget": budget})  # the cheap checks before reading the adapter
+    check_ranks(rank, budget)  # the cheap checks before reading the adapter (RefactorConfig's, with per-module ranks)
     config, factors = read_factors(adapter)
     check_ranks(rank, budget, factors)
     mode = adapter_mode(adapter)
