@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from slimtune import api
+    from slimtune.artifacts import Artifact
     from slimtune.models import build_tiny_model
     from slimtune.nas import ElasticSpace, nncf_candidates
 
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
                              if json.dumps(c, sort_keys=True) in scored]
     heuristic_records = results["heuristics"]
 
-    base = api.read_manifest(sup)["config"]["model"]
+    base = Artifact.load(sup).config["model"]
     median = next(r for r in heuristic_records if r["heuristic"] == "median")
     from slimtune.nas.search import knee, pareto_front
 

@@ -72,7 +72,7 @@ def test_only_rank_zero_writes_the_artifact(tiny_llama_dir, tmp_path, monkeypatc
         checkpoint_dir.mkdir()
         return {"train_loss": 0.0, "steps": 0, "world_size": 2}
 
-    monkeypatch.setattr(api, "train", fake_train)
+    monkeypatch.setattr("slimtune.finetuning.train", fake_train)
     out = api.finetune(tiny_llama_dir, task="polarity", out=tmp_path / "ad", rank=2, progress=False)
     assert out == tmp_path / "ad" and barriers == [1]
     assert (out / "slimtune.json").is_file() == (rank == 0)

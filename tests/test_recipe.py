@@ -125,11 +125,11 @@ def test_an_interrupted_finetune_stage_resumes_from_its_checkpoint(tiny_llama_di
     recipe = load_recipe({"model": str(tiny_llama_dir), "stages": [
         {"name": "adapter", "stage": "finetune", "rank": 2, "train": {"max_steps": 5, "save_steps": 2, "batch_size": 4}}]})
     real_train = train_mod.train
-    monkeypatch.setattr("slimtune.api.train", lambda *a, **k: real_train(*a, **{**k, "callbacks": [Stop()]}))
+    monkeypatch.setattr("slimtune.finetuning.train", lambda *a, **k: real_train(*a, **{**k, "callbacks": [Stop()]}))
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe, tmp_path / "run", progress=False, log=_quiet)
     assert (tmp_path / "run" / ".adapter.checkpoints" / "checkpoint-2").is_dir()
-    monkeypatch.setattr("slimtune.api.train", real_train)
+    monkeypatch.setattr("slimtune.finetuning.train", real_train)
     run_recipe(recipe, tmp_path / "run", progress=False, log=_quiet)
     manifest = json.loads((tmp_path / "run" / "adapter" / "slimtune.json").read_text())
     assert manifest["metrics"]["steps"] == 5

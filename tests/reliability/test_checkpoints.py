@@ -110,11 +110,11 @@ def test_a_standalone_finetune_rerun_of_another_task_does_not_resume_silently(ti
 
     out = tmp_path / "ad"
     real_train = train_mod.train
-    monkeypatch.setattr("slimtune.api.train", lambda *a, **k: real_train(*a, **{**k, "callbacks": [_StopAt(3)]}))
+    monkeypatch.setattr("slimtune.finetuning.train", lambda *a, **k: real_train(*a, **{**k, "callbacks": [_StopAt(3)]}))
     kw = dict(rank=2, max_steps=4, save_steps=2, batch_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
         api.finetune(tiny_llama_dir, task="polarity", out=out, **kw)
-    monkeypatch.setattr("slimtune.api.train", real_train)
+    monkeypatch.setattr("slimtune.finetuning.train", real_train)
     assert (tmp_path / ".ad.checkpoints" / "checkpoint-2" / MARKER).is_file()
     for other in ({"task": "bigbench:strategyqa"}, {"rank": 3}):
         with pytest.raises(ConfigError, match="another configuration.*--overwrite"):

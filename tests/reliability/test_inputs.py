@@ -39,7 +39,7 @@ def test_cli_refuses_non_finite_numbers(tiny_llama_dir, tmp_path, capsys, flag, 
     ({"alpha": float("nan")}, "alpha: Input should be a finite number"),
 ])
 def test_api_refuses_non_finite_numbers_before_work(tiny_llama_dir, tmp_path, monkeypatch, kw, message):
-    monkeypatch.setattr("slimtune.api.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("slimtune.finetuning.load_model", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(ConfigError, match=message):
         api.finetune(tiny_llama_dir, out=tmp_path / "ad", **kw)
 

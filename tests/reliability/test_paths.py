@@ -83,6 +83,7 @@ def test_overwrite_refuses_a_users_folder_before_any_work(tiny_llama_dir, tmp_pa
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     monkeypatch.setattr("slimtune.api.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr("slimtune.finetuning.load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for call in (lambda: api.sparsify(tiny_llama_dir, out=mine, method="magnitude", overwrite=True),
                  lambda: api.quantize(tiny_llama_dir, out=mine, method="rtn", overwrite=True),
                  lambda: api.finetune(tiny_llama_dir, out=mine, overwrite=True)):
