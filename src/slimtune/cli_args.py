@@ -73,9 +73,12 @@ def _add_flag(parser, dest: str, flags: tuple[str, ...], annotation, description
             parser.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=_help(description, default))
         return
+    kind = _kind(annotation)
+    if kind.get("type") in (_csv, _ints):
+        description = f"{description}; comma-separated"
     parser.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=_help(description, default),
                         metavar=None if typing.get_origin(_unwrap(annotation)[0]) is Literal
-                        else dest.rsplit(".", 1)[-1].upper(), **_kind(annotation))
+                        else dest.rsplit(".", 1)[-1].upper(), **kind)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config: type[Config], prefix: str = "") -> None:

@@ -169,8 +169,9 @@ class FinetuneConfig(Config):
     adapter: Literal[ADAPTERS] = Field("lora", description="lora: one fixed rank; nls: an elastic super-adapter whose "
                                                            "rank groups are sampled from the rank space once per "
                                                            "optimizer step (Shears/SQFT)")
-    targets: list[str] | None = Field(None, description="module-name patterns to adapt (default: all attention and "
-                                                        "MLP projections)")
+    targets: list[str] | None = Field(None, description="module-name patterns to adapt, e.g. q_proj,v_proj (suffix "
+                                                        "match, glob, or re:<regex> on the full name; default: all "
+                                                        "attention and MLP projections)")
     rank: int | None = Field(None, ge=1, description="LoRA rank r, the maximal rank for nls (default 16 for lora, 32 "
                                                      "for nls)")
     rank_space: list[int] | None = Field(None, description="nls: descending ranks, the first the maximal one "
@@ -209,8 +210,10 @@ class FinetuneConfig(Config):
 
 class ExtractConfig(Config):
     select: str | dict[str, int] = Field("median", description="maximal | median | minimal | nncf (the best on the "
-                                                               "task's VALIDATION split of NNCF's candidates) | a JSON "
-                                                               "object {group: rank}")
+                                                               "task's VALIDATION split of the median, the most "
+                                                               "frequently sampled and the 5 lowest-loss training "
+                                                               "configurations) | a JSON object {group: rank}, groups "
+                                                               "as in elastic_config.json")
     pick: str | None = Field(None, description="from a search: best-accuracy | smallest | knee (of the Pareto "
                                                "front) | trial=N (default knee)")
     task: str | Task | None = Field(None, description="nncf: task whose validation split scores the candidates (default: "
