@@ -19,7 +19,7 @@ def check_adapter_args(adapter: str, rank: int | None, rank_space, groups: str) 
     lora defaults to rank 16; nls to Shears' space [r, 3r/4, r/2] with r = 32."""
     from .adapters.lora import check_rank_space
 
-    if adapter == "lora":
+    if adapter in ("lora", "adalora", "paca"):  # adalora's ranks: init_r; paca's columns: rank-equivalent
         return rank or 16, None
     if rank_space is None:
         r = rank or 32
@@ -65,6 +65,12 @@ def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False
     from .adapters.peft_io import adapter_mode, adapter_modules, read_adapter_config
     from .nas import ELASTIC_CONFIG, ElasticSpace
 
+    from .adapters.paca import is_paca, load_paca
+
+    if is_paca(adapter):  # PaCA columns: slimtune's own format
+        net, tokenizer = load_model(model)
+        load_paca(net, adapter, trainable=trainable)
+        return net, tokenizer
     mode = adapter_mode(adapter)
     read_adapter_config(adapter)
     net, tokenizer = load_model(model)
@@ -82,7 +88,7 @@ def method_name(adapter: str, sparse: bool, quant_aware: bool) -> str:
     base = ("qa-sparsepeft" if sparse else "qa-lora") if quant_aware else ("sparsepeft" if sparse else "")
     if not base:
         return adapter
-    return f"{base}+nls" if adapter == "nls" else base
+    return f"{base}+{adapter}" if adapter != "lora" else base
 
 
 def resolve_qa_weights(model, quant_aware: bool, qa_weights: str, float_base) -> tuple[str, str | None]:

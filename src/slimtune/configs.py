@@ -29,10 +29,12 @@ from .sparsity import SPARSIFIERS
 from .data import DEFAULT_TASK, Task
 from .diagnose.intruders import DEFAULT_EPSILON, DEFAULT_K
 from .train import TrainConfig
+from .adapters.adalora import AdaLoraOptions
+from .adapters.paca import PacaOptions
 
 CONFIG_VERSION = 1
 SPLITS = ("train", "validation", "test")
-ADAPTERS = ("lora", "nls")
+ADAPTERS = ("lora", "nls", "adalora", "paca")
 QA_WEIGHTS = ("auto", "float", "quantized")
 SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
                    "(default: the split seed the model's lineage used for this task, else 0)")
@@ -168,7 +170,9 @@ class FinetuneConfig(Config):
                                                "polarity)")
     adapter: Literal[ADAPTERS] = Field("lora", description="lora: one fixed rank; nls: an elastic super-adapter whose "
                                                            "rank groups are sampled from the rank space once per "
-                                                           "optimizer step (Shears/SQFT)")
+                                                           "optimizer step (Shears/SQFT); adalora: SVD-form "
+                                                           "adapters pruned to a rank budget (AdaLoRA); paca: "
+                                                           "selected input columns trained in place (PaCA)")
     targets: list[str] | None = Field(None, description="module-name patterns to adapt, e.g. q_proj,v_proj (suffix "
                                                         "match, glob, or re:<regex> on the full name; default: all "
                                                         "attention and MLP projections)")
@@ -194,10 +198,20 @@ class FinetuneConfig(Config):
                                                      "(default: the one the base's manifest records)")
     split_seed: int = Field(0, description="seed of the task's train/validation/test split, separate from the "
                                            "training seed")
+    adalora: AdaLoraOptions = Field(default_factory=AdaLoraOptions, description="adalora: rank allocation")
+    paca: PacaOptions = Field(default_factory=PacaOptions, description="paca: column selection")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
 
     @model_validator(mode="after")
     def _consistent(self):
+        for kind, options, default in (("adalora", self.adalora, AdaLoraOptions()), ("paca", self.paca, PacaOptions())):
+            if self.adapter != kind and options != default:
+                raise ValueError(f"{kind} options only apply to adapter {kind} (adapter is {self.adapter})")
+        if self.adapter == "adalora" and self.rank is not None:
+            raise ValueError("adalora's ranks are init_r (start) and target_r (average at the end), not rank")
+        if self.adapter == "paca" and (self.quant_aware or self.dropout):
+            raise ValueError("paca trains base columns in place: no dropout, and on an INT4 base its merge always "
+                             "lands on the grid (drop quant_aware)")
         if (self.qa_weights != "auto" or self.float_base is not None) and not self.quant_aware:
             raise ValueError("qa_weights / float_base only apply to quantization-aware adapters (quant_aware)")
         if self.adapter == "lora" and self.rank_space is not None:

@@ -52,7 +52,7 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     config = build_train_config(cfg.train, **train_overrides)
     task, adapter, targets, alpha, groups = cfg.task or DEFAULT_TASK, cfg.adapter, cfg.targets, cfg.alpha, cfg.groups
     sparse_adapter, quant_aware, split_seed = cfg.sparse_adapter, cfg.quant_aware, cfg.split_seed
-    dropout = (0.0 if sparse_adapter or quant_aware else 0.05) if cfg.dropout is None else cfg.dropout
+    dropout = (0.0 if sparse_adapter or quant_aware or adapter == "paca" else 0.05) if cfg.dropout is None else cfg.dropout
     r_max, space = check_adapter_args(adapter, cfg.rank, cfg.rank_space, groups)
     qa_weights, float_base = resolve_qa_weights(model, quant_aware, cfg.qa_weights, cfg.float_base)
     task_obj = lineage.task_split(task, split_seed)
@@ -64,9 +64,16 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     zeros = zero_fraction(net, names)
     check_sparse_base(zeros, sparse_adapter, model)
     qa = float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
-    add_lora(net, names, r=r_max, alpha=alpha, dropout=dropout, seed=config.seed, rank_space=space,
-             sparse=sparse_adapter, quant_aware=quant_aware, qa_weights=qa)
-    callbacks, elastic = [], None
+    callbacks, elastic, setup = [], None, None
+    if adapter in ("adalora", "paca"):  # baselines: adapter_methods builds them
+        from .adapter_methods import setup_adapter
+
+        setup = setup_adapter(adapter, net, names, cfg, rank=r_max, alpha=alpha, dropout=dropout, seed=config.seed,
+                              qa_weights=qa, tokenizer=tokenizer, examples=task_obj.train, max_length=config.max_length)
+        callbacks = list(setup.callbacks)
+    else:
+        add_lora(net, names, r=r_max, alpha=alpha, dropout=dropout, seed=config.seed, rank_space=space,
+                 sparse=sparse_adapter, quant_aware=quant_aware, qa_weights=qa)
     if space is not None:
         from .nas import ElasticSampler, ElasticSpace
 
@@ -74,7 +81,10 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed))
     checkpoints = out.parent / f".{out.name}.checkpoints"
     metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
-                    add_eos=task_obj.kind == "generation", progress=progress, run_key={"model": str(model)})
+                    add_eos=task_obj.kind == "generation", progress=progress, run_key={"model": str(model)},
+                    objective=setup.objective if setup else None)
+    if setup is not None:
+        metrics.update(setup.metrics())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if elastic is not None:
         from .nas import frequencies
@@ -86,7 +96,10 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         barrier()
         return out
     with atomic_dir(out, overwrite) as tmp:
-        save_adapter(net, tmp, base_model_name_or_path=str(model))
+        if setup is not None and setup.save is not None:
+            setup.save(tmp, str(model))
+        else:
+            save_adapter(net, tmp, base_model_name_or_path=str(model))
         if elastic is not None:
             elastic.save(tmp)
             callbacks[0].save_checkpoint(tmp)

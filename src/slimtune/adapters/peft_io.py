@@ -90,6 +90,10 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path:
     if not layers:
         raise ArtifactError("the model has no LoRA layers to save")
     exports = {n: layer.export() for n, layer in layers.items()}  # the contract: PEFT's layout at the active rank
+    exports = {n: e for n, e in exports.items() if e.rank > 0}  # a layer with no rank left (AdaLoRA) adds nothing
+    if not exports:
+        raise ArtifactError("every adapter layer has rank 0: there is no update to save")
+    layers = {n: layers[n] for n in exports}
     factors = {n: (e.tensors["lora_A.weight"], e.tensors["lora_B.weight"]) for n, e in exports.items()}
     return write_lora(out_dir, factors, {n: e.alpha for n, e in exports.items()},
                       target_modules=_target_spec(model, list(layers)), task_type=_task_type(model),
