@@ -64,6 +64,8 @@ def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False
     """(model, tokenizer) with the adapter applied in its own mode (sparse, quantization-aware)."""
     from .adapters.peft_io import adapter_mode, adapter_modules, read_adapter_config
     from .nas import ELASTIC_CONFIG, ElasticSpace
+    from .nas.lonas import apply_subnetwork
+    from .nas.reorder import apply_saved_order
 
     mode = adapter_mode(adapter)
     read_adapter_config(adapter)
@@ -71,9 +73,11 @@ def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False
     qa = None
     if mode["quant_aware"] and mode["qa_weights"] == "float":
         qa = float_weights(mode["float_base"], adapter_modules(adapter))
+    apply_saved_order(net, adapter)  # a LoNAS base reordered by importance before training
     load_adapter(net, adapter, trainable=trainable, qa_weights=qa)
     if (Path(adapter) / ELASTIC_CONFIG).is_file():
         ElasticSpace.load(adapter).bind(net)
+    apply_subnetwork(net, adapter)  # an extracted LoNAS sub-adapter: its widths
     return net, tokenizer
 
 
@@ -82,7 +86,7 @@ def method_name(adapter: str, sparse: bool, quant_aware: bool) -> str:
     base = ("qa-sparsepeft" if sparse else "qa-lora") if quant_aware else ("sparsepeft" if sparse else "")
     if not base:
         return adapter
-    return f"{base}+nls" if adapter == "nls" else base
+    return f"{base}+{adapter}" if adapter in ("nls", "lonas") else base
 
 
 def resolve_qa_weights(model, quant_aware: bool, qa_weights: str, float_base) -> tuple[str, str | None]:
