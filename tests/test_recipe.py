@@ -51,7 +51,9 @@ def test_example_recipe_runs_end_to_end(recipe, tiny_llama_dir, tmp_path):
         assert (run / st.name / "slimtune.json").is_file(), st.name
     final = run / "final"
     facts = api.inspect(final)["total"]
-    assert facts["sparsity"] >= 0.5  # every pipeline here ends sparse
+    # every pipeline here ends sparse (LoNAS keeps a prefix of down's / o's input columns, and Wanda's
+    # exact per-row count holds over the whole row, so a sliced row keeps about, not exactly, half zeros)
+    assert facts["sparsity"] >= (0.49 if recipe.stem == "lonas" else 0.5)
     if "qa" in recipe.stem or "sparsepeft" in recipe.stem and "sqft" in recipe.stem:
         net, _ = load_model(final)
         assert quant_linears(net) and {q.bits for q in quant_linears(net).values()} == {4}

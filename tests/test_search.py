@@ -104,7 +104,7 @@ def test_extract_from_search_picks_a_trial(super_adapter, tmp_path):
 
 
 def test_bad_search_input_is_rejected_before_work(tiny_llama_dir, super_adapter, tmp_path):
-    with pytest.raises(ConfigError, match="objectives.1.: Input should be 'accuracy', 'loss', 'params' or 'nonzero'"):
+    with pytest.raises(ConfigError, match="objectives.1.: Input should be 'accuracy', 'loss', 'params', 'nonzero', 'total_params' or 'macs'"):
         api.search(super_adapter, out=tmp_path / "a", objectives=["accuracy", "latency"])
     with pytest.raises(ConfigError, match="cannot open the search storage 'nosuchdb://x'"):
         api.search(super_adapter, out=tmp_path / "b", storage="nosuchdb://x")

@@ -64,6 +64,8 @@ def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False
     """(model, tokenizer) with the adapter applied in its own mode (sparse, quantization-aware)."""
     from .adapters.peft_io import adapter_mode, adapter_modules, read_adapter_config
     from .nas import ELASTIC_CONFIG, ElasticSpace
+    from .nas.lonas import apply_subnetwork
+    from .nas.reorder import apply_saved_order
 
     from .adapters.paca import is_paca, load_paca
 
@@ -77,9 +79,11 @@ def load_adapted(model: str | Path, adapter: str | Path, trainable: bool = False
     qa = None
     if mode["quant_aware"] and mode["qa_weights"] == "float":
         qa = float_weights(mode["float_base"], adapter_modules(adapter))
+    apply_saved_order(net, adapter)  # a LoNAS base reordered by importance before training
     load_adapter(net, adapter, trainable=trainable, qa_weights=qa)
     if (Path(adapter) / ELASTIC_CONFIG).is_file():
         ElasticSpace.load(adapter).bind(net)
+    apply_subnetwork(net, adapter)  # an extracted LoNAS sub-adapter: its widths
     return net, tokenizer
 
 

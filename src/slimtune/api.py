@@ -82,6 +82,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
     sub-adapter join its lineage as a selection set. Options: configs.ExtractConfig (select, pick,
     task, limit, split_seed), as `config` or keywords."""
     from .nas import ElasticSpace, nncf_candidates, parse_selection
+    from .nas.lonas import subnetwork_files
     from .nas.objective import score_candidates
     from .nas.sampling import HISTORY_FILE
 
@@ -127,6 +128,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
     widths = {n: (l.in_features, l.out_features) for n, l in adapter_layers(net).items()}
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
+        lonas = subnetwork_files(tmp, adapter, net, space, config)  # LoNAS: widths and channel order
         mode = {k: recorded.get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
         mode["float_base"] = super_adapter.input("float_base") if super_adapter else None  # where it is now
         write_manifest(tmp, stage="extract", method=label,
@@ -135,7 +137,7 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
                        inputs={"adapter": adapter},
                        metrics={"adapter_parameters": space.size(config, widths),
                                 "maximal_parameters": space.size(space.maximal(), widths),
-                                "candidates": candidates,
+                                "candidates": candidates, **lonas,
                                 **({"search_objectives": picked["objectives"]} if from_search is not None else {})},
                        started=started, lineage=history)
     return out
@@ -297,8 +299,10 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
     grid (same scales and zero points). A plain adapter on a quantized base leaves the grid, so the
     result is a float (dequantized + update) directory: re-quantize it with `slimtune quantize`.
     """
+    from .nas.lonas import shrink_merged
     from .quant.formats import write_quantized
     from .quant.linear import quant_linears
+    from .widths_io import write_widths
 
     started = time.time()
     out = check_output_dir(out, overwrite)
@@ -306,6 +310,7 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
     net, tokenizer = load_adapted(model, adapter)
     quant_aware = any(getattr(l, "quant_aware", False) for l in adapter_layers(net).values())
     merge_adapters(net)
+    net, shapes = shrink_merged(net, adapter)  # an extracted LoNAS sub-adapter: the physically smaller model
     quantized = bool(quant_linears(net))
     if quantized and not quant_aware:
         from .quant.linear import dequantize_all
@@ -318,9 +323,13 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
         else:
             net.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+        if shapes:
+            write_widths(tmp, shapes)
         write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
                        config={"model": str(model), "adapter": str(adapter), "version": CONFIG_VERSION},
                        inputs={"adapter": adapter}, started=started,
+                       metrics={"parameters": sum(p.numel() for p in net.parameters()),
+                                "per_block_widths": bool(shapes)},
                        lineage=lineage.combine(lineage.of(model), lineage.of(adapter)))
     return out
 

@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 from .compress import DEFAULT_CALIBRATION, Registry, check_options
 from .errors import ConfigError
 from .nas.search import OBJECTIVES, SAMPLERS
+from .nas.lonas import WIDTH_KINDS
+from .nas.reorder import ORDERS
+from .nas.sampling import SAMPLERS as SUBNET_SAMPLERS
 from .nas.space import PRESETS
 from .quant import QUANTIZERS
 from .quant.params import DEFAULT_BITS, DEFAULT_GROUP_SIZE
@@ -200,6 +203,19 @@ class FinetuneConfig(Config):
                                            "training seed")
     adalora: AdaLoraOptions = Field(default_factory=AdaLoraOptions, description="adalora: rank allocation")
     paca: PacaOptions = Field(default_factory=PacaOptions, description="paca: column selection")
+    widths: list[Literal[WIDTH_KINDS]] | None = Field(None, description="nls, LoNAS: make base widths elastic too, "
+                                                      "bound to the same modules' adapters: mlp (intermediate "
+                                                      "channels), heads (attention heads in whole KV groups)")
+    mlp_fractions: list[float] | None = Field(None, description="widths mlp: fractions of the intermediate size "
+                                                                "(default 1,0.875,0.75,0.625,0.5, LoNAS')")
+    head_fractions: list[float] | None = Field(None, description="widths heads: fractions of the KV groups (default "
+                                                                 "every group count from all down to half)")
+    width_order: Literal[ORDERS] = Field("original", description="widths: keep the channels/heads in their order "
+                                                                  "(original, LoNAS') or move the largest-norm "
+                                                                  "ones first (magnitude); outputs are unchanged")
+    sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("uniform", description="nls: configurations per optimizer step: "
+                                                                     "uniform (one random) or sandwich (maximal, "
+                                                                     "random, minimal)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
 
     @model_validator(mode="after")
@@ -216,6 +232,19 @@ class FinetuneConfig(Config):
             raise ValueError("qa_weights / float_base only apply to quantization-aware adapters (quant_aware)")
         if self.adapter == "lora" and self.rank_space is not None:
             raise ValueError("a rank space makes the adapter elastic: use adapter nls with rank_space")
+        if self.adapter != "nls" and (self.widths or self.sampler != "uniform"):
+            raise ValueError("elastic widths and the sampler belong to an elastic super-network: use adapter nls")
+        if (self.mlp_fractions and "mlp" not in (self.widths or [])) or (
+                self.head_fractions and "heads" not in (self.widths or [])):
+            raise ValueError("mlp_fractions / head_fractions need widths mlp / heads")
+        for f in (self.mlp_fractions or []) + (self.head_fractions or []):
+            if not 0 < f <= 1:
+                raise ValueError(f"width fractions are in (0, 1], got {f}")
+        if self.width_order != "original" and not self.widths:
+            raise ValueError("width_order reorders elastic widths: give widths")
+        if self.widths and self.quant_aware:
+            raise ValueError("elastic widths need a float (dense or sparse) base; a quantization-aware adapter's "
+                             "base is quantized (slicing input columns would cut its quantization groups)")
         if (self.sparse_adapter or self.quant_aware) and self.dropout:
             raise ValueError("sparse and quantization-aware adapters apply their update to the weight, which leaves "
                              f"no adapter input to drop out: set dropout 0 (got {self.dropout})")
@@ -240,8 +269,10 @@ class SearchConfig(Config):
     task: str | Task | None = Field(None, description="task whose validation split is scored (default: the super-adapter's "
                                                "training task)")
     objectives: list[Literal[tuple(OBJECTIVES)]] = Field(["accuracy", "params"], min_length=1,
-                                                  description="accuracy or loss, and params (adapter parameters) or "
-                                                              "nonzero (non-zero base weights + adapter parameters)")
+                                                  description="accuracy or loss, and params (adapter parameters), "
+                                                              "nonzero (non-zero base weights + adapter parameters), "
+                                                              "total_params (base + adapter parameters of the "
+                                                              "sub-network) or macs (linear MACs per token, merged)")
     trials: int = Field(30, ge=1, description="completed trials in all, over all workers")
     storage: str | None = Field(None, description="optuna storage URL shared by workers, e.g. sqlite:///runs/s.db "
                                                   "(default: sqlite in the run directory)")

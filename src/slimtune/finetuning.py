@@ -61,6 +61,13 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     net, tokenizer = load_model(model)
     require_causal_lm(net, "finetune")
     names = target_modules(net, list(targets) if targets else None)
+    width_dims, orders = None, {}
+    if cfg.widths:  # LoNAS: elastic base widths (reordered by importance first if asked)
+        from .nas.lonas import width_dimensions
+        from .nas.reorder import reorder
+
+        width_dims = width_dimensions(net, cfg.widths, cfg.mlp_fractions, cfg.head_fractions)
+        orders = reorder(net, width_dims, cfg.width_order)
     zeros = zero_fraction(net, names)
     check_sparse_base(zeros, sparse_adapter, model)
     qa = float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
@@ -78,7 +85,9 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         from .nas import ElasticSampler, ElasticSpace
 
         elastic = ElasticSpace.build(names, space, groups, architecture_of(net))
-        callbacks.append(ElasticSampler(net, elastic, seed=config.seed))
+        if width_dims:
+            elastic = ElasticSpace([*elastic.dimensions.values(), *width_dims], "lonas")
+        callbacks.append(ElasticSampler(net, elastic, seed=config.seed, rule=cfg.sampler))
     checkpoints = out.parent / f".{out.name}.checkpoints"
     metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
                     add_eos=task_obj.kind == "generation", progress=progress, run_key={"model": str(model)},
@@ -90,7 +99,10 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         from .nas import frequencies
 
         history = callbacks[0].history
-        metrics.update(rank_groups=len(elastic.groups), sampled_steps=len(history),
+        metrics.update(rank_groups=len(elastic.of_kind("rank")), width_dimensions=len(elastic.of_kind("width")),
+                       sampled_steps=len(history),
+                       maximal_parameters=elastic.size(net, elastic.maximal()),
+                       minimal_parameters=elastic.size(net, elastic.minimal()),
                        rank_frequencies={g: {str(r): n for r, n in f.items()} for g, f in frequencies(history).items()})
     if not is_main_process():  # under torchrun rank 0 writes the artifact; the others wait until it is complete
         barrier()
@@ -103,8 +115,12 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         if elastic is not None:
             elastic.save(tmp)
             callbacks[0].save_checkpoint(tmp)
+        if orders:
+            from .nas.reorder import save_order
+
+            save_order(tmp, width_dims, orders, cfg.width_order)
         write_manifest(
-            tmp, stage="finetune", method=method_name(adapter, sparse_adapter, quant_aware),
+            tmp, stage="finetune", method=method_name("lonas" if cfg.widths else adapter, sparse_adapter, quant_aware),
             config={**cfg.record(), "model": str(model), "task": task_obj.spec, "targets": names, "rank": r_max,
                     "rank_space": space, "groups": groups if space else None, "dropout": dropout,
                     "sparse": sparse_adapter, "qa_weights": qa_weights,

@@ -124,6 +124,8 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
     weights stay packed; within a tolerance of the exact path, see deploy/int4.py)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from .widths_io import load_with_widths, read_widths
+
     source = resolve_model(spec)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     _check_weight_files(spec, source)
@@ -132,8 +134,12 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         cls = AutoModelForCausalLM if is_causal_config(config) else AutoModel
-        model = cls.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                    use_safetensors=True)
+        shapes = read_widths(source) if Path(source).is_dir() else None
+        if shapes:  # per-block widths (a LoNAS sub-network): no stock config describes them
+            model = load_with_widths(cls, source, config, torch_dtype, shapes)
+        else:
+            model = cls.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                        use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(e).lower() \

@@ -1,5 +1,5 @@
 """What a search trial measures for one sub-adapter configuration: validation accuracy or loss, and
-adapter parameters or non-zero weights."""
+adapter parameters, non-zero weights, the sub-network's total parameters or its linear MACs per token."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Callable
 
 from ..data.tasks import Task
 from .elastic import SearchSpace
+from .lonas import linear_macs
 
 
 def task_score(result: dict) -> float:
@@ -38,6 +39,10 @@ def make_objective(net, tokenizer, task: Task | None, space: SearchSpace, object
         params = space.size(config, widths)
         values["params"] = float(params)
         values["nonzero"] = float(base_nonzero + params)
+        if "total_params" in objectives:  # base + adapter parameters of the sub-network (LoNAS)
+            values["total_params"] = float(space.size(net, config))
+        if "macs" in objectives:
+            values["macs"] = float(linear_macs(net, space, config))
         return values
 
     return measure

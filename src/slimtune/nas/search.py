@@ -20,7 +20,9 @@ from ..errors import ConfigError
 from .elastic import SearchSpace
 
 # objective name -> optuna direction
-OBJECTIVES = {"accuracy": "maximize", "loss": "minimize", "params": "minimize", "nonzero": "minimize"}
+OBJECTIVES = {"accuracy": "maximize", "loss": "minimize", "params": "minimize", "nonzero": "minimize",
+              "total_params": "minimize", "macs": "minimize"}
+SIZES = ("params", "nonzero", "total_params", "macs")  # the cost objectives
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
 
 
@@ -225,7 +227,7 @@ def pick(records: list[dict], front: list[dict], objectives: list[str], how: str
         raise ConfigError(f"trial {number} is not a completed trial of this search "
                           f"(completed: {', '.join(str(r['trial']) for r in records[:20])})")
     quality = next((o for o in objectives if o in ("accuracy", "loss")), None)
-    size = next((o for o in objectives if o in ("params", "nonzero")), None)
+    size = next((o for o in objectives if o in SIZES), None)
     if how == "best-accuracy":
         if quality is None:
             raise ConfigError("best-accuracy needs an accuracy or loss objective in the search")
@@ -233,7 +235,7 @@ def pick(records: list[dict], front: list[dict], objectives: list[str], how: str
         return min(front, key=lambda r: (sign * r["objectives"][quality], r["objectives"].get(size, 0), r["trial"]))
     if how == "smallest":
         if size is None:
-            raise ConfigError("smallest needs a params or nonzero objective in the search")
+            raise ConfigError(f"smallest needs a cost objective ({', '.join(SIZES)}) in the search")
         sign = -1.0 if quality and OBJECTIVES[quality] == "maximize" else 1.0
         return min(front, key=lambda r: (r["objectives"][size], sign * r["objectives"].get(quality, 0), r["trial"]))
     if how == "knee":
@@ -248,7 +250,7 @@ def plot_front(records: list[dict], front: list[dict], objectives: list[str], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    size = next((o for o in objectives if o in ("params", "nonzero")), objectives[-1])
+    size = next((o for o in objectives if o in SIZES), objectives[-1])
     quality = next((o for o in objectives if o != size), None)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if quality is None:  # one objective: value per trial
@@ -256,7 +258,7 @@ def plot_front(records: list[dict], front: list[dict], objectives: list[str], pa
         ax.set_xlabel("trial")
         ax.set_ylabel(size)
     else:
-        scale = 1e6 if size in ("params", "nonzero") else 1.0
+        scale = 1e6 if size in SIZES else 1.0
         xs = lambda rs: [r["objectives"][size] / scale for r in rs]  # noqa: E731
         ys = lambda rs: [r["objectives"][quality] for r in rs]  # noqa: E731
         ax.scatter(xs(records), ys(records), s=18, color="0.65", label="trials")

@@ -1,0 +1,183 @@
+"""LoNAS (Munoz et al. 2024): one super-network whose adapter ranks AND frozen-base widths are elastic,
+searched, then extracted into a physically smaller model.
+
+  build_space        the rank dimensions of NLS (nas.space presets) plus width dimensions of the base
+                     (nas.widths): 'mlp' (gate/up outputs + down inputs, with their adapters' B rows / A
+                     columns) and 'heads' (whole KV groups: q/o per group, k/v per KV head)
+  MLP_FRACTIONS      the reference preset: 100/87.5/75/62.5/50% of the intermediate size
+  head_fractions     the default head preset: every KV-group count from all groups down to half of them
+  linear_macs        multiply-accumulates per token of the merged sub-network's linear layers
+  subnetwork files   an extracted sub-adapter of a width configuration carries SUBNETWORK_FILE (its width
+                     dimensions and choices); `load_adapted` applies it, `merge` cuts the merged model
+                     to it (`shrink_merged`)
+
+Sub-networks keep the first channels / heads; `nas.reorder` can move the most important ones first
+before training (the reference keeps the original order). Width slicing of a quantized (QuantLinear)
+base is refused: slicing input columns of a group-quantized layer would have to respect its groups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch import nn
+
+from ..adapters.base import AdapterLayer
+from ..architectures import architecture_of
+from ..errors import ArtifactError, ConfigError
+from .elastic import SearchSpace, _inside_adapter, axis_size
+from .space import rank_dimensions
+from .widths import MLP_FRACTIONS, head_dimensions, mlp_width_dimensions
+
+WIDTH_KINDS = ("mlp", "heads")
+SUBNETWORK_FILE = "subnetwork.json"
+SUBNETWORK_VERSION = 1
+
+
+def head_fractions(model: nn.Module) -> list[float]:
+    """Every KV-group count from all groups down to half of them (at least one), as fractions."""
+    arch = architecture_of(model)
+    if arch is None:
+        raise ConfigError(f"{type(model).__name__} has no entry in slimtune's architecture map; elastic heads need it")
+    _, n_kv, _ = arch.heads(model.config)
+    return [k / n_kv for k in range(n_kv, max(1, math.ceil(n_kv / 2)) - 1, -1)]
+
+
+def check_width_base(model: nn.Module, modules) -> None:
+    """Width elasticity slices float weights; a quantized layer is refused with the reason."""
+    for name in modules:
+        module = model.get_submodule(name)
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        if type(base).__name__ == "QuantLinear":
+            raise ConfigError(f"elastic widths need a float (dense or sparse) base, and {name} is quantized: slicing "
+                              "the input columns of a group-quantized layer would cut its groups. Train LoNAS on the "
+                              "float or sparse model and quantize the extracted sub-network afterwards")
+
+
+def width_dimensions(model: nn.Module, widths, mlp_fractions=None, heads_fractions=None):
+    """The width dimensions of the requested kinds ('mlp', 'heads')."""
+    unknown = [w for w in widths if w not in WIDTH_KINDS]
+    if unknown:
+        raise ConfigError(f"unknown width kind(s) {unknown}; choose from {', '.join(WIDTH_KINDS)}")
+    check_width_base(model, [n for n, m in model.named_modules() if type(m).__name__ == "QuantLinear"])
+    dims = []
+    if "mlp" in widths:
+        dims += mlp_width_dimensions(model, tuple(mlp_fractions or MLP_FRACTIONS))
+    if "heads" in widths:
+        dims += head_dimensions(model, tuple(heads_fractions or head_fractions(model)))
+    dims = [d for d in dims if len(d.choices) > 1]  # a single choice is not elastic
+    if not dims:
+        raise ConfigError(f"the width fractions leave no elastic width in {list(widths)} (every dimension has one "
+                          "choice); give fractions that differ by at least one channel / KV group")
+    check_width_base(model, {b.module for d in dims for b in d.bindings})
+    return dims
+
+
+def build_space(model: nn.Module, names: list[str], rank_space: list[int], groups: str, widths=None,
+                mlp_fractions=None, heads_fractions=None) -> SearchSpace:
+    """The super-network's space: NLS rank groups over the adapted `names`, plus width dimensions."""
+    from .space import ElasticSpace
+
+    arch = architecture_of(model)
+    dims = rank_dimensions(names, rank_space, groups, arch)
+    if widths:
+        dims += width_dimensions(model, widths, mlp_fractions, heads_fractions)
+    return ElasticSpace(dims, "lonas" if widths else groups)
+
+
+def width_space(space: SearchSpace) -> SearchSpace | None:
+    """The width dimensions of a space alone (None when it has none)."""
+    dims = list(space.of_kind("width").values())
+    return SearchSpace(dims, space.preset) if dims else None
+
+
+def linear_macs(model: nn.Module, space: SearchSpace, config: dict[str, int]) -> int:
+    """Multiply-accumulates per token of the sub-network's linear layers once its adapters are merged
+    (active out × in of every linear layer, LM head included). Attention scores (QKᵀ, AV) grow with the
+    context and are not counted."""
+    axes = space.module_axes(config)
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, (AdapterLayer, nn.Linear)) and not _inside_adapter(name, model):
+            sizes = axes.get(name, {})
+            total += sizes.get("out", axis_size(m, "out")) * sizes.get("in", axis_size(m, "in"))
+    return total
+
+
+# ---- extracted sub-networks ------------------------------------------------------------------
+
+def save_subnetwork(directory: str | Path, space: SearchSpace, config: dict[str, int]) -> dict | None:
+    """Record a configuration's widths beside an extracted sub-adapter (nothing for a rank-only space)."""
+    widths = width_space(space)
+    if widths is None:
+        return None
+    chosen = {n: config[n] for n in widths.dimensions}
+    data = {"version": SUBNETWORK_VERSION, "space": widths.to_dict(), "config": chosen}
+    (Path(directory) / SUBNETWORK_FILE).write_text(json.dumps(data, indent=1) + "\n")
+    return chosen
+
+
+def load_subnetwork(directory: str | Path) -> tuple[SearchSpace, dict[str, int]] | None:
+    path = Path(directory) / SUBNETWORK_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != SUBNETWORK_VERSION:
+            raise ArtifactError(f"{path}: sub-network version {data.get('version')!r} is not one this slimtune reads")
+        space = SearchSpace.from_dict(data["space"])
+        return space, space.check(data["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path} is not a valid sub-network description ({e})") from e
+
+
+def apply_subnetwork(model: nn.Module, directory: str | Path) -> bool:
+    """Activate an extracted sub-adapter's widths on its (full-width) base; False if it has none."""
+    found = load_subnetwork(directory)
+    if found is None:
+        return False
+    space, config = found
+    space.apply(model, config)
+    return True
+
+
+def shrink_merged(model: nn.Module, directory: str | Path) -> tuple[nn.Module, dict | None]:
+    """After merging an extracted sub-adapter: the physically smaller model its widths select, and the
+    per-module shapes to record when the widths differ between blocks (None when the config describes
+    them, so stock transformers loads the result)."""
+    from .subnetwork import extract_subnetwork
+
+    found = load_subnetwork(directory)
+    if found is None:
+        return model, None
+    space, config = found
+    check_width_base(model, {b.module for d in space.dimensions.values() for b in d.bindings})
+    small = extract_subnetwork(model, space, config)
+    uniform = all(len({config[n] for n in space.dimensions if n.endswith(suffix)}) <= 1
+                  for suffix in (":mlp", ":heads"))
+    if uniform:
+        return small, None
+    shapes = {}
+    for d in space.dimensions.values():
+        for b in d.bindings:
+            m = small.get_submodule(b.module)
+            shapes[b.module] = [m.out_features, m.in_features]
+    return small, shapes
+
+
+def subnetwork_files(directory: str | Path, super_adapter: str | Path, model: nn.Module, space: SearchSpace,
+                     config: dict[str, int]) -> dict:
+    """extract's LoNAS part: the configuration's widths (SUBNETWORK_FILE) and the base's channel order
+    (nas.reorder) beside the sub-adapter; returns the metrics to record (nothing for a rank-only space)."""
+    from .reorder import copy_order
+
+    copy_order(super_adapter, directory)
+    widths = save_subnetwork(directory, space, config)
+    if widths is None:
+        return {}
+    return {"widths": widths, "total_parameters": space.size(model, config),
+            "maximal_total_parameters": space.size(model, space.maximal()),
+            "macs_per_token": linear_macs(model, space, config),
+            "maximal_macs_per_token": linear_macs(model, space, space.maximal())}
