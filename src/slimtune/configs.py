@@ -32,7 +32,7 @@ from .train import TrainConfig
 
 CONFIG_VERSION = 1
 SPLITS = ("train", "validation", "test")
-ADAPTERS = ("lora", "nls")
+ADAPTERS = ("lora", "nls", "full")
 QA_WEIGHTS = ("auto", "float", "quantized")
 SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
                    "(default: the split seed the model's lineage used for this task, else 0)")
@@ -168,7 +168,8 @@ class FinetuneConfig(Config):
                                                "polarity)")
     adapter: Literal[ADAPTERS] = Field("lora", description="lora: one fixed rank; nls: an elastic super-adapter whose "
                                                            "rank groups are sampled from the rank space once per "
-                                                           "optimizer step (Shears/SQFT)")
+                                                           "optimizer step (Shears/SQFT); full: every weight "
+                                                           "(encoder classifiers, EFTNAS' teacher)")
     targets: list[str] | None = Field(None, description="module-name patterns to adapt (default: all attention and "
                                                         "MLP projections)")
     rank: int | None = Field(None, ge=1, description="LoRA rank r, the maximal rank for nls (default 16 for lora, 32 "
@@ -193,6 +194,9 @@ class FinetuneConfig(Config):
                                                      "(default: the one the base's manifest records)")
     split_seed: int = Field(0, description="seed of the task's train/validation/test split, separate from the "
                                            "training seed")
+    importance: bool = Field(False, description="encoders: write importance.json, first-order scores of heads and "
+                                                "FFN neurons (EFTNAS), summed over training (full) or over the "
+                                                "training split after the merge (lora)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
 
     @model_validator(mode="after")
