@@ -65,3 +65,42 @@ def test_space_cli_on_decoder(tiny_llama_dir, tmp_path, capsys):
     assert "budget 0.700" in printed and "model.layers.0:mlp" in printed
     texts = ["the news today"]
     assert (_logits(tmp_path / "space", texts) - _logits(tiny_llama_dir, texts)).abs().max() <= 1e-5
+
+
+def test_supernet_sandwich_distillation_and_extraction(teacher, tmp_path):
+    from slimtune.classify.supernet import check_savable, extract_classifier, train_supernet
+    from slimtune.data.registry import load_task
+    from slimtune.errors import ConfigError
+    from slimtune.nas.importance import space_from_widths
+    from slimtune.train import TrainConfig
+
+    space_dir, _ = api.space(teacher, out=tmp_path / "space", budgets=3, min_fraction=0.5)
+    cfg = TrainConfig(**{**FAST, "learning_rate": 5e-5, "max_steps": 2})
+    net, tok, space, metrics = train_supernet(space_dir, teacher, load_task("polarity"), cfg, tmp_path / "ck")
+    history = metrics["sampled"]
+    assert len(history) == 6 and history[0]["config"] == space.maximal() and history[2]["config"] == space.minimal()
+    assert all(h["loss"] > 0 for h in history)
+    enc = tok(["a fine film", "dull and long"], padding=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    uniform = space_from_widths(net, {n: [d.choices[0], 64] if n.endswith(":mlp") else [d.choices[0]]
+                                      for n, d in space.dimensions.items()})
+    config = {n: 64 for n in uniform.dimensions if n.endswith(":mlp")}
+    sub = extract_classifier(net, uniform, config)
+    uniform.apply(net, config)
+    with torch.no_grad():
+        expected, got = net(**batch).logits, sub(**batch).logits
+    assert (expected - got).abs().max() <= 1e-5
+    check_savable(sub)
+    sub.save_pretrained(tmp_path / "sub")
+    tok.save_pretrained(tmp_path / "sub")
+    back, _ = load_model(tmp_path / "sub")
+    assert back.config.intermediate_size == 64
+    with torch.no_grad():
+        assert (back(**batch).logits - expected).abs().max() <= 1e-5
+    smaller = extract_classifier(net, space, space.minimal())  # heads dropped: in memory only
+    space.apply(net, space.minimal())
+    with torch.no_grad():
+        assert (smaller(**batch).logits - net(**batch).logits).abs().max() <= 1e-5
+    if any(d.choices[-1] < d.choices[0] for n, d in space.dimensions.items() if n.endswith(":heads")):
+        with pytest.raises(ConfigError, match="heads"):
+            check_savable(smaller)
