@@ -81,10 +81,12 @@ def importance(model: str | Path, *, out: str | Path, config: ImportanceConfig |
 
 
 def space(model: str | Path, *, out: str | Path, importance: str | Path | None = None,
-          config: SpaceConfig | dict | None = None, overwrite: bool = False, **options: Any) -> tuple[Path, dict]:
+          config: SpaceConfig | dict | None = None, overwrite: bool = False, progress: bool = True,
+          **options: Any) -> tuple[Path, dict]:
     """The model reordered by importance, with its EFTNAS search space, written to `out`; returns (out, the
     space result: budgets and per-dimension choices). `importance`: an importance.json or a directory
-    holding one (default: the model's own, written by finetune --importance). Options: configs.SpaceConfig."""
+    holding one (default: the model's own, written by finetune --importance). Options: configs.SpaceConfig.
+    (`progress` is accepted for the recipe runner's uniform call; nothing here reports progress.)"""
     from .nas.budgets import generate_space
     from .nas.importance import Importance, space_from_widths
     from .nas.reorder import reorder_model

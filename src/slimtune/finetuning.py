@@ -1,7 +1,8 @@
 """The finetune stage: an adapter trained on a task's training split, written as a PEFT adapter
 directory with a manifest (api.finetune re-exports it). What kind of adapter, and how it trains
 (elastic ranks, their sampling), is decided here; the layers live in adapters/, the search
-spaces in nas/, the training loop in train.py."""
+spaces in nas/, the training loop in train.py. An encoder goes to classify/stage.py (a sequence
+classifier, fully fine-tuned or with LoRA merged)."""
 
 from __future__ import annotations
 
