@@ -26,7 +26,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..errors import ArtifactError, ConfigError
-from .elastic import Dimension, SearchSpace, axis_size
+from .elastic import Dimension, SearchSpace
 from .widths import head_dimensions, mlp_width_dimensions
 
 IMPORTANCE_FILE = "importance.json"
@@ -187,8 +187,3 @@ def space_from_widths(model: nn.Module, space: dict[str, list[int]]) -> SearchSp
         raise ConfigError(f"unknown width dimensions {unknown[:3]}; the model has {sorted(dims)[:4]} ...")
     return SearchSpace([Dimension(n, list(space[n]), dims[n].bindings) for n in dims if n in space])
 
-
-def unit_size(model: nn.Module, dim: Dimension) -> int:
-    """The unit count of a dimension, read from its first binding's module."""
-    b = dim.bindings[0]
-    return axis_size(model.get_submodule(b.module), b.axis) // b.unit
