@@ -12,6 +12,7 @@ from .adapted import load_adapted  # noqa: F401 (public here)
 from .adapters import adapter_layers, merge_adapters, save_adapter
 from .adapters.peft_io import base_of_adapter
 from .api_extra import diagnose_intruders, refactor  # noqa: F401 (stages kept in api_extra.py, public here)
+from .eftnas import importance, space  # noqa: F401 (EFTNAS stages, public here)
 from .finetuning import finetune  # noqa: F401 (the fine-tuning stage, public here)
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic, write_manifest
 from .data import load_text
@@ -96,8 +97,8 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
         adapter, select, picked = picked_trial(from_search, pick)
     elif adapter is None:
         raise ConfigError("extract needs a super-adapter (--adapter) or a search run (--from-search)")
-    space = ElasticSpace.load(adapter)
-    label, config = parse_selection(space, select)
+    elastic = ElasticSpace.load(adapter)
+    label, config = parse_selection(elastic, select)
     if from_search is not None:
         label = f"search:{pick or 'knee'}:trial={picked['trial']}"
     super_adapter = Artifact.find(adapter)
@@ -119,24 +120,24 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
             raise ConfigError(f"task {task_obj.name} has no validation split to score candidates on")
         history = lineage.combine(history, [lineage.record("extract", "select", task_obj, "validation",
                                                            task_obj.validation[:limit], out)])
-        pending = nncf_candidates(space, json.loads(history_path.read_text()))
+        pending = nncf_candidates(elastic, json.loads(history_path.read_text()))
     net, tokenizer = load_adapted(model, adapter)
     if config is None:
-        candidates, best = score_candidates(net, tokenizer, space, pending, task_obj, limit, progress)
+        candidates, best = score_candidates(net, tokenizer, elastic, pending, task_obj, limit, progress)
         label, config = f"nncf:{best['label']}", best["config"]
-    space.apply(net, config)
+    elastic.apply(net, config)
     widths = {n: (l.in_features, l.out_features) for n, l in adapter_layers(net).items()}
     with atomic_dir(out, overwrite) as tmp:
         save_adapter(net, tmp, base_model_name_or_path=str(model))
-        lonas = subnetwork_files(tmp, adapter, net, space, config)  # LoNAS: widths and channel order
+        lonas = subnetwork_files(tmp, adapter, net, elastic, config)  # LoNAS: widths and channel order
         mode = {k: recorded.get(k) for k in ("sparse", "quant_aware", "qa_weights", "task")}
         mode["float_base"] = super_adapter.input("float_base") if super_adapter else None  # where it is now
         write_manifest(tmp, stage="extract", method=label,
                        config={**cfg.record(), "model": str(model), "super_adapter": str(adapter), "selection": label,
                                "ranks": config, **mode},
                        inputs={"adapter": adapter},
-                       metrics={"adapter_parameters": space.size(config, widths),
-                                "maximal_parameters": space.size(space.maximal(), widths),
+                       metrics={"adapter_parameters": elastic.size(config, widths),
+                                "maximal_parameters": elastic.size(elastic.maximal(), widths),
                                 "candidates": candidates, **lonas,
                                 **({"search_objectives": picked["objectives"]} if from_search is not None else {})},
                        started=started, lineage=history)
@@ -247,7 +248,7 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     cfg = SearchConfig.build(config, options)
     objectives, trials, limit, split_seed, seed = cfg.objectives, cfg.trials, cfg.limit, cfg.split_seed, cfg.seed
     task, sampler, population, study_name, storage = cfg.task, cfg.sampler, cfg.population, cfg.study_name, cfg.storage
-    space = ElasticSpace.load(adapter)
+    elastic = ElasticSpace.load(adapter)
     super_adapter = Artifact.find(adapter)
     task = task or (super_adapter.task if super_adapter else None)
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
@@ -272,10 +273,10 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
         history = lineage.combine(history, [lineage.record("search", "select", task_obj, "validation",
                                                            task_obj.validation[:limit], out)])
     net, tokenizer = load_adapted(model, adapter)
-    searcher = Searcher(study, space, objectives, make_objective(net, tokenizer, task_obj, space, objectives, limit),
-                        trials, apply=lambda c: space.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}",
+    searcher = Searcher(study, elastic, objectives, make_objective(net, tokenizer, task_obj, elastic, objectives, limit),
+                        trials, apply=lambda c: elastic.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}",
                         reseed=lambda n: make_sampler(sampler, slot.seed(seed) + 1_000_003 * n, population))
-    searcher.enqueue(first_trials(space, adapter, enqueue))
+    searcher.enqueue(first_trials(elastic, adapter, enqueue))
     searcher.run()
 
     records, front = run_dir.write_results(out, study, objectives)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from .cli_args import add_config_arguments, config_from_args
-from .cli_extra import add_diagnose, add_refactor, run_extra
+from .cli_extra import add_diagnose, add_eftnas, add_refactor, run_extra
 from .configs import STAGE_CONFIGS
 from .errors import SlimtuneError
 from .guards import finite_float
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimtune", description="Sparsify, quantize, fine-tune, merge and evaluate language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_evaluate, _add_compare, _add_sparsify, _add_quantize, _add_finetune, _add_extract, _add_search,
-                _add_merge, add_refactor, add_diagnose, _add_inspect, _add_export, _add_run,
+                _add_merge, add_refactor, add_diagnose, add_eftnas, _add_inspect, _add_export, _add_run,
                 _add_report, _add_demo):
         add(sub)
     return parser
@@ -238,7 +238,7 @@ def _run(args: argparse.Namespace) -> None:
         from .report import build_report
 
         print(f"report written to {build_report(args.run_dir)}")
-    elif args.command in ("refactor", "diagnose"):
+    elif args.command in ("refactor", "diagnose", "importance", "space"):
         run_extra(args)
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)

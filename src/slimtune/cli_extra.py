@@ -1,4 +1,4 @@
-"""`slimtune refactor` and `slimtune diagnose intruders`: thin wrappers over slimtune.api (api_extra.py),
+"""`slimtune refactor`, `slimtune diagnose intruders`, `slimtune importance` and `slimtune space`: thin wrappers over slimtune.api (api_extra.py),
 kept beside cli.py for its length."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import json
 
 from .cli_args import add_config_arguments, config_from_args
-from .configs import IntrudersConfig, RefactorConfig
+from .configs import ImportanceConfig, IntrudersConfig, RefactorConfig, SpaceConfig
 
 
 def add_refactor(sub) -> None:
@@ -43,10 +43,42 @@ def add_diagnose(sub) -> None:
     q.add_argument("--plot", help="write a plot (.png, .pdf or .svg) of the per-matrix similarities and counts")
 
 
+def add_eftnas(sub) -> None:
+    p = sub.add_parser("importance", help="first-order importance of heads and FFN neurons (EFTNAS)",
+                       description="Scores -sum(W * dL/dW) per attention head and FFN neuron from forward/backward "
+                                   "passes over a task's training split (a sequence classifier on its labels, a causal "
+                                   "LM on its completions); writes importance.json.")
+    p.add_argument("--model", required=True, help="a fine-tuned classifier or a causal LM")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact")
+    add_config_arguments(p, ImportanceConfig)
+    q = sub.add_parser("space", help="EFTNAS search space from importance; the model reordered by it",
+                       description="Sort heads and neurons by importance (output-identical) and, for N budgets "
+                                   "evenly spaced between a minimum and the full model (MACs or parameters), bisect an "
+                                   "importance threshold until the kept units meet each budget within the tolerance; "
+                                   "per layer the union of kept widths is its search space (elastic_config.json).")
+    q.add_argument("--model", required=True, help="the model (a classifier or a causal LM)")
+    q.add_argument("--importance", help="importance.json or its directory (default: the model's own)")
+    q.add_argument("--out", required=True, help="output directory: reordered model + space")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact")
+    add_config_arguments(q, SpaceConfig)
+
+
 def run_extra(args: argparse.Namespace) -> None:
     from . import api
 
-    if args.command == "refactor":
+    if args.command == "importance":
+        out = api.importance(args.model, out=args.out, overwrite=args.overwrite,
+                             **config_from_args(ImportanceConfig, args))
+        print(f"importance written to {out / 'importance.json'}")
+    elif args.command == "space":
+        from .nas.budgets import format_space
+
+        out, result = api.space(args.model, out=args.out, importance=args.importance, overwrite=args.overwrite,
+                                **config_from_args(SpaceConfig, args))
+        print(format_space(result))
+        print(f"reordered model and search space written to {out}")
+    elif args.command == "refactor":
         out = api.refactor(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite,
                            **config_from_args(RefactorConfig, args))
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]

@@ -37,7 +37,7 @@ from .adapters.paca import PacaOptions
 
 CONFIG_VERSION = 1
 SPLITS = ("train", "validation", "test")
-ADAPTERS = ("lora", "nls", "adalora", "paca")
+ADAPTERS = ("lora", "nls", "adalora", "paca", "full")
 QA_WEIGHTS = ("auto", "float", "quantized")
 SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
                    "(default: the split seed the model's lineage used for this task, else 0)")
@@ -175,7 +175,8 @@ class FinetuneConfig(Config):
                                                            "rank groups are sampled from the rank space once per "
                                                            "optimizer step (Shears/SQFT); adalora: SVD-form "
                                                            "adapters pruned to a rank budget (AdaLoRA); paca: "
-                                                           "selected input columns trained in place (PaCA)")
+                                                           "selected input columns trained in place (PaCA); full: every "
+                                                           "weight (encoder classifiers, EFTNAS' teacher)")
     targets: list[str] | None = Field(None, description="module-name patterns to adapt, e.g. q_proj,v_proj (suffix "
                                                         "match, glob, or re:<regex> on the full name; default: all "
                                                         "attention and MLP projections)")
@@ -216,6 +217,9 @@ class FinetuneConfig(Config):
     sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("uniform", description="nls: configurations per optimizer step: "
                                                                      "uniform (one random) or sandwich (maximal, "
                                                                      "random, minimal)")
+    importance: bool = Field(False, description="encoders: write importance.json, first-order scores of heads and "
+                                                "FFN neurons (EFTNAS), summed over training (full) or over the "
+                                                "training split after the merge (lora)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
 
     @model_validator(mode="after")
@@ -384,6 +388,31 @@ class CompareConfig(_Scoring):
     task: str | Task = Field(DEFAULT_TASK, description="task both models are scored on; suites report per member")
 
 
+class ImportanceConfig(Config):
+    """First-order importance of heads and FFN neurons (nas/importance.py) over a task's training split."""
+
+    task: str | Task | None = Field(None, description="task whose training split is scored (default: the model's "
+                                                      "training task, else polarity)")
+    limit: int | None = Field(None, ge=1, description="score on the first N training examples")
+    batch_size: int = Field(8, ge=1, description="examples per backward pass")
+    max_length: int = Field(256, ge=8, description="sequences are cut to this many tokens")
+    split_seed: int | None = Field(None, description=SPLIT_SEED_HELP)
+
+
+class SpaceConfig(Config):
+    """EFTNAS search space from importance (nas/budgets.py), with the model reordered by importance."""
+
+    budgets: int | list[float] = Field(5, description="a count of budgets evenly spaced from min_fraction to 1, or "
+                                                      "the fractions of the full model's cost themselves")
+    min_fraction: float = Field(0.25, gt=0, le=1, description="the smallest budget, a fraction of the full model")
+    metric: Literal["macs", "params"] = Field("macs", description="cost: MACs per token (linear layers and "
+                                                                  "attention products) or parameters")
+    seq_len: int = Field(128, ge=1, description="macs: the sequence length of the attention products")
+    tolerance: float = Field(0.01, gt=0, lt=0.5, description="each budget is met within this relative error")
+    reorder: bool = Field(True, description="write the model with heads and neurons sorted by importance, so "
+                                            "every choice is a prefix")
+
+
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
     SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
-    CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig)}
+    CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig, ImportanceConfig, SpaceConfig)}

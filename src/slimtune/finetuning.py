@@ -1,7 +1,8 @@
 """The finetune stage: an adapter trained on a task's training split, written as a PEFT adapter
 directory with a manifest (api.finetune re-exports it). What kind of adapter, and how it trains
 (elastic ranks, their sampling), is decided here; the layers live in adapters/, the search
-spaces in nas/, the training loop in train.py."""
+spaces in nas/, the training loop in train.py. An encoder goes to classify/stage.py (a sequence
+classifier, fully fine-tuned or with LoRA merged)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     if train_config is not None:
         options["train"] = train_config
     cfg = FinetuneConfig.build(config, options)
+    from .classify import is_encoder_spec
+
+    if is_encoder_spec(model):  # an encoder: a sequence classifier with a trainable head (classify/stage.py)
+        from .classify.stage import finetune_classifier
+
+        return finetune_classifier(model, out=out, cfg=cfg, train_overrides=train_overrides, overwrite=overwrite,
+                                   progress=progress, started=started)
+    if cfg.adapter == "full" or cfg.importance:
+        raise ConfigError("full fine-tuning and importance scores belong to encoder classifiers here; for a causal LM "
+                          "train an adapter (lora, nls) and collect importance with `slimtune importance`")
     config = build_train_config(cfg.train, **train_overrides)
     task, adapter, targets, alpha, groups = cfg.task or DEFAULT_TASK, cfg.adapter, cfg.targets, cfg.alpha, cfg.groups
     sparse_adapter, quant_aware, split_seed = cfg.sparse_adapter, cfg.quant_aware, cfg.split_seed

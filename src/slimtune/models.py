@@ -117,12 +117,14 @@ def _gguf_to_hf(gguf: Path, cache_name: str | None = None) -> Path:
 
 def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
                trust_remote_code: bool = False, device: str | None = None, int4: str = "dequantize"):
-    """Load (model, tokenizer). Causal LMs get their LM head; encoders load as AutoModel.
+    """Load (model, tokenizer). Causal LMs get their LM head; saved sequence classifiers their head; other
+    encoders load as AutoModel.
 
     int4: the inference path of a packed model's QuantLinear layers (quant.linear.set_inference):
     "dequantize" (exact; a float32 copy of each weight is cached) or "kernel" (torch's int4 matmul,
     weights stay packed; within a tolerance of the exact path, see deploy/int4.py)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoTokenizer)
 
     from .widths_io import load_with_widths, read_widths
 
@@ -133,7 +135,9 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
         return _load_packed(spec, source, torch_dtype, device, int4)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        cls = AutoModelForCausalLM if is_causal_config(config) else AutoModel
+        classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+        cls = AutoModelForCausalLM if is_causal_config(config) else \
+            AutoModelForSequenceClassification if classifier else AutoModel  # a saved classifier keeps its head
         shapes = read_widths(source) if Path(source).is_dir() else None
         if shapes:  # per-block widths (a LoNAS sub-network): no stock config describes them
             model = load_with_widths(cls, source, config, torch_dtype, shapes)

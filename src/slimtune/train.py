@@ -107,7 +107,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """a·CE + (1-a)·T²·KL(teacher ‖ student), the KL between the temperature-softened next-token
     distributions at the positions the CE scores (logits at t predict label t+1; labels -100 are
     skipped), summed over positions and divided as the CE is: by `num_items` (the step's label tokens,
-    under gradient accumulation) when given, else by the number of scored positions."""
+    under gradient accumulation) when given, else by the number of scored positions. Logits of shape
+    (batch, classes) (a sequence classifier) give the batch mean of the per-sequence KL."""
+    if student_logits.dim() == 2:  # sequence classification: one distribution per sequence, batch mean as the CE
+        s, t = student_logits.float() / temperature, teacher_logits.float().to(student_logits.device) / temperature
+        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+        return alpha * ce + (1.0 - alpha) * temperature ** 2 * kl.to(ce.dtype)
     mask = labels[:, 1:] != -100
     s = student_logits[:, :-1][mask].float() / temperature
     t = teacher_logits[:, :-1][mask].float().to(s.device) / temperature
@@ -267,17 +272,19 @@ def _make_trainer_class():
 def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: TrainConfig,
           checkpoint_dir: str | Path, *, add_eos: bool = False, callbacks: list | None = None,
           report_to: str | list[str] = "none", progress: bool = True, run_key: dict | None = None,
-          fresh: bool = False, objective: Objective | None = None) -> dict:
+          fresh: bool = False, objective: Objective | None = None, dataset=None, collator=None) -> dict:
     """Train the model's trainable parameters on `examples`; resumes from the newest complete checkpoint of
     the same configuration in `checkpoint_dir` (checkpoints.resume_point: `run_key` adds what the caller
     knows of the run, e.g. the base model; checkpoints of another configuration are an error, or are removed
     when `fresh`). `objective` forms each micro-batch's loss (`Objective`: several configurations per step,
     distillation, regularizers; default: the sampler among `callbacks`, if any, with the mean over its
-    configurations). Returns the training metrics (loss over the whole run, steps, runtime)."""
+    configurations). `dataset` and `collator` replace the examples' causal-LM tokenization (a classifier's
+    texts and label ids: classify.data); the dataset keeps its tokenized `items` for the run's fingerprint.
+    Returns the training metrics (loss over the whole run, steps, runtime)."""
     from transformers import TrainingArguments
 
     checkpoint_dir = Path(checkpoint_dir)
-    dataset = ExampleDataset(examples, tokenizer, config.max_length, add_eos)
+    dataset = dataset if dataset is not None else ExampleDataset(examples, tokenizer, config.max_length, add_eos)
     if len(dataset) == 0:
         from .errors import DataError
         raise DataError("no training examples left after tokenization (is the training split empty?)")
@@ -316,7 +323,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[Example], config: Trai
     )
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset,
-        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
+        data_collator=collator or PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
     )
     trainer.slimtune_fingerprint = run_fingerprint(model, dataset.items, config, run_key)
     trainer.slimtune_objective = objective

@@ -11,6 +11,7 @@ from ..data.registry import load_task
 from ..data.tasks import Task
 from ..errors import ConfigError, NonFiniteError
 from .choice import multiple_choice
+from .classification import classification_accuracy, is_sequence_classifier
 from .generation import generation_accuracy
 from .intervals import grouped, macro_ci, mean_ci
 from .perplexity import check_perplexity_args, perplexity
@@ -73,7 +74,8 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
     """Task accuracy and/or perplexity in one JSON-serialisable dict.
 
     Multiple-choice tasks give acc and acc_norm (lm-eval's definitions), generation tasks give
-    accuracy (mean of the task's scorer); either comes with its 95% bootstrap interval (acc_ci or
+    accuracy (mean of the task's scorer); a sequence classifier (an encoder with its head) gives acc
+    over the task's label set (evaluate/classification.py); either comes with its 95% bootstrap interval (acc_ci or
     accuracy_ci) and the per-example `ids` and `scores` (1/0 correctness for multiple choice, the
     scorer's value for generation) that a paired comparison needs. A suite (a task with members) adds
     `per_task` {member: {n, acc, acc_ci}} and their macro `average` with `average_ci` (resampled
@@ -83,7 +85,11 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
         raise ConfigError("evaluate_model needs a task, a text for perplexity, or both")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
-    require_causal_lm(model, "evaluate")
+    classifier = is_sequence_classifier(model)
+    if classifier and text is not None:
+        raise ConfigError("perplexity needs a causal language model; this is a sequence classifier")
+    if not classifier:
+        require_causal_lm(model, "evaluate")
     if text is not None:  # its cheap checks before the task is scored
         check_perplexity_args(model, seq_len, None, max_windows, max(1, min(batch_size, 4)))
     start = time.perf_counter()
@@ -92,7 +98,11 @@ def evaluate_model(model, tokenizer, task: Task | str | None = None, split: str 
         task = load_task(task) if isinstance(task, str) else task
         examples = task.split(split)[:limit]
         out |= {"task": task.name, "kind": task.kind, "split": split}
-        if task.kind == "multiple_choice":
+        if classifier:  # an encoder with its head: argmax of the logits over the task's label set
+            r = classification_accuracy(model, tokenizer, task, examples, batch_size=batch_size)
+            out |= {"n": r["n"], "acc": r["acc"], "predictions": r["predictions"]}
+            scores = r["scores"]
+        elif task.kind == "multiple_choice":
             r = multiple_choice(model, tokenizer, examples, batch_size=batch_size, progress=progress)
             check_finite_scores(r["loglikelihoods"])
             out |= {"n": r["n"], "acc": r["acc"], "acc_norm": r["acc_norm"]}

@@ -1,4 +1,7 @@
-"""Channel / head order of the frozen base before LoNAS training: sub-networks keep the first units
+"""Unit order of width dimensions, so that every sub-network keeps a prefix that matters: by weight
+magnitude before LoNAS training (`reorder`), or by first-order importance for EFTNAS (`reorder_model`).
+
+Channel / head order of the frozen base before LoNAS training: sub-networks keep the first units
 of each width dimension, so moving the most important ones first makes the kept prefix the one that
 matters (the LoNAS reference keeps the original order; both are offered).
 
@@ -110,3 +113,26 @@ def copy_order(source: str | Path, target: str | Path) -> None:
     path = Path(source) / ORDER_FILE
     if path.is_file():
         (Path(target) / ORDER_FILE).write_text(path.read_text())
+
+
+# ---- EFTNAS: the order of first-order importance scores (nas/importance.py) --------------------
+
+def importance_order(importance, name: str) -> torch.Tensor:
+    """Unit indices by descending score (stable: equal scores keep their order)."""
+    return torch.sort(-importance.scores[name], stable=True).indices
+
+
+def reorder_model(model: nn.Module, importance, heads: bool = True, mlp: bool = True):
+    """Permute the model's heads and neurons in place, most important first (EFTNAS), so every
+    sub-network is a prefix; returns the importance in the new order (descending per dimension),
+    which describes the reordered model."""
+    from .importance import Importance, structure_dimensions
+
+    dims = structure_dimensions(model, heads=heads, mlp=mlp)
+    importance.check(dims)
+    scores = dict(importance.scores)
+    for d in dims:
+        order = importance_order(importance, d.name)
+        permute(model, d, order.tolist())
+        scores[d.name] = importance.scores[d.name][order]
+    return Importance(scores, dict(importance.kinds), importance.steps, importance.source)

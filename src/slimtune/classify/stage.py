@@ -1,0 +1,107 @@
+"""The finetune stage for encoders: a sequence classifier trained on a task's classification view.
+
+adapter 'full' trains every weight and the new head (EFTNAS' teacher: the weights themselves are what
+gets sliced later); 'lora' trains LoRA adapters on the block's projections plus the head (and pooler),
+then merges them. Either way the artifact is an AutoModelForSequenceClassification directory (labels
+in id2label) with a manifest whose lineage records the training examples, so `evaluate` refuses them.
+With importance, importance.json holds first-order head / neuron scores (nas.importance): summed over
+every optimizer step of full fine-tuning, or over one pass of the training split after the merge.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from .. import lineage
+from ..configs import FinetuneConfig
+from ..data import DEFAULT_TASK
+from ..errors import ConfigError
+from ..train import barrier, build_train_config, is_main_process, train
+from .data import ClassificationDataset, LabelCollator, classification_view
+from .model import load_classifier
+
+FULL_LEARNING_RATE = 5e-5  # full fine-tuning's default (the adapters' 3e-4 is too high for every weight)
+
+
+def _head_parameters(net) -> list[str]:
+    prefix = getattr(net, "base_model_prefix", "") + "."
+    return [n for n, _ in net.named_parameters() if not n.startswith(prefix) or ".pooler." in n]
+
+
+def importance_batches(dataset, collator, batch_size: int):
+    items = [dataset[i] for i in range(len(dataset))]
+    return (collator(items[i:i + batch_size]) for i in range(0, len(items), batch_size))
+
+
+def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_overrides: dict, overwrite: bool = False,
+                        progress: bool = True, started: float | None = None) -> Path:
+    from ..adapters import add_lora, merge_adapters
+    from ..artifacts import atomic_dir, write_manifest
+    from ..models import target_modules
+    from ..nas.importance import ImportanceCallback, collect_importance
+
+    started = started or time.time()
+    if cfg.adapter == "nls" or cfg.sparse_adapter or cfg.quant_aware:
+        raise ConfigError("encoder classifiers train fully (adapter full) or with LoRA (adapter lora); elastic "
+                          "ranks, sparse and quantization-aware adapters are for causal LMs here")
+    overrides = dict(train_overrides)
+    if cfg.adapter == "full" and "learning_rate" not in cfg.train.model_fields_set \
+            and overrides.get("learning_rate") is None:
+        overrides["learning_rate"] = FULL_LEARNING_RATE
+    config = build_train_config(cfg.train, **overrides)
+    task = lineage.task_split(cfg.task or DEFAULT_TASK, cfg.split_seed)
+    view = classification_view(task)
+    if not task.train:
+        raise ConfigError(f"task {task.spec} has no training examples (split seed {cfg.split_seed})")
+    net, tokenizer = load_classifier(model, view.labels, seed=config.seed)
+    names, rank = [], None
+    if cfg.adapter == "lora":
+        names, rank = target_modules(net, list(cfg.targets) if cfg.targets else None), cfg.rank or 16
+        dropout = 0.05 if cfg.dropout is None else cfg.dropout
+        add_lora(net, names, r=rank, alpha=cfg.alpha, dropout=dropout, seed=config.seed)
+        head = set(_head_parameters(net))
+        for n, p in net.named_parameters():
+            if n in head:
+                p.requires_grad_(True)
+    else:
+        for p in net.parameters():
+            p.requires_grad_(True)
+    callbacks = [ImportanceCallback(net, source="finetune")] if cfg.importance and cfg.adapter == "full" else []
+    dataset = ClassificationDataset(view, task.train, tokenizer, config.max_length)
+    collator = LabelCollator(tokenizer.pad_token_id)
+    checkpoints = out.parent / f".{out.name}.checkpoints"
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    metrics = train(net, tokenizer, task.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
+                    progress=progress, run_key={"model": str(model), "classifier": list(view.labels)},
+                    dataset=dataset, collator=collator)
+    if names:
+        merge_adapters(net)
+    importance = callbacks[0].importance if callbacks else None
+    if cfg.importance and importance is None:
+        importance = collect_importance(net, importance_batches(dataset, collator, config.batch_size),
+                                        source="finetune-pass")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if not is_main_process():
+        barrier()
+        return out
+    with atomic_dir(out, overwrite) as tmp:
+        net.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if importance is not None:
+            importance.save(tmp)
+        write_manifest(
+            tmp, stage="finetune", method=f"{cfg.adapter}-classifier",
+            config={**cfg.record(), "model": str(model), "task": task.spec, "labels": list(view.labels),
+                    "targets": names or None, "rank": rank, "train": config.model_dump()},
+            inputs={"model": model} if Path(str(model)).exists() else None,
+            metrics={**metrics, "trainable_parameters": trainable, "parameters": sum(p.numel() for p in net.parameters()),
+                     "importance_steps": importance.steps if importance is not None else None},
+            started=started, seed=config.seed,
+            lineage=lineage.combine(lineage.of(model), [lineage.record("finetune", "train", task, "train", task.train, out)]),
+        )
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    barrier()
+    return out
