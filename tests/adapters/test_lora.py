@@ -135,7 +135,7 @@ def test_bad_rank_and_double_wrap_are_rejected(tiny_llama):
     with pytest.raises(ConfigError, match="rank must be >= 1"):
         add_lora(model, names[:1], r=0)
     add_lora(model, names[:1], r=2)
-    with pytest.raises(ConfigError, match="already has a LoRA adapter"):
+    with pytest.raises(ConfigError, match=r"already has an adapter \(LoraLinear\); a LoRA adapter wraps"):
         add_lora(model, names[:1], r=2)
 
 

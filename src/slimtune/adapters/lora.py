@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import AdapterExport, AdapterLayer, adapter_layers, merge_adapters, set_submodule, variants
+from .base import AdapterExport, AdapterLayer, adapter_layers, merge_adapters, variants
 from .functions import _LoraFunction, _MergedWeightFunction, _sample_drops, _zero_dropped  # noqa: F401
+from .wrap import wrap_linears
 
 
 class LoraLinear(AdapterLayer):
@@ -268,31 +269,12 @@ def add_lora(model: nn.Module, targets: list[str], r: int = 16, alpha: float = 3
     makes every layer elastic over it (its first rank is r); `qa_weights` maps names to the float
     weights a quantization-aware layer merges into (default: its dequantized base).
     """
-    if seed is not None:
-        torch.manual_seed(seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layers = {}
-    for name in targets:
-        base = model.get_submodule(name)
-        if isinstance(base, AdapterLayer):
-            raise ConfigError(f"module {name} already has a LoRA adapter" if isinstance(base, LoraLinear)
-                              else f"module {name} already has an adapter ({type(base).__name__})")
-        if not _is_linear(base):
-            raise ConfigError(f"module {name} is a {type(base).__name__}, not a linear layer; LoRA targets linear layers")
-        layer = LoraLinear(base, (rank_pattern or {}).get(name, r), (alpha_pattern or {}).get(name, alpha), dropout,
-                           rank_space=rank_space, sparse=sparse, quant_aware=quant_aware,
-                           qa_weight=(qa_weights or {}).get(name))
-        layer.train(base.training)  # an adapter added to a model in eval mode must not apply dropout
-        set_submodule(model, name, layer)
-        layers[name] = layer
-    return layers
+    def make(name: str, base: nn.Module) -> LoraLinear:
+        return LoraLinear(base, (rank_pattern or {}).get(name, r), (alpha_pattern or {}).get(name, alpha), dropout,
+                          rank_space=rank_space, sparse=sparse, quant_aware=quant_aware,
+                          qa_weight=(qa_weights or {}).get(name))
 
-
-def _is_linear(module: nn.Module) -> bool:
-    from ..quant.linear import QuantLinear
-
-    return isinstance(module, (nn.Linear, QuantLinear))
+    return wrap_linears(model, targets, make, "LoRA", seed)
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

@@ -227,6 +227,16 @@ def peft_compatible(adapter_dir: str | Path) -> bool:
     return not (mode["sparse"] or mode["quant_aware"])
 
 
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict]:
+    """(adapter_config.json, its weight tensors); an ArtifactError if the weights cannot be read."""
+    config = read_adapter_config(adapter_dir)
+    path = weights_path(adapter_dir)
+    try:
+        return config, load_file(str(path))
+    except Exception as e:
+        raise ArtifactError(f"{path} cannot be read ({e}); the adapter is damaged") from e
+
 def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = False,
                  qa_weights: dict | None = None) -> dict:
     """Wrap `model` with the LoRA adapter saved in `adapter_dir` (PEFT format) and load its weights.
@@ -236,12 +246,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, trainable: bool = Fa
     of a 'float' quantization-aware adapter (see api.finetune).
     """
     adapter_dir = Path(adapter_dir)
-    config = read_adapter_config(adapter_dir)
+    config, tensors = read_adapter(adapter_dir)
     path = weights_path(adapter_dir)
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise ArtifactError(f"{path} cannot be read ({e}); the adapter is damaged") from e
     names = module_names(tensors)
     if not names:
         raise ArtifactError(f"{path} holds no LoRA weights")

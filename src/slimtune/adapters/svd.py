@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 
 import torch
-from safetensors.torch import load_file
 
 from ..errors import ArtifactError, ConfigError
 
@@ -69,14 +68,9 @@ def read_factors(adapter_dir) -> tuple[dict, dict[str, tuple[torch.Tensor, torch
     """(adapter_config, {module: (A, B, scaling)}) of a saved adapter, as PEFT reads it: each module's rank
     is its A's rows and its scaling alpha/rank, alpha from alpha_pattern (an elastic super-adapter: the
     maximal rank)."""
-    from .peft_io import PREFIX, _alpha_lookup, module_names, read_adapter_config, weights_path
+    from .peft_io import PREFIX, _alpha_lookup, module_names, read_adapter
 
-    config = read_adapter_config(adapter_dir)
-    path = weights_path(adapter_dir)
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise ArtifactError(f"{path} cannot be read ({e}); the adapter is damaged") from e
+    config, tensors = read_adapter(adapter_dir)
     if config.get("use_rslora") or config.get("use_dora"):
         raise ConfigError(f"{adapter_dir} uses rsLoRA or DoRA; SVD re-factorization handles plain LoRA scaling only")
     alpha_of = _alpha_lookup(config)
@@ -87,7 +81,7 @@ def read_factors(adapter_dir) -> tuple[dict, dict[str, tuple[torch.Tensor, torch
             raise ArtifactError(f"{adapter_dir}: module {name} has no LoRA pair (lora_A, lora_B); the adapter is damaged")
         factors[name] = (a, b, alpha_of(name) / a.shape[0])
     if not factors:
-        raise ArtifactError(f"{path} holds no LoRA weights")
+        raise ArtifactError(f"{adapter_dir} holds no LoRA weights")
     return config, factors
 
 
