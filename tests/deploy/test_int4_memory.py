@@ -105,6 +105,7 @@ def test_packed_model_round_trip_in_kernel_mode(tiny_llama, tmp_path):
     loaded, _ = load_model(tmp_path / "a", int4="kernel")
     assert all(m._buffers["qweight"] is None for m in loaded.modules() if isinstance(m, QuantLinear))
     save_quantized(loaded, tmp_path / "b", tok)  # written from the kernel's copies
+    assert all(m._buffers["qweight"] is None for m in loaded.modules() if isinstance(m, QuantLinear))
     a, b = (load_model(tmp_path / d)[0] for d in ("a", "b"))
     qa, qb = ({n: m for n, m in net.named_modules() if isinstance(m, QuantLinear)} for net in (a, b))
     assert qa.keys() == qb.keys() and all(torch.equal(qa[n].codes(), qb[n].codes()) for n in qa)

@@ -96,6 +96,10 @@ class QuantLinear(nn.Module):
             return int4.unpack_codes(self._kernel[1])
         return unpack(self.qweight, self.bits, self.in_features)
 
+    def packed_codes(self) -> torch.Tensor:
+        """`qweight`'s value; in kernel mode re-derived without putting it back in memory."""
+        return pack(self.codes(), self.bits) if self._codes_dropped() else self.qweight
+
     def dequantized_weight(self) -> torch.Tensor:
         """float32 [out, in]: scales * (codes - zeros), a fresh tensor."""
         return self.params.dequantize(self.codes())
