@@ -2,6 +2,10 @@
 and the dequantized-cache path, in one run (each variant in its own process), printed as ratios.
 
     python bench/int4.py [--model smollm2-135m] [--group-size 64] [--prefill 256] [--decode 32]
+                         [--embeddings float16]
+
+Variants: dense fp32; INT4 kernel (only the kernel's packed copy of each weight); INT4 kernel with
+the embedding / LM head held in `--embeddings` (load_model(embeddings=...)); INT4 dequantized cache.
 
 The packed model is slimtune's RTN INT4 of the same model (asymmetric, the given group size),
 written once to a temporary directory; memory = the process's resident set after loading and one
@@ -45,7 +49,8 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     before = _rss_mb()
     spec = args.model if args.variant == "dense" else args.packed
-    model, tok = load_model(spec, int4="kernel" if args.variant == "kernel" else "dequantize")
+    model, tok = load_model(spec, int4="kernel" if args.variant.startswith("kernel") else "dequantize",
+                            embeddings=args.embeddings if args.variant == "kernel-half" else None)
     ids = tok(load_text("wiki")[:20000], return_tensors="pt").input_ids[:, :args.prefill]
     with torch.no_grad():
         logits = model(ids).logits  # warm-up (builds the caches)
@@ -72,6 +77,7 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--embeddings", default="float16", choices=("float16", "bfloat16"))
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--packed", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -91,27 +97,32 @@ def main() -> None:
     save_quantized(model, packed, tok)
     del model
     rows = []
-    for variant in ("dense", "kernel", "dequantize"):
+    for variant in ("dense", "kernel", "kernel-half", "dequantize"):
         cmd = [sys.executable, __file__, "--variant", variant, "--packed", str(packed), "--out", tmp.name,
                *sum(([f"--{k.replace('_', '-')}", str(getattr(args, k))] for k in
-                     ("model", "prefill", "decode", "rounds", "threads")), [])]
+                     ("model", "prefill", "decode", "rounds", "threads", "embeddings")), [])]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
     dense = rows[0]
     print(f"model {args.model}, INT4 RTN asymmetric group {args.group_size}, {args.threads} threads, "
-          f"prefill 1 x {args.prefill}, decode {args.decode} tokens after 128")
+          f"prefill 1 x {args.prefill}, decode {args.decode} tokens after 128; kernel-half: {args.embeddings} "
+          "embedding / LM head")
     print("| path | memory MB | vs dense | prefill tok/s | vs dense | decode tok/s | vs dense |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['variant']} | {r['memory_mb']:.0f} | {r['memory_mb'] / dense['memory_mb']:.2f} | "
               f"{r['prefill_tok_s']:.0f} | {r['prefill_tok_s'] / dense['prefill_tok_s']:.2f} | "
               f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / dense['decode_tok_s']:.2f} |")
-    k, d = (torch.load(Path(tmp.name) / f"{v}.pt") for v in ("kernel", "dequantize"))
+    d = torch.load(Path(tmp.name) / "dequantize.pt")
     ids = d["ids"][1:, None]
-    lk, ld = k["logits"][:-1].log_softmax(-1), d["logits"][:-1].log_softmax(-1)
-    tk, td = lk.gather(-1, ids), ld.gather(-1, ids)
-    print(f"kernel vs dequantized over {ids.shape[0]} next tokens: mean NLL {-tk.mean():.4f} vs {-td.mean():.4f}, "
-          f"max |d logprob of the next token| {(tk - td).abs().max():.4f}, max |d logprob| over the vocabulary "
-          f"{(lk - ld).abs().max():.4f}, argmax agreement {(lk.argmax(-1) == ld.argmax(-1)).float().mean():.3f}")
+    ld = d["logits"][:-1].log_softmax(-1)
+    td = ld.gather(-1, ids)
+    for variant in ("kernel", "kernel-half"):
+        lk = torch.load(Path(tmp.name) / f"{variant}.pt")["logits"][:-1].log_softmax(-1)
+        tk = lk.gather(-1, ids)
+        print(f"{variant} vs dequantized over {ids.shape[0]} next tokens: mean NLL {-tk.mean():.4f} vs "
+              f"{-td.mean():.4f}, max |d logprob of the next token| {(tk - td).abs().max():.4f}, max |d logprob| "
+              f"over the vocabulary {(lk - ld).abs().max():.4f}, argmax agreement "
+              f"{(lk.argmax(-1) == ld.argmax(-1)).float().mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic
 from .data import load_text
 from .errors import ArtifactError, ConfigError
 from .guards import check_result_file
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL, inference_options, load_model
 from .nas.objective import task_score  # noqa: F401 (re-exported: bench scripts report api.task_score(result))
 from .configs import (CONFIG_VERSION, CompareConfig, EvaluateConfig, ExtractConfig, QuantizeConfig, SearchConfig,
                       SparsifyConfig)
@@ -32,7 +32,8 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, adapter: str | Path | None = 
              config: EvaluateConfig | dict | None = None, progress: bool = True, **options: Any) -> dict:
     """Accuracy on a task split and/or perplexity on a text; optionally writes the JSON to `out`.
     Options: configs.EvaluateConfig (task, split, limit, perplexity_text, seq_len, max_windows,
-    batch_size, split_seed, allow_overlap, drift), as `config` or keywords.
+    batch_size, split_seed, allow_overlap, drift, int4, embeddings), as `config` or keywords; int4 and
+    embeddings apply to the evaluated model (its drift base is scored on the exact path).
     With a text, a tuned model (an adapter, or a merged model) is compared with its base on it
     (`perplexity_ratio`, evaluate/drift.py) unless drift=False.
 
@@ -52,7 +53,11 @@ def evaluate(model: str | Path = DEFAULT_MODEL, *, adapter: str | Path | None = 
         task_obj = lineage.task_split(task, split_seed, history)
         held_out = lineage.check_held_out(history, task_obj, split, task_obj.split(split)[:limit], cfg.allow_overlap)
     text = load_text(perplexity_text) if perplexity_text is not None else None
-    net, tokenizer = load_adapted(model, adapter) if adapter is not None else load_model(model)
+    if adapter is None:
+        net, tokenizer = load_model(model, int4=cfg.int4, embeddings=cfg.embeddings)
+    else:
+        net, tokenizer = load_adapted(model, adapter)
+        inference_options(net, cfg.int4, cfg.embeddings)
     result = evaluate_model(net, tokenizer, task=task_obj, split=split, limit=limit, text=text,
                             seq_len=seq_len, max_windows=max_windows, batch_size=batch_size,
                             progress=progress)

@@ -371,6 +371,12 @@ class EvaluateConfig(_Scoring):
                                                             "the whole text)")
     drift: bool = Field(True, description="compare a tuned model's perplexity with its base's",
                         json_schema_extra=_cli(cli=False))
+    int4: Literal["dequantize", "kernel"] = Field(
+        "dequantize", description="INT4 layers of a packed model: dequantize (exact, float32 weights cached) or "
+                                  "kernel (torch's int4 matmul in bfloat16, weights stay packed; log-probabilities "
+                                  "within ~0.1 nats of the exact path)")
+    embeddings: Literal["float16", "bfloat16"] | None = Field(None, description="hold the token embedding and LM "
+                                                                                "head in this dtype in memory")
 
     @field_validator("task")
     @classmethod

@@ -116,13 +116,35 @@ def _gguf_to_hf(gguf: Path, cache_name: str | None = None) -> Path:
 
 
 def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
-               trust_remote_code: bool = False, device: str | None = None, int4: str = "dequantize"):
+               trust_remote_code: bool = False, device: str | None = None, int4: str = "dequantize",
+               embeddings: str | None = None):
     """Load (model, tokenizer). Causal LMs get their LM head; saved sequence classifiers their head; other
     encoders load as AutoModel.
 
     int4: the inference path of a packed model's QuantLinear layers (quant.linear.set_inference):
     "dequantize" (exact; a float32 copy of each weight is cached) or "kernel" (torch's int4 matmul,
-    weights stay packed; within a tolerance of the exact path, see deploy/int4.py)."""
+    only the kernel's packed copy held; within a tolerance of the exact path, see deploy/int4.py).
+    embeddings: "float16" / "bfloat16" holds the token embedding and LM head (tied or not) in that
+    dtype in memory, the rest of the arithmetic unchanged (deploy/half.py); None keeps them as loaded."""
+    model, tokenizer = _load_model(spec, dtype, trust_remote_code, device, int4)
+    if embeddings is not None:
+        from .deploy.half import half_embeddings
+
+        half_embeddings(model, embeddings)
+    return model, tokenizer
+
+
+def inference_options(model: nn.Module, int4: str = "dequantize", embeddings: str | None = None) -> None:
+    """load_model's `int4` and `embeddings` for a model already loaded (e.g. an adapter on its base)."""
+    from .deploy.half import half_embeddings
+    from .quant.linear import set_inference
+
+    set_inference(model, int4)
+    if embeddings is not None:
+        half_embeddings(model, embeddings)
+
+
+def _load_model(spec, dtype, trust_remote_code: bool, device: str | None, int4: str):
     from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
                               AutoTokenizer)
 

@@ -19,6 +19,11 @@ float32 reference by a few hundredths (see bench/RESULTS.md), which is why evalu
 dequantized path by default. Zeros: a pruned weight (q = z) gives exactly 0 on symmetric grids; on
 asymmetric grids (q - 8) * scale + zero leaves a bf16 rounding residue of ~2^-9 * |zero|.
 No autograd: the op has no derivative, so QuantLinear uses it only when no gradient is needed.
+
+Memory: in kernel mode a QuantLinear keeps only the kernel's packed copy (0.5 bytes per weight plus
+bf16 scale/offset pairs) and drops its own packed codes; `unpack_codes` gives them back exactly
+(the kernel's layout depends on the CPU, so they are read through the kernel itself: an identity
+input with scale 1 and offset 0 returns q - 8, small integers that bfloat16 holds exactly).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Int4Weight:
     scales_zeros: torch.Tensor
     group: int
     out_features: int
+    in_features: int
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.packed, self.scales_zeros))
@@ -78,7 +84,26 @@ def pack_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, 
     z = zeros.to(torch.float32).repeat_interleave(repeat, dim=1)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
     sz = torch.stack([s, s * (8.0 - z)], dim=-1).transpose(0, 1).contiguous().to(ACT_DTYPE)
-    return Int4Weight(packed, sz, group, n)
+    return Int4Weight(packed, sz, group, n, k)
+
+
+UNPACK_ROWS = 512  # identity rows per kernel call in unpack_codes (bounds its temporary memory)
+
+
+@torch.no_grad()
+def unpack_codes(w: Int4Weight) -> torch.Tensor:
+    """The uint8 [N, K] codes that pack_weight packed, read back exactly through the kernel."""
+    k, n = w.in_features, w.out_features
+    unit = torch.zeros(k // w.group, n, 2, dtype=ACT_DTYPE)
+    unit[..., 0] = 1.0
+    codes = torch.empty(n, k, dtype=torch.uint8)
+    for start in range(0, k, UNPACK_ROWS):
+        rows = min(UNPACK_ROWS, k - start)
+        eye = torch.zeros(rows, k, dtype=ACT_DTYPE)
+        eye[:, start:start + rows].fill_diagonal_(1.0)
+        q = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, w.packed, w.group, unit)  # [rows, N] = q - 8
+        codes[:, start:start + rows] = (q.to(torch.float32) + 8.0).to(torch.uint8).T
+    return codes
 
 
 def matmul(x: torch.Tensor, w: Int4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -114,7 +114,7 @@ def _state_dict(model: nn.Module, embeddings: str | None = None) -> dict[str, to
         if t.data_ptr() in embed:
             out[key] = out[key].to(EMBEDDING_DTYPES[embeddings])
     for name, m in qls.items():
-        out[f"{name}.weight_packed"] = m.qweight.detach().cpu().contiguous()
+        out[f"{name}.weight_packed"] = m.packed_codes().detach().cpu().contiguous()
         out[f"{name}.weight_scale"] = m.scales.detach().cpu().contiguous()
         out[f"{name}.weight_shape"] = torch.tensor([m.out_features, m.in_features], dtype=torch.int64)
         if not m.symmetric:

@@ -11,8 +11,10 @@ So a 4-bit weight with group 64 takes 0.5 + 5/64 bytes per weight (~0.58).
 Two inference paths (`inference`, set per model with `set_inference`):
   "kernel"      (4-bit grids the kernel takes, on CPU, when no gradient is needed) torch's packed
                 int4 matmul (deploy/int4.py): the codes are repacked once into the kernel's layout
-                (0.5 bytes per weight plus bf16 scales), no float copy of the weight is held; it
-                computes in bfloat16, so it agrees with the exact path within a tolerance only.
+                (0.5 bytes per weight plus bf16 scales) and `qweight` is dropped (no second packed
+                copy, no float copy); reading `qweight`, `codes()` or the state dict re-derives the
+                codes exactly from the kernel's copy (int4.unpack_codes), and the next kernel forward
+                drops them again. It computes in bfloat16: within a tolerance of the exact path only.
   "dequantize"  F.linear(x, dequantized weight, bias), bitwise equal to nn.Linear holding
                 dequantized_weight(); the float32 weight is built once and cached.
 "kernel" falls back to "dequantize" per layer where the kernel cannot run (`inference_path()` says
@@ -73,7 +75,10 @@ class QuantLinear(nn.Module):
         """Store new codes and grid (same shapes)."""
         if int(codes.max()) > params.maxq or int(codes.min()) < 0:
             raise ValueError(f"codes outside [0, {params.maxq}]")
-        self.qweight.copy_(pack(codes, self.bits))
+        if self._codes_dropped():  # kernel mode: the new codes replace the kernel's copy
+            self._buffers["qweight"] = pack(codes, self.bits).to(self.scales.device)
+        else:
+            self.qweight.copy_(pack(codes, self.bits))
         self.scales.copy_(params.scales)
         self.zeros.copy_(params.zeros.to(torch.uint8))
         if self.g_idx is not None:
@@ -86,8 +91,14 @@ class QuantLinear(nn.Module):
                            self.zeros.to(torch.int32), None if self.g_idx is None else self.g_idx.clone())
 
     def codes(self) -> torch.Tensor:
-        """uint8 [out, in] integer codes."""
+        """uint8 [out, in] integer codes (in kernel mode read back from the kernel's packed copy)."""
+        if self._codes_dropped():
+            return int4.unpack_codes(self._kernel[1])
         return unpack(self.qweight, self.bits, self.in_features)
+
+    def packed_codes(self) -> torch.Tensor:
+        """`qweight`'s value; in kernel mode re-derived without putting it back in memory."""
+        return pack(self.codes(), self.bits) if self._codes_dropped() else self.qweight
 
     def dequantized_weight(self) -> torch.Tensor:
         """float32 [out, in]: scales * (codes - zeros), a fresh tensor."""
@@ -101,7 +112,7 @@ class QuantLinear(nn.Module):
     @torch.no_grad()
     def to_linear(self, weight: torch.Tensor | None = None) -> nn.Linear:
         """A frozen nn.Linear holding `weight` (default: the dequantized weight) and this layer's bias."""
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.qweight.device)
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.scales.device)
         dense.weight.copy_(self.dequantized_weight() if weight is None else weight)
         if self.bias is not None:
             dense.bias.copy_(self.bias)
@@ -109,14 +120,15 @@ class QuantLinear(nn.Module):
 
     def storage_bytes(self) -> int:
         """Bytes of the packed export: codes, float32 scales, int8 zero points (asymmetric only), g_idx."""
-        tensors = [self.qweight, self.scales] + ([] if self.symmetric else [self.zeros]) \
+        tensors = [self.scales] + ([] if self.symmetric else [self.zeros]) \
             + ([self.g_idx] if self.g_idx is not None else [])
-        return sum(t.numel() * t.element_size() for t in tensors)
+        codes = self.out_features * packed_width(self.in_features, self.bits) * 4
+        return codes + sum(t.numel() * t.element_size() for t in tensors)
 
     # ---- forward --------------------------------------------------------------------------
     def _key(self, dtype) -> tuple:
-        bufs = [self.qweight, self.scales, self.zeros] + ([self.g_idx] if self.g_idx is not None else [])
-        return (dtype,) + tuple((t.data_ptr(), t._version, t.device) for t in bufs)
+        bufs = [self._buffers.get("qweight"), self.scales, self.zeros] + ([self.g_idx] if self.g_idx is not None else [])
+        return (dtype,) + tuple(("dropped",) if t is None else (t.data_ptr(), t._version, t.device) for t in bufs)
 
     def _cached_weight(self, dtype: torch.dtype) -> torch.Tensor:
         key = self._key(dtype)
@@ -126,22 +138,62 @@ class QuantLinear(nn.Module):
         return self._cache[1]
 
     def clear_cache(self) -> None:
+        self._restore_codes()
         self._cache = None
         self._kernel = None
 
+    # ---- kernel mode: the codes live in the kernel's packed copy only --------------------
+    def _codes_dropped(self) -> bool:
+        return self._buffers.get("qweight") is None
+
+    def _restore_codes(self) -> None:
+        """Put `qweight` back, re-derived exactly from the kernel's copy (no-op when it is there)."""
+        if not self._codes_dropped():
+            return
+        stale = self._kernel[0] != self._key(None)
+        self._buffers["qweight"] = pack(int4.unpack_codes(self._kernel[1]), self.bits).to(self.scales.device)
+        if not stale:
+            self._kernel = (self._key(None),) + self._kernel[1:]
+
+    def __getattr__(self, name: str):
+        if name == "qweight" and self.__dict__.get("_kernel") is not None and self._codes_dropped():
+            self._restore_codes()
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._codes_dropped():
+            destination[prefix + "qweight"] = pack(self.codes(), self.bits)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._restore_codes()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._restore_codes()
+        self._kernel = None
+        return super()._apply(fn, *args, **kwargs)
+
     def _kernel_weight(self) -> tuple:
-        """(int4.Int4Weight or None, reason it is None), built once per buffer state."""
+        """(int4.Int4Weight or None, reason it is None), built once per buffer state; once built,
+        `qweight` is dropped (the kernel's copy holds the codes)."""
         key = self._key(None)
         if self._kernel is None or self._kernel[0] != key:
+            self._restore_codes()  # the grid was edited in place: repack from the codes
+            key = self._key(None)
             plain = self.g_idx is None or bool(torch.equal(
                 self.g_idx.long(), torch.arange(self.in_features, device=self.g_idx.device) // self.group_size))
             reason = int4.unsupported(self.bits, self.group_size, self.in_features, self.out_features, plain,
-                                      self.qweight.device)
+                                      self.scales.device)
             weight = None if reason else int4.pack_weight(self.codes(), self.scales, self.zeros, self.group_size)
             self._kernel = (key, weight, reason)
             if weight is not None:
                 self._cache = None  # no float copy next to the packed one
-        return self._kernel[1], self._kernel[2]
+        weight, reason = self._kernel[1], self._kernel[2]
+        if weight is not None and not self._codes_dropped():
+            self._buffers["qweight"] = None
+            self._kernel = (self._key(None), weight, reason)
+        return weight, reason
 
     def inference_path(self) -> tuple[str, str | None]:
         """("kernel", None) or ("dequantize", why not the kernel) for an inference forward."""
@@ -195,6 +247,7 @@ def set_inference(model: nn.Module, path: str) -> dict[str, int]:
     for m in quant_linears(model).values():
         m.inference = path
         if path == "dequantize":
+            m._restore_codes()
             m._kernel = None
     return inference_summary(model)
 
