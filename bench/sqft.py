@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized")
 QUESTIONS = [("qa-float", "lora-gptq"), ("sparsepeft", "lora"), ("qa-float", "base:sparse-INT4 base (GPTQ)"),
-             ("lora-gptq", "base:sparse-INT4 base (GPTQ)")]
+             ("lora-gptq", "base:sparse-INT4 base (GPTQ)"), ("qa-float", "qa-quantized")]
 LABELS = {"lora": "LoRA (unmerged)", "lora-gptq": "LoRA merged + GPTQ", "sparsepeft": "SparsePEFT merged",
           "qa-float": "QA-SparsePEFT merged (W = float weights)",
           "qa-quantized": "QA-SparsePEFT merged (W = INT4 base)"}
