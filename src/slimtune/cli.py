@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .cli_args import add_config_arguments, config_from_args
+from .cli_args import add_config_arguments, add_overwrite, config_from_args
 from .cli_extra import add_diagnose, add_eftnas, add_refactor, run_extra
 from .configs import STAGE_CONFIGS
 from .errors import SlimtuneError
@@ -15,7 +15,6 @@ from .models import BUILTIN_MODELS, DEFAULT_MODEL
 
 MODEL_HELP = (f"model: a builtin alias ({', '.join(BUILTIN_MODELS)}), a local Hugging Face directory "
               f"(also slimtune artifacts), a .gguf file, or a hub id when online (default: {DEFAULT_MODEL})")
-OVERWRITE_HELP = "replace --out if it is a slimtune artifact or an empty directory (never other files)"
 
 
 def _add_evaluate(sub) -> None:
@@ -53,9 +52,7 @@ def _add_finetune(sub) -> None:
                                    "resumes from the last checkpoint.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output adapter directory (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help=OVERWRITE_HELP + ", and start afresh instead of refusing checkpoints left by another "
-                        "configuration")
+    add_overwrite(p, ", and start afresh instead of refusing checkpoints left by another configuration")
     add_config_arguments(p, STAGE_CONFIGS["finetune"])
 
 
@@ -70,7 +67,7 @@ def _add_extract(sub) -> None:
     p.add_argument("--from-search", help="a `slimtune search` run directory: extract one of its trials (see --pick) "
                                          "instead of --select from --adapter")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite(p)
     add_config_arguments(p, STAGE_CONFIGS["extract"])
 
 
@@ -118,7 +115,7 @@ def _add_merge(sub) -> None:
     p.add_argument("--adapter", required=True, help="adapter directory written by `slimtune finetune` (or any PEFT LoRA)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite(p)
 
 
 def _add_sparsify(sub) -> None:
@@ -128,7 +125,7 @@ def _add_sparsify(sub) -> None:
                                    "layer by layer: each block's inputs come from the already-pruned blocks.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite(p)
     add_config_arguments(p, STAGE_CONFIGS["sparsify"])
 
 
@@ -142,7 +139,7 @@ def _add_quantize(sub) -> None:
                                    "lists the sizes that do); -1 means one group per output row.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite(p)
     add_config_arguments(p, STAGE_CONFIGS["quantize"])
 
 
@@ -161,7 +158,7 @@ def _add_export(sub) -> None:
                                    "--requantize. compressed-tensors: a packed model re-written with --embeddings.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output artifact directory")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    add_overwrite(p)
     add_config_arguments(p, STAGE_CONFIGS["export"])
 
 

@@ -16,6 +16,14 @@ from .configs import Config
 from .guards import finite_float
 
 
+OVERWRITE_HELP = "replace --out if it is a slimtune artifact or an empty directory (never other files)"
+
+
+def add_overwrite(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    """--overwrite, worded once for every stage that writes an artifact."""
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP + extra)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .cli_args import add_config_arguments, config_from_args
+from .cli_args import add_config_arguments, add_overwrite, config_from_args
 from .configs import ImportanceConfig, IntrudersConfig, RefactorConfig, SpaceConfig
 
 
@@ -19,8 +19,7 @@ def add_refactor(sub) -> None:
     p.add_argument("--adapter", required=True, help="adapter directory (any LoRA; an nls super-adapter at its maximal rank)")
     p.add_argument("--out", required=True, help="output adapter directory")
     p.add_argument("--model", help="base model to record (default: the one recorded in the adapter)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it is a slimtune artifact or an empty directory (never other files)")
+    add_overwrite(p)
     add_config_arguments(p, RefactorConfig)
 
 
@@ -50,7 +49,7 @@ def add_eftnas(sub) -> None:
                                    "LM on its completions); writes importance.json.")
     p.add_argument("--model", required=True, help="a fine-tuned classifier or a causal LM")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact")
+    add_overwrite(p)
     add_config_arguments(p, ImportanceConfig)
     q = sub.add_parser("space", help="EFTNAS search space from importance; the model reordered by it",
                        description="Sort heads and neurons by importance (output-identical) and, for N budgets "
@@ -60,7 +59,7 @@ def add_eftnas(sub) -> None:
     q.add_argument("--model", required=True, help="the model (a classifier or a causal LM)")
     q.add_argument("--importance", help="importance.json or its directory (default: the model's own)")
     q.add_argument("--out", required=True, help="output directory: reordered model + space")
-    q.add_argument("--overwrite", action="store_true", help="replace --out if it is a slimtune artifact")
+    add_overwrite(q)
     add_config_arguments(q, SpaceConfig)
 
 
