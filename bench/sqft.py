@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     import torch
 
     from slimtune import api
+    from slimtune.artifacts import write_json_atomic
     from slimtune.evaluate.compare import paired_difference
     from slimtune.models import build_tiny_model
     from slimtune.report import model_facts, size_mb
@@ -147,9 +148,16 @@ def main(argv=None) -> int:
         return stage(name + "-sub", lambda p: api.extract(sup, out=p, select=args.select, progress=False))
 
     def scored(model_dir, adapter=None):
+        """The evaluation of one model, cached beside its artifact under --keep (same task and settings)."""
+        key = {"task": args.task, **evaluation}
+        cache = work / f"{Path(adapter or model_dir).name if args.keep else 'x'}.eval.json"
+        if args.keep and cache.exists() and json.loads(cache.read_text())["key"] == key:
+            return json.loads(cache.read_text())["result"]
         t0 = time.time()
         r = api.evaluate(model_dir, task=args.task, adapter=adapter, **evaluation)
         r["eval_s"] = round(time.time() - t0, 1)
+        if args.keep:
+            write_json_atomic(cache, {"key": key, "result": r})
         return r
 
     def built(method, nls, seed):
