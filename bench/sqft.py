@@ -19,11 +19,17 @@ its training mix) with the same schedule:
   qa-float      QA-SparsePEFT on the sparse-INT4 base, W = the sparse float weights (SQFT's choice),
                 merged onto the base's own grid: sparse and INT4
   qa-quantized  the same with W = the dequantized INT4 base
+  adalora       AdaLoRA (masked, quantization-aware) on the sparse-INT4 base: init rank = the NLS maximum,
+                target average rank = the fixed rank, merged onto the grid (no NLS variant)
+  paca          PaCA on the sparse-INT4 base: as many input columns per module as the fixed-rank LoRA
+                has parameters, trained in place (zeros kept), re-quantized onto the same grid at merge
+                (no NLS variant)
 Every model is scored on the same held-out test examples (split seed 0; the lineage check refuses
 any overlap with training or selection). A row reports the accuracy averaged over seeds, its 95%
 bootstrap interval (examples resampled, each example's score averaged over the seeds; for a suite
 the macro average over members), the per-seed accuracies, Wikipedia perplexity, sparsity, bits and
-size. Paired differences on the same examples answer SQFT's questions: QA-SparsePEFT merged vs LoRA
+size, and the intruder dimensions of each tuned model against the base it trained on (k 10, epsilon
+0.5; total over the adapted matrices, mean over seeds) beside its perplexity drift. Paired differences on the same examples answer SQFT's questions: QA-SparsePEFT merged vs LoRA
 merged + GPTQ, SparsePEFT merged vs LoRA unmerged, and every tuned model vs the sparse-INT4 base.
 """
 
@@ -38,12 +44,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized")
+METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized", "adalora", "paca")
+WITHOUT_NLS = ("adalora", "paca")  # their own way of choosing what trains: no elastic-rank variant
 QUESTIONS = [("qa-float", "lora-gptq"), ("sparsepeft", "lora"), ("qa-float", "base:sparse-INT4 base (GPTQ)"),
-             ("lora-gptq", "base:sparse-INT4 base (GPTQ)"), ("qa-float", "qa-quantized")]
+             ("lora-gptq", "base:sparse-INT4 base (GPTQ)"), ("qa-float", "qa-quantized"),
+             ("qa-float-nls", "adalora"), ("qa-float-nls", "paca"), ("qa-float", "adalora"), ("qa-float", "paca"),
+             ("adalora", "base:sparse-INT4 base (GPTQ)"), ("paca", "base:sparse-INT4 base (GPTQ)")]
 LABELS = {"lora": "LoRA (unmerged)", "lora-gptq": "LoRA merged + GPTQ", "sparsepeft": "SparsePEFT merged",
           "qa-float": "QA-SparsePEFT merged (W = float weights)",
-          "qa-quantized": "QA-SparsePEFT merged (W = INT4 base)"}
+          "qa-quantized": "QA-SparsePEFT merged (W = INT4 base)", "adalora": "AdaLoRA (QA, masked) merged",
+          "paca": "PaCA merged onto the grid"}
 
 
 def _pooled(results: list[dict]) -> dict:
@@ -54,6 +64,11 @@ def _pooled(results: list[dict]) -> dict:
     if any(r["ids"] != ids for r in results):
         raise SystemExit("the seeds' results were scored on different examples")
     return {**results[0], "scores": list(np.mean([r["scores"] for r in results], axis=0))}
+
+
+def _with_nls(key: str) -> str:
+    """The NLS variant's row key of a question's member (bases and methods without NLS stay)."""
+    return key if key.startswith("base:") or key.endswith("-nls") or key in WITHOUT_NLS else f"{key}-nls"
 
 
 def _summary(result: dict) -> tuple[float, list[float]]:
@@ -94,6 +109,7 @@ def main(argv=None) -> int:
 
     from slimtune import api
     from slimtune.artifacts import write_json_atomic
+    from slimtune.errors import ArtifactError
     from slimtune.evaluate.compare import paired_difference
     from slimtune.models import build_tiny_model
     from slimtune.report import model_facts, size_mb
@@ -139,8 +155,8 @@ def main(argv=None) -> int:
                                                     calibration=calibration, progress=False))
     int4 = stage("sparse-int4", lambda p: api.quantize(sparse, out=p, **quant))
 
-    def tune(name, base, nls, seed, **kw):
-        adapter = dict(adapter="nls", rank_space=space) if nls else dict(adapter="lora", rank=fixed_rank)
+    def tune(name, base, nls, seed, adapter=None, **kw):
+        adapter = adapter or (dict(adapter="nls", rank_space=space) if nls else dict(adapter="lora", rank=fixed_rank))
         sup = stage(name, lambda p: api.finetune(base, task=args.task, out=p, alpha=args.alpha * (
             1 if nls else fixed_rank / space[0]), seed=seed, **adapter, **kw, **train))
         if not nls:
@@ -161,25 +177,49 @@ def main(argv=None) -> int:
         return r
 
     def built(method, nls, seed):
-        """(model dir, adapter or None) of one method, trained with one seed."""
+        """(model dir, adapter or None, the base it trained on) of one method, trained with one seed."""
         tag = f"{method}{'-nls' if nls else ''}-s{seed}"
         if method in ("lora", "lora-gptq"):
             lora = tune(f"lora{'-nls' if nls else ''}-s{seed}", int4, nls, seed, dropout=0.0)
             if method == "lora":
-                return int4, lora
+                return int4, lora, int4
             merged = stage(f"lora-merged{'-nls' if nls else ''}-s{seed}", lambda p: api.merge(lora, out=p))
-            return stage(tag, lambda p: api.quantize(merged, out=p, **quant)), None
+            return stage(tag, lambda p: api.quantize(merged, out=p, **quant)), None, int4
         if method == "sparsepeft":
-            sp = tune(tag + "-adapter", sparse, nls, seed, sparse_adapter=True)
-            return stage(tag, lambda p: api.merge(sp, out=p)), None
-        weights = method.split("-")[1]
-        qa = tune(tag + "-adapter", int4, nls, seed, sparse_adapter=True, quant_aware=True, qa_weights=weights)
-        return stage(tag, lambda p: api.merge(qa, out=p)), None
+            adapter = tune(tag + "-adapter", sparse, nls, seed, sparse_adapter=True)
+            return stage(tag, lambda p: api.merge(adapter, out=p)), None, sparse
+        if method == "adalora":
+            schedule = dict(init_r=space[0], target_r=fixed_rank, tinit=train["max_steps"] // 10,
+                            tfinal=train["max_steps"] // 5, deltaT=max(1, train["max_steps"] // 20))
+            adapter = tune(tag + "-adapter", int4, False, seed, sparse_adapter=True, quant_aware=True,
+                           adapter=dict(adapter="adalora", adalora=schedule))
+        elif method == "paca":
+            adapter = tune(tag + "-adapter", int4, False, seed, sparse_adapter=True,
+                           adapter=dict(adapter="paca", rank=fixed_rank))
+        else:
+            adapter = tune(tag + "-adapter", int4, nls, seed, sparse_adapter=True, quant_aware=True,
+                           qa_weights=method.split("-")[1])
+        return stage(tag, lambda p: api.merge(adapter, out=p)), None, int4
+
+    def intruders(base, model_dir, adapter):
+        """Total intruder dimensions of a tuned model (or an adapter) against the base it trained on, cached."""
+        tuned = Path(adapter or model_dir)
+        cache = work / f"{tuned.name}.intruders.json"
+        if cache.exists():
+            return json.loads(cache.read_text())["total_intruders"]
+        try:
+            r = api.diagnose_intruders(base, **({"adapter": adapter} if adapter else {"tuned": model_dir}))
+        except ArtifactError:  # the merge left every adapted matrix as it was (an update under half a grid step)
+            r = {"total_intruders": 0, "unchanged": True}
+        write_json_atomic(cache, {k: v for k, v in r.items() if k != "layers"})
+        return r["total_intruders"]
 
     rows, results = [], {}
 
-    def row(key, label, nls, runs):
-        """runs: [(model dir, adapter, result)] over seeds."""
+    base_ppl = {}
+
+    def row(key, label, nls, runs, base=None):
+        """runs: [(model dir, adapter, result)] over seeds; base: the model they trained on (tuned rows)."""
         pooled = _pooled([r for _, _, r in runs])
         acc, ci = _summary(pooled)
         model_dir, adapter, first = runs[0]
@@ -189,7 +229,11 @@ def main(argv=None) -> int:
                      "per_seed": [_summary(r)[0] for _, _, r in runs], "ppl": first["perplexity"],
                      "sparsity": facts["sparsity"], "bits": facts["bits"],
                      "size_mb": facts["size_mb"] + (size_mb(Path(adapter)) if adapter else 0.0),
-                     "eval_s": [r["eval_s"] for _, _, r in runs], "n": first["n"]})
+                     "eval_s": [r["eval_s"] for _, _, r in runs], "n": first["n"],
+                     "drift": first["perplexity"] / base_ppl[str(base)] if base else None,
+                     "intruders": (sum(intruders(base, m, a) for m, a, _ in runs) / len(runs)) if base else None})
+        if base is None:
+            base_ppl[str(model_dir)] = first["perplexity"]
         print(f"  {label}{' + NLS' if nls else ''}: acc {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] per seed "
               f"{', '.join(format(a, '.3f') for a in rows[-1]['per_seed'])}, ppl {first['perplexity']:.2f}, "
               f"sparsity {facts['sparsity']:.3f}, bits {facts['bits']}, eval {first['eval_s']} s", flush=True)
@@ -198,30 +242,33 @@ def main(argv=None) -> int:
         row(f"base:{label}", label, False, [(path, None, scored(path))])
     for nls in nls_modes:
         for method in methods:
+            if nls and method in WITHOUT_NLS:
+                continue
             runs = []
             for seed in seeds:
-                model_dir, adapter = built(method, nls, seed)
+                model_dir, adapter, base = built(method, nls, seed)
                 runs.append((model_dir, adapter, scored(model_dir, adapter)))
-            row(f"{method}{'-nls' if nls else ''}", LABELS[method], nls, runs)
+            row(f"{method}{'-nls' if nls else ''}", LABELS[method], nls, runs, base)
 
     what = "macro average over the suite's members" if args.task.startswith("suite:") else "accuracy"
     print(f"\n{args.task}: {what} on {rows[0]['n']} held-out test examples, mean over seeds {seeds} with its 95% "
           f"bootstrap interval; Wikipedia perplexity ({evaluation['max_windows']} x {evaluation['seq_len']} tokens, "
           "first seed); sparsity and bits of the decoder's linear layers; size: safetensors on disk (base + adapter "
           "where unmerged)\n")
-    print("| method | NLS | test acc [95% CI] | per seed | wiki ppl | sparsity | bits | size MB |")
-    print("|---|---|---|---|---:|---:|---|---:|")
+    print("| method | NLS | test acc [95% CI] | per seed | wiki ppl | drift vs its base | intruders | sparsity | bits "
+          "| size MB |")
+    print("|---|---|---|---|---:|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['method']} | {'yes' if r['nls'] else '-'} | {r['acc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
-              f"| {', '.join(format(a, '.3f') for a in r['per_seed'])} | {r['ppl']:.2f} | {r['sparsity']:.3f} "
+              f"| {', '.join(format(a, '.3f') for a in r['per_seed'])} | {r['ppl']:.2f} "
+              f"| {'-' if r['drift'] is None else format(r['drift'], '.2f') + 'x'} "
+              f"| {'-' if r['intruders'] is None else format(r['intruders'], '.1f')} | {r['sparsity']:.3f} "
               f"| {r['bits']} | {r['size_mb']:.1f} |")
     comparisons = []
-    for nls in nls_modes:
-        for a, b in QUESTIONS:
-            ka, kb = (k if k.startswith("base:") else f"{k}{'-nls' if nls else ''}" for k in (a, b))
-            if ka in results and kb in results:
-                d = paired_difference(results[ka], results[kb], results[ka].get("members"))
-                comparisons.append({"a": ka, "b": kb, "diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]})
+    for ka, kb in dict.fromkeys(QUESTIONS + [tuple(map(_with_nls, q)) for q in QUESTIONS]):
+        if ka != kb and ka in results and kb in results:
+            d = paired_difference(results[ka], results[kb], results[ka].get("members"))
+            comparisons.append({"a": ka, "b": kb, "diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]})
     if comparisons:
         print("\nPaired differences on the same examples (seed-averaged scores):\n")
         print("| A | B | A - B | 95% CI | a result? |")
