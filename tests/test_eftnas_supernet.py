@@ -254,3 +254,21 @@ def test_eftnas_recipe_end_to_end(tiny_bert_dir, tmp_path):
     logged = []
     run_recipe(load_recipe(_small_recipe(tiny_bert_dir)), run_dir, progress=False, log=logged.append)
     assert sum("complete, skipped" in line for line in logged) == len(load_recipe(RECIPE).stages)
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"name": "s", "stage": "supernet"}], "stages[0] (s): a supernet stage needs an earlier space stage"),
+    ([{"name": "t", "stage": "finetune", "adapter": "full"}, {"name": "sp", "stage": "space", "importance": "t"}],
+     "stages[1] (sp): 't' is not an earlier stage that makes an importance"),
+    ([{"name": "t", "stage": "finetune", "adapter": "full"}, {"name": "sp", "stage": "space"},
+      {"name": "s", "stage": "supernet", "teacher": "sp"}], "stages[2] (s): 'sp' is not an earlier stage that makes a model"),
+    ([{"name": "t", "stage": "finetune", "adapter": "full"}, {"name": "sp", "stage": "space"},
+      {"name": "s", "stage": "supernet", "alpha": 2}], "stages[2].alpha: Input should be less than or equal to 1"),
+    ([{"name": "t", "stage": "finetune", "adapter": "full"}, {"name": "e", "stage": "evaluate", "models": ["t"]},
+      {"name": "x", "stage": "search", "input": "t"}], "stages[2] (x).input: 't' makes a model, a search stage reads"),
+])
+def test_bad_eftnas_recipes_are_refused_before_work(tiny_bert_dir, tmp_path, stages, message):
+    with pytest.raises(ConfigError) as e:
+        run_recipe(load_recipe({"model": str(tiny_bert_dir), "stages": stages}), tmp_path / "run", log=lambda *_: None)
+    assert message in str(e.value)
+    assert not (tmp_path / "run").exists()
