@@ -272,3 +272,15 @@ def test_bad_eftnas_recipes_are_refused_before_work(tiny_bert_dir, tmp_path, sta
         run_recipe(load_recipe({"model": str(tiny_bert_dir), "stages": stages}), tmp_path / "run", log=lambda *_: None)
     assert message in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_search_over_an_untrained_space_reads_its_task_from_the_lineage(run, tmp_path):
+    """The space itself (the reordered teacher, sliced without super-network training: a baseline) is
+    searchable too; its task comes from its lineage, and params is a cost objective."""
+    out = api.search(run["space"], out=tmp_path / "search", objectives=["accuracy", "params"], trials=3, limit=8,
+                     progress=False)
+    assert json.loads((out / "search_config.json").read_text())["task"] == "polarity"
+    sub = api.extract(out=tmp_path / "sub", from_search=out, pick="smallest")
+    m = _manifest(sub)
+    assert m["metrics"]["parameters"] < m["metrics"]["full_parameters"]
+    assert m["metrics"]["params_fraction"] == pytest.approx(m["metrics"]["parameters"] / m["metrics"]["full_parameters"])

@@ -276,6 +276,8 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
 
         check_objectives(adapter, objectives)
     task = task or (super_adapter.task if super_adapter else None)
+    if whole and task is None:  # a space records no task: the one its lineage trained on
+        task = next((r["task"] for r in lineage.of(adapter) if r["use"] == "train"), None)
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
         raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
     sampler_obj = make_sampler(sampler, seed, population)

@@ -197,7 +197,13 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
         raise ConfigError(f"task {task.spec} has no training examples (split seed {task.split_seed})")
     from transformers import AutoConfig
 
-    classifier = is_classifier(AutoConfig.from_pretrained(space_dir))
+    from .architectures import is_causal_config
+
+    model_config = AutoConfig.from_pretrained(space_dir)
+    classifier = is_classifier(model_config)
+    if not classifier and not is_causal_config(model_config):
+        raise ConfigError(f"{space_dir} is an encoder without a classification head: the super-network of an encoder "
+                          "is a classifier; fine-tune the teacher (finetune --adapter full) and build the space from it")
     checkpoints = out.parent / f".{out.name}.checkpoints"
     if classifier:
         from .classify.supernet import train_supernet
