@@ -12,7 +12,9 @@ from slimtune.models import load_model
 from slimtune.quant import quant_linears
 from slimtune.recipe import load_recipe, run_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "examples" / "recipes").glob("*.yaml"))
+# eftnas.yaml compresses an encoder classifier: tests/test_eftnas_supernet.py runs it on a tiny BERT
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples" / "recipes").glob("*.yaml")
+                 if p.stem != "eftnas")
 
 
 def _quiet(*_):

@@ -12,7 +12,7 @@ from .adapted import load_adapted  # noqa: F401 (public here)
 from .adapters import adapter_layers, merge_adapters, save_adapter
 from .adapters.peft_io import base_of_adapter
 from .api_extra import diagnose_intruders, refactor  # noqa: F401 (stages kept in api_extra.py, public here)
-from .eftnas import importance, space  # noqa: F401 (EFTNAS stages, public here)
+from .eftnas import importance, space, supernet  # noqa: F401 (EFTNAS stages, public here)
 from .finetuning import finetune  # noqa: F401 (the fine-tuning stage, public here)
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic, write_manifest
 from .data import load_text
@@ -86,7 +86,8 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
     best-accuracy, smallest, knee (of the Pareto front) or trial=N. The validation split is read with
     the split seed the super-adapter's lineage used (or `split_seed`); the examples that chose the
     sub-adapter join its lineage as a selection set. Options: configs.ExtractConfig (select, pick,
-    task, limit, split_seed), as `config` or keywords."""
+    task, limit, split_seed), as `config` or keywords. From an EFTNAS supernet (or a search over one) it
+    writes the physically smaller model instead (eftnas.extract_elastic)."""
     from .nas import ElasticSpace, nncf_candidates, parse_selection
     from .nas.lonas import subnetwork_files
     from .nas.objective import score_candidates
@@ -102,6 +103,14 @@ def extract(adapter: str | Path | None = None, *, out: str | Path, from_search: 
         adapter, select, picked = picked_trial(from_search, pick)
     elif adapter is None:
         raise ConfigError("extract needs a super-adapter (--adapter) or a search run (--from-search)")
+    from .nas.elastic_model import is_elastic_model
+
+    if is_elastic_model(adapter):  # EFTNAS: a whole model with elastic widths -> a physically smaller model
+        from .eftnas import extract_elastic
+
+        return extract_elastic(adapter, out=out, select=select, cfg=cfg, overwrite=overwrite, started=started,
+                               history=lineage.of(from_search if from_search is not None else adapter),
+                               picked=picked if from_search is not None else None)
     elastic = ElasticSpace.load(adapter)
     label, config = parse_selection(elastic, select)
     if from_search is not None:
@@ -240,6 +249,10 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     given the same storage and `out` share one study and one budget of `trials` completed trials.
     Writes trials.jsonl, pareto.json and pareto.png into `out`. Options: configs.SearchConfig, as
     `config` or keywords.
+
+    `adapter` may also be an EFTNAS supernet (or space): a whole model with elastic widths
+    (nas.elastic_model), searched for accuracy vs params or macs; the space's per-budget widths join the
+    first trials, and `extract --pick budget=F` takes the best trial within a budget.
     """
     import os
     import socket
@@ -253,9 +266,18 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     cfg = SearchConfig.build(config, options)
     objectives, trials, limit, split_seed, seed = cfg.objectives, cfg.trials, cfg.limit, cfg.split_seed, cfg.seed
     task, sampler, population, study_name, storage = cfg.task, cfg.sampler, cfg.population, cfg.study_name, cfg.storage
+    from .nas.elastic_model import is_elastic_model
+
     elastic = ElasticSpace.load(adapter)
     super_adapter = Artifact.find(adapter)
+    whole = is_elastic_model(adapter)  # an EFTNAS supernet (or space): widths of a whole model, no adapter
+    if whole:
+        from .nas.elastic_model import check_objectives
+
+        check_objectives(adapter, objectives)
     task = task or (super_adapter.task if super_adapter else None)
+    if whole and task is None:  # a space records no task: the one its lineage trained on
+        task = next((r["task"] for r in lineage.of(adapter) if r["use"] == "train"), None)
     if task is None and any(o in ("accuracy", "loss") for o in objectives):
         raise ConfigError("accuracy and loss objectives are measured on a task's validation split: pass --task")
     sampler_obj = make_sampler(sampler, seed, population)
@@ -269,7 +291,7 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     slot = run_dir.worker_slot(out, storage)  # workers sharing the study get distinct sampler seeds
     study.sampler = make_sampler(sampler, slot.seed(seed), population)
 
-    model = model or base_of_adapter(adapter)
+    model = model or (adapter if whole else base_of_adapter(adapter))
     history = lineage.of(adapter)
     task_obj = lineage.task_split(task, split_seed, history) if task is not None else None
     if task_obj is not None and not task_obj.validation:
@@ -277,8 +299,17 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     if task_obj is not None and any(o in ("accuracy", "loss") for o in objectives):
         history = lineage.combine(history, [lineage.record("search", "select", task_obj, "validation",
                                                            task_obj.validation[:limit], out)])
-    net, tokenizer = load_adapted(model, adapter)
-    searcher = Searcher(study, elastic, objectives, make_objective(net, tokenizer, task_obj, elastic, objectives, limit),
+    if whole:
+        from .nas.elastic_model import budget_trials, make_elastic_objective, space_record
+
+        net, tokenizer = load_model(adapter)
+        measure = make_elastic_objective(net, tokenizer, task_obj, elastic, objectives, limit,
+                                         space_record(adapter).get("seq_len") or 128)
+        enqueue = {**budget_trials(adapter), **(enqueue or {})}  # every budget of the space has a candidate
+    else:
+        net, tokenizer = load_adapted(model, adapter)
+        measure = make_objective(net, tokenizer, task_obj, elastic, objectives, limit)
+    searcher = Searcher(study, elastic, objectives, measure,
                         trials, apply=lambda c: elastic.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}",
                         reseed=lambda n: make_sampler(sampler, slot.seed(seed) + 1_000_003 * n, population))
     searcher.enqueue(first_trials(elastic, adapter, enqueue))

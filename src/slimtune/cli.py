@@ -62,7 +62,8 @@ def _add_extract(sub) -> None:
                                    "(per-module ranks in rank_pattern, the super-adapter's scaling kept through "
                                    "alpha_pattern), which `slimtune merge` merges and, unless it is sparse or quantization-aware, "
                                    "peft.PeftModel loads.")
-    p.add_argument("--adapter", help="super-adapter directory (slimtune finetune --adapter nls)")
+    p.add_argument("--adapter", help="super-adapter directory (slimtune finetune --adapter nls), or an EFTNAS "
+                                     "super-network (slimtune supernet): then the output is the smaller model")
     p.add_argument("--out", required=True, help="output adapter directory")
     p.add_argument("--from-search", help="a `slimtune search` run directory: extract one of its trials (see --pick) "
                                          "instead of --select from --adapter")
@@ -79,7 +80,8 @@ def _add_search(sub) -> None:
                                    "--out (or in --storage); re-running resumes, and several workers given the same "
                                    "--out and --storage share the study and its trial budget. Writes trials.jsonl, "
                                    "pareto.json and pareto.png; `slimtune extract --from-search` exports a trial.")
-    p.add_argument("--super-adapter", required=True, help="super-adapter directory (slimtune finetune --adapter nls)")
+    p.add_argument("--super-adapter", required=True, help="super-adapter directory (slimtune finetune --adapter nls), "
+                                                          "or an EFTNAS super-network (slimtune supernet)")
     p.add_argument("--out", required=True, help="search run directory (created, or resumed)")
     p.add_argument("--model", help="base model (default: the one recorded in the super-adapter)")
     add_config_arguments(p, STAGE_CONFIGS["search"])
@@ -235,7 +237,7 @@ def _run(args: argparse.Namespace) -> None:
         from .report import build_report
 
         print(f"report written to {build_report(args.run_dir)}")
-    elif args.command in ("refactor", "diagnose", "importance", "space"):
+    elif args.command in ("refactor", "diagnose", "importance", "space", "supernet"):
         run_extra(args)
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)

@@ -1,5 +1,5 @@
-"""`slimtune refactor`, `slimtune diagnose intruders`, `slimtune importance` and `slimtune space`: thin wrappers over slimtune.api (api_extra.py),
-kept beside cli.py for its length."""
+"""`slimtune refactor`, `slimtune diagnose intruders`, `slimtune importance`, `slimtune space` and `slimtune
+supernet`: thin wrappers over slimtune.api (api_extra.py, eftnas.py), kept beside cli.py for its length."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 
 from .cli_args import add_config_arguments, add_overwrite, config_from_args
-from .configs import ImportanceConfig, IntrudersConfig, RefactorConfig, SpaceConfig
+from .configs import ImportanceConfig, IntrudersConfig, RefactorConfig, SpaceConfig, SupernetConfig
 
 
 def add_refactor(sub) -> None:
@@ -61,6 +61,18 @@ def add_eftnas(sub) -> None:
     q.add_argument("--out", required=True, help="output directory: reordered model + space")
     add_overwrite(q)
     add_config_arguments(q, SpaceConfig)
+    r = sub.add_parser("supernet", help="train the EFTNAS super-network of a space (sandwich rule + distillation)",
+                       description="Train every weight of a `slimtune space` output with several widths per optimizer "
+                                   "step (sandwich: maximal, random, minimal) on a*CE + (1-a)*T^2*KL(teacher || student), "
+                                   "the teacher's logits computed once per batch. Encoder classifiers and causal LMs. "
+                                   "Then `slimtune search --super-adapter OUT --objectives accuracy,macs` and "
+                                   "`slimtune extract --from-search ... --pick budget=0.5` give smaller models.")
+    r.add_argument("--space", required=True, help="a `slimtune space` output (reordered model + elastic_config.json)")
+    r.add_argument("--teacher", help="the model to distil from (default: the space's own model, the reordered "
+                                     "fine-tuned teacher, output-identical to it)")
+    r.add_argument("--out", required=True, help="output directory: the super-network")
+    add_overwrite(r, ", and start afresh instead of refusing checkpoints left by another configuration")
+    add_config_arguments(r, SupernetConfig)
 
 
 def run_extra(args: argparse.Namespace) -> None:
@@ -77,6 +89,10 @@ def run_extra(args: argparse.Namespace) -> None:
                                 **config_from_args(SpaceConfig, args))
         print(format_space(result))
         print(f"reordered model and search space written to {out}")
+    elif args.command == "supernet":
+        out = api.supernet(args.space, out=args.out, teacher=args.teacher, overwrite=args.overwrite,
+                           **config_from_args(SupernetConfig, args))
+        print(f"super-network written to {out}")
     elif args.command == "refactor":
         out = api.refactor(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite,
                            **config_from_args(RefactorConfig, args))

@@ -262,7 +262,9 @@ class ExtractConfig(Config):
                                                                "configurations) | a JSON object {group: rank}, groups "
                                                                "as in elastic_config.json")
     pick: str | None = Field(None, description="from a search: best-accuracy | smallest | knee (of the Pareto "
-                                               "front) | trial=N (default knee)")
+                                               "front) | trial=N | budget=F (the most accurate trial costing at "
+                                               "most F of the maximal one, +1%; budget=F:T for a tolerance T) "
+                                               "(default knee)")
     task: str | Task | None = Field(None, description="nncf: task whose validation split scores the candidates (default: "
                                                "the training task)")
     limit: int | None = Field(None, ge=1, description="nncf: score on the first N validation examples")
@@ -276,7 +278,9 @@ class SearchConfig(Config):
                                                   description="accuracy or loss, and params (adapter parameters), "
                                                               "nonzero (non-zero base weights + adapter parameters), "
                                                               "total_params (base + adapter parameters of the "
-                                                              "sub-network) or macs (linear MACs per token, merged)")
+                                                              "sub-network) or macs (linear MACs per token, merged); "
+                                                              "an EFTNAS supernet: accuracy, params or macs (with "
+                                                              "attention at the space's sequence length)")
     trials: int = Field(30, ge=1, description="completed trials in all, over all workers")
     storage: str | None = Field(None, description="optuna storage URL shared by workers, e.g. sqlite:///runs/s.db "
                                                   "(default: sqlite in the run directory)")
@@ -419,6 +423,23 @@ class SpaceConfig(Config):
                                             "every choice is a prefix")
 
 
+class SupernetConfig(Config):
+    """EFTNAS super-network training (eftnas.supernet): every weight, several widths per step, distilled."""
+
+    task: str | Task | None = Field(None, description="task whose training split trains the super-network (default: "
+                                                      "the task its lineage trained on, else polarity)")
+    sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("sandwich", description="configurations per optimizer step: "
+                                                     "sandwich (maximal, random, minimal; EFTNAS') or uniform (one "
+                                                     "random)")
+    alpha: float = Field(0.1, ge=0, le=1, description="weight of the cross-entropy; the distillation term gets "
+                                                      "1 - alpha (EFTNAS: 0.1)")
+    temperature: float = Field(2.0, gt=0, description="distillation temperature T (the KL is scaled by T^2; "
+                                                      "EFTNAS: 2)")
+    split_seed: int | None = Field(None, description=SPLIT_SEED_HELP)
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings (learning rate 5e-5 "
+                                                                        "unless given: every weight trains)")
+
+
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
     SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
-    CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig, ImportanceConfig, SpaceConfig)}
+    CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig, ImportanceConfig, SpaceConfig, SupernetConfig)}

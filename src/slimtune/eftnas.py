@@ -1,4 +1,5 @@
-"""EFTNAS stages (api re-exports them): `importance` and `space`.
+"""EFTNAS stages (api re-exports them): `importance`, `space` and `supernet`; `extract_elastic` is the
+`extract` stage for a whole model with elastic widths (api.extract hands a supernet / space to it).
 
   importance  first-order scores of heads and FFN neurons (nas/importance.py) from forward/backward
               passes over a task's training split: a sequence classifier on its labels (encoders), a
@@ -7,6 +8,15 @@
               prefix) and its search space from N budgets (nas/budgets.py): the reordered HF model,
               importance.json in the new order, elastic_config.json (the SearchSpace over head and
               MLP-width dimensions) and eftnas_space.json (per budget: widths, cost, error)
+  supernet    the super-network trained from a space and a teacher (default: the space's own model, the
+              reordered teacher, output-identical to it): every weight, [maximal, random, minimal]
+              configurations per optimizer step (sandwich rule), each loss a·CE + (1-a)·T²·KL(teacher ‖
+              student) (EFTNAS: a = 0.1, T = 2) through train.Objective with reduction 'sum'. Encoder
+              classifiers (classify.supernet) and causal LMs (completion tokens, the same objective on
+              next-token logits). Writes the model at full width with elastic_config.json,
+              eftnas_space.json, importance.json and the sampled history; lineage records the training
+              examples. `search` then measures its sub-networks (nas.elastic_model) and `extract` cuts one
+              into a physically smaller model (widths_io records what no stock config describes).
 
 Full fine-tuning of an encoder collects importance during training instead (finetune --importance).
 """
@@ -20,12 +30,13 @@ from typing import Any
 
 from . import lineage
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_manifest
-from .configs import ImportanceConfig, SpaceConfig
+from .configs import ImportanceConfig, SpaceConfig, SupernetConfig
 from .data import DEFAULT_TASK
 from .errors import ConfigError
 from .models import load_model
+from .nas.elastic_model import SPACE_FILE
 
-SPACE_FILE = "eftnas_space.json"
+FULL_LEARNING_RATE = 5e-5  # every weight trains (the adapters' 3e-4 is too high for them)
 
 
 def _batches(net, tokenizer, task, examples, cfg: ImportanceConfig):
@@ -120,3 +131,152 @@ def space(model: str | Path, *, out: str | Path, importance: str | Path | None =
                        started=started,
                        lineage=lineage.combine(lineage.of(model), lineage.of(imp_dir) if imp_dir else []))
     return out, result
+
+
+def _training_task(history: list[dict]) -> str:
+    return next((rec["task"] for rec in history if rec["use"] == "train"), DEFAULT_TASK)
+
+
+def _train_decoder_supernet(space_dir, teacher, task, config, checkpoints, progress, cfg: SupernetConfig):
+    """The causal-LM form of classify.supernet.train_supernet: every weight, the sampler's configurations per
+    step, distillation on the completion tokens' next-token distributions."""
+    from .nas import ElasticSampler, SearchSpace
+    from .train import Objective, train
+
+    net, tokenizer = load_model(space_dir)
+    teacher_net, _ = load_model(teacher)
+    if teacher_net.config.vocab_size != net.config.vocab_size:
+        raise ConfigError(f"teacher {teacher} has a vocabulary of {teacher_net.config.vocab_size} tokens, the "
+                          f"super-network {net.config.vocab_size}: distillation needs the same vocabulary")
+    for p in teacher_net.parameters():
+        p.requires_grad_(False)
+    space = SearchSpace.load(space_dir)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    sampler = ElasticSampler(net, space, seed=config.seed, rule=cfg.sampler)
+    objective = Objective(sampler=sampler, reduction="sum", teacher=teacher_net, alpha=cfg.alpha,
+                          temperature=cfg.temperature)
+    metrics = train(net, tokenizer, task.train, config, checkpoints, add_eos=task.kind == "generation",
+                    callbacks=[sampler], objective=objective, progress=progress, fresh=True,
+                    run_key={"supernet": str(space_dir), "teacher": str(teacher)})
+    for p in net.parameters():
+        p.requires_grad_(False)
+    space.apply(net, space.maximal())
+    metrics["sampled"] = sampler.history
+    return net, tokenizer, space, metrics
+
+
+def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | None = None,
+             config: SupernetConfig | dict | None = None, overwrite: bool = False, progress: bool = True,
+             **options: Any) -> Path:
+    """Train the EFTNAS super-network of a `space` output, distilled from `teacher` (default: the space's own
+    model, the reordered teacher), and write it to `out` (module docstring). Options: configs.SupernetConfig,
+    and training settings (train.TrainConfig) as keywords too."""
+    import shutil
+
+    from .classify.model import is_classifier
+    from .nas.elastic_model import is_elastic_model
+    from .nas.importance import IMPORTANCE_FILE
+    from .nas.sampling import HISTORY_FILE
+    from .train import TrainConfig, barrier, build_train_config, is_main_process
+
+    started = time.time()
+    out = check_output_dir(out, overwrite)
+    train_overrides = {k: options.pop(k) for k in list(options) if k in TrainConfig.model_fields}  # as finetune's
+    cfg = SupernetConfig.build(config, options)
+    if not is_elastic_model(space_dir):
+        raise ConfigError(f"{space_dir} is not a model with an elastic search space (config.json + "
+                          "elastic_config.json, no adapter): give the output of `slimtune space`")
+    teacher = space_dir if teacher is None else teacher
+    if "learning_rate" not in cfg.train.model_fields_set and train_overrides.get("learning_rate") is None:
+        train_overrides["learning_rate"] = FULL_LEARNING_RATE
+    train_config = build_train_config(cfg.train, **train_overrides)
+    history = lineage.combine(lineage.of(space_dir), lineage.of(teacher))
+    task = lineage.task_split(cfg.task or _training_task(history), cfg.split_seed, history)
+    if not task.train:
+        raise ConfigError(f"task {task.spec} has no training examples (split seed {task.split_seed})")
+    from transformers import AutoConfig
+
+    from .architectures import is_causal_config
+
+    model_config = AutoConfig.from_pretrained(space_dir)
+    classifier = is_classifier(model_config)
+    if not classifier and not is_causal_config(model_config):
+        raise ConfigError(f"{space_dir} is an encoder without a classification head: the super-network of an encoder "
+                          "is a classifier; fine-tune the teacher (finetune --adapter full) and build the space from it")
+    checkpoints = out.parent / f".{out.name}.checkpoints"
+    if classifier:
+        from .classify.supernet import train_supernet
+
+        net, tokenizer, space, metrics = train_supernet(space_dir, teacher, task, train_config, checkpoints,
+                                                        progress, cfg.alpha, cfg.temperature, rule=cfg.sampler)
+    else:
+        net, tokenizer, space, metrics = _train_decoder_supernet(space_dir, teacher, task, train_config,
+                                                                 checkpoints, progress, cfg)
+    sampled = metrics.pop("sampled")
+    if not is_main_process():
+        barrier()
+        return out
+    with atomic_dir(out, overwrite) as tmp:
+        net.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        space.save(tmp)
+        for name in (SPACE_FILE, IMPORTANCE_FILE):
+            if (Path(space_dir) / name).is_file():
+                shutil.copyfile(Path(space_dir) / name, tmp / name)
+        (tmp / HISTORY_FILE).write_text(json.dumps(sampled) + "\n")
+        write_manifest(tmp, stage="supernet", method=f"eftnas-{cfg.sampler}",
+                       config={**cfg.record(), "model": str(space_dir), "teacher": str(teacher), "task": task.spec,
+                               "classifier": classifier, "train": train_config.model_dump()},
+                       inputs={"model": space_dir, **({"teacher": teacher} if Path(str(teacher)).exists() else {})},
+                       metrics={**metrics, "configurations_trained": len(sampled),
+                                "dimensions": len(space.dimensions),
+                                "parameters": sum(p.numel() for p in net.parameters())},
+                       started=started, seed=train_config.seed,
+                       lineage=lineage.combine(history, [lineage.record("supernet", "train", task, "train",
+                                                                        task.train, out)]))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    barrier()
+    return out
+
+
+def extract_elastic(source: str | Path, *, out: Path, select, cfg, history: list[dict], overwrite: bool = False,
+                    picked: dict | None = None, started: float | None = None) -> Path:
+    """extract for a whole model with elastic widths (a supernet or space): the configuration `select` (a
+    heuristic name or a {dimension: width} dict; with `picked`, a searched trial) cut into a physically smaller
+    model; its per-module shapes are recorded (widths_io) when no stock config describes them."""
+    from .nas import SearchSpace, parse_selection
+    from .nas.elastic_model import cost_functions, extract_model, kept_heads, space_record
+    from .widths_io import write_widths
+
+    started = started or time.time()
+    space = SearchSpace.load(source)
+    label, chosen = parse_selection(space, select)
+    if chosen is None:
+        raise ConfigError("select nncf scores an adapter's training history; for an elastic-width model pick a "
+                          "searched trial (--from-search with --pick, e.g. budget=0.5) or give maximal, median, "
+                          "minimal or a {dimension: width} configuration")
+    if picked is not None:
+        label = f"search:{cfg.pick or 'knee'}:trial={picked['trial']}"
+    net, tokenizer = load_model(source)
+    record = space_record(source)
+    costs = cost_functions(net, space, record.get("seq_len") or 128)
+    sub, shapes = extract_model(net, space, chosen)
+    full = {m: costs[m](space.maximal()) for m in ("params", "macs")}
+    kept = {m: costs[m](chosen) for m in ("params", "macs")}
+    with atomic_dir(out, overwrite) as tmp:
+        sub.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if shapes:
+            write_widths(tmp, shapes, kept_heads(net, space, chosen))
+        write_manifest(tmp, stage="extract", method=label,
+                       config={**cfg.record(), "model": str(source), "selection": label, "widths": chosen},
+                       inputs={"model": source},
+                       metrics={"parameters": sum(p.numel() for p in sub.parameters()),
+                                "full_parameters": sum(p.numel() for p in net.parameters()),
+                                "params_fraction": kept["params"] / full["params"], "macs": kept["macs"],
+                                "full_macs": full["macs"], "macs_fraction": kept["macs"] / full["macs"],
+                                "macs_seq_len": record.get("seq_len") or 128, "per_block_widths": bool(shapes),
+                                **({"search_objectives": picked["objectives"]} if picked is not None else {})},
+                       started=started, lineage=history)
+    return out

@@ -13,7 +13,11 @@
 
 Each stage writes its artifact to <run dir>/<name>. A stage's input is the stage named by `input`,
 or else the latest stage before it that makes what it needs (a model for sparsify, quantize and
-finetune; a super-adapter or search for extract; an adapter for merge). The recipe is validated as a
+finetune; a super-adapter or search for extract; an adapter for merge). EFTNAS (examples/recipes/
+eftnas.yaml): a fully fine-tuned classifier (finetune adapter full) is a model; importance and space
+read a model (space: optionally an earlier importance stage by `importance`), supernet reads a space
+(and a teacher stage by `teacher`, default the space's own model); search reads a super-adapter or a
+supernet, and extract from a supernet search makes a model. The recipe is validated as a
 whole before any stage runs. A stage whose artifact is complete and whose fingerprint (its config
 and its inputs' fingerprints) is unchanged is skipped; an interrupted stage resumes (fine-tuning from
 its last checkpoint, search from its study); a changed stage is re-run, and so is everything after
@@ -32,8 +36,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .artifacts import RECIPE_FILE, STATE_DIR, write_json_atomic
-from .configs import (STAGE_CONFIGS, Config, EvaluateConfig, ExtractConfig, FinetuneConfig, MergeConfig,
-                      QuantizeConfig, SearchConfig, SparsifyConfig, describe)
+from .configs import (STAGE_CONFIGS, Config, EvaluateConfig, ExtractConfig, FinetuneConfig, ImportanceConfig,
+                      MergeConfig, QuantizeConfig, SearchConfig, SpaceConfig, SparsifyConfig, SupernetConfig, describe)
 from .errors import ArtifactError, ConfigError
 from .guards import NAME_RULE, check_name
 
@@ -60,6 +64,10 @@ class _Stage(BaseModel):
         if "split_seed" in values and "split_seed" not in self.model_fields_set:
             values["split_seed"] = recipe.split_seed
         return cls(**values)
+
+    def extra_inputs(self) -> list[str]:
+        """Earlier stages this one reads besides its input (EFTNAS: importance, teacher)."""
+        return []
 
 
 class SparsifyStage(_Stage, SparsifyConfig):
@@ -102,10 +110,47 @@ class EvaluateStage(_Stage, EvaluateConfig):
         return self  # the task defaults to the recipe's
 
 
+class ImportanceStage(_Stage, ImportanceConfig):
+    stage: Literal["importance"]
+
+
+class SpaceStage(_Stage, SpaceConfig):
+    stage: Literal["space"]
+    importance: str | None = Field(None, description="an earlier importance stage (default: the model's own "
+                                                     "importance.json, from finetune importance: true)")
+
+    def extra_inputs(self) -> list[str]:
+        return [self.importance] if self.importance else []
+
+
+class SupernetStage(_Stage, SupernetConfig):
+    stage: Literal["supernet"]
+    teacher: str | None = Field(None, description="an earlier stage making the teacher model (default: the space's "
+                                                  "own model, the reordered teacher)")
+
+    def extra_inputs(self) -> list[str]:
+        return [self.teacher] if self.teacher else []
+
+
 StageConfig = Annotated[Union[SparsifyStage, QuantizeStage, FinetuneStage, ExtractStage, SearchStage, MergeStage,
-                              EvaluateStage], Field(discriminator="stage")]
+                              EvaluateStage, ImportanceStage, SpaceStage, SupernetStage], Field(discriminator="stage")]
 MAKES = {"sparsify": "model", "quantize": "model", "merge": "model", "finetune": "adapter", "extract": "adapter",
-         "search": "search", "evaluate": "evaluation"}
+         "search": "search", "evaluate": "evaluation", "importance": "importance", "space": "space",
+         "supernet": "supernet"}
+# what each stage reads, in order of preference when its input is not named
+NEEDS = {"sparsify": ("model",), "quantize": ("model",), "finetune": ("model",), "extract": ("search", "adapter", "supernet"),
+         "search": ("adapter", "supernet"), "merge": ("adapter",), "evaluate": (), "importance": ("model",),
+         "space": ("model",), "supernet": ("space",)}
+
+
+def _makes(st, seen: dict, inputs: dict) -> str:
+    """What a stage makes: MAKES, except a full fine-tune (a classifier: every weight, no adapter) and an
+    extract from a supernet search (a physically smaller model) make models."""
+    if st.stage == "finetune" and st.adapter == "full":
+        return "model"
+    if st.stage == "extract" and _derives_from(inputs.get(st.name), "supernet", seen, inputs):
+        return "model"
+    return MAKES[st.stage]
 
 
 class Recipe(BaseModel):
@@ -153,25 +198,28 @@ def plan(recipe: Recipe) -> dict[str, str]:
         where = f"stages[{i}] ({st.name})"
         if st.name in seen or st.name == "model":
             raise ConfigError(f"{where}.name: stage name {st.name!r} is used twice (or is the reserved 'model')")
-        need = {"sparsify": "model", "quantize": "model", "finetune": "model", "extract": "adapter-or-search",
-                "search": "adapter", "merge": "adapter", "evaluate": None}[st.stage]
-        if need is not None:
+        kinds = NEEDS[st.stage]
+        if kinds:
             source = st.input
             if source is None:
-                kinds = ("adapter", "search") if need == "adapter-or-search" else (need,)
-                source = next((latest[k] for k in ("search", "adapter", "model") if k in kinds and k in latest), None)
+                source = next((latest[k] for k in kinds if k in latest), None)
                 if source is None:
+                    names = {"adapter": "finetune"}
                     raise ConfigError(f"{where}: a {st.stage} stage needs an earlier "
-                                      f"{' or '.join(kinds).replace('adapter', 'finetune')} stage")
+                                      f"{' or '.join(names.get(k, k) for k in kinds)} stage")
             elif source != "model" and source not in seen:
                 raise ConfigError(f"{where}.input: {source!r} is not an earlier stage (earlier: "
                                   f"{', '.join(['model', *seen]) })")
-            made = "model" if source == "model" else MAKES[seen[source].stage]
-            if need == "model" and made != "model" or need == "adapter" and made != "adapter" \
-                    or need == "adapter-or-search" and made not in ("adapter", "search"):
+            made = "model" if source == "model" else _makes(seen[source], seen, inputs)
+            if made not in kinds:
                 raise ConfigError(f"{where}.input: {source!r} makes a {made}, a {st.stage} stage reads a "
-                                  f"{need.replace('-or-', ' or ')}")
+                                  f"{' or '.join(kinds)}")
             inputs[st.name] = source
+        for ref, kind in ((getattr(st, "importance", None), "importance"), (getattr(st, "teacher", None), "model")):
+            if isinstance(ref, str) and (ref not in seen and ref != "model"
+                                         or kind != ("model" if ref == "model" else _makes(seen[ref], seen, inputs))):
+                raise ConfigError(f"{where}: {ref!r} is not an earlier stage that makes a{'n' * (kind[0] == 'i')} "
+                                  f"{kind}")
         if st.stage == "finetune" and st.quant_aware and not (
                 _derives_from(source, "quantize", seen, inputs) if source != "model" else _model_is_quantized(recipe.model)):
             raise ConfigError(f"{where}.quant_aware: its input {source!r} is not quantized; add a quantize stage "
@@ -192,17 +240,17 @@ def plan(recipe: Recipe) -> dict[str, str]:
                 raise ConfigError(f"{where}.pick: picks a searched trial; its input must be a search stage")
         if st.stage == "evaluate":
             for m in st.models:
-                if m != "model" and (m not in seen or MAKES[seen[m].stage] != "model"):
+                if m != "model" and (m not in seen or _makes(seen[m], seen, inputs) != "model"):
                     raise ConfigError(f"{where}.models: {m!r} is not 'model' or an earlier stage that makes a model")
         seen[st.name] = st
         if MAKES[st.stage] != "evaluation":
-            latest[MAKES[st.stage]] = st.name
+            latest[_makes(st, seen, inputs)] = st.name
     return inputs
 
 
 def _derives_from(source: str, kind: str, seen: dict, inputs: dict) -> bool:
     """Whether `source` is a `kind` stage or is made (through its inputs) from one."""
-    while source in seen:
+    while source is not None and source in seen:
         if seen[source].stage == kind:
             return True
         source = inputs.get(source)
@@ -272,7 +320,7 @@ def _run_stages(recipe: Recipe, inputs: dict, run_dir: Path, progress: bool, log
     paths: dict[str, Path] = {"model": Path(recipe.model) if Path(recipe.model).exists() else recipe.model}
     prints: dict[str, str] = {"model": recipe.model}
     for i, st in enumerate(recipe.stages):
-        deps = [inputs[st.name]] if st.name in inputs else []
+        deps = ([inputs[st.name]] if st.name in inputs else []) + st.extra_inputs()
         if st.stage == "evaluate":
             deps = list(st.models)
         fp = _fingerprint(st, recipe, [prints[d] for d in deps])
@@ -326,6 +374,14 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
         api.search(src, out=out, config=config, progress=progress)
     elif st.stage == "merge":
         api.merge(src, out=out, overwrite=overwrite)
+    elif st.stage == "importance":
+        api.importance(src, out=out, config=config, overwrite=overwrite, progress=progress)
+    elif st.stage == "space":
+        api.space(src, out=out, importance=paths[st.importance] if st.importance else None, config=config,
+                  overwrite=overwrite, progress=progress)
+    elif st.stage == "supernet":
+        api.supernet(src, out=out, teacher=paths[st.teacher] if st.teacher else None, config=config,
+                     overwrite=overwrite, progress=progress)
     elif st.stage == "evaluate":
         from .artifacts import atomic_dir, write_manifest
         from .evaluate import PER_EXAMPLE

@@ -84,7 +84,8 @@ def build_report(run_dir: str | Path) -> Path:
         facts = model_facts(run_dir / last_model["name"])
         plots.append((f"Per-layer sparsity of {last_model['name']}",
                       _plot_layer_sparsity(facts["layer_sparsity"], last_model["name"], run_dir / "sparsity.png")))
-    ranks_stage = next((s for s in reversed(done) if s["stage"] == "extract"), None)
+    ranks_stage = next((s for s in reversed(done) if s["stage"] == "extract"  # a sub-adapter (not an EFTNAS model)
+                        and (run_dir / s["name"] / "adapter_config.json").is_file()), None)
     if ranks_stage:
         artifact = Artifact.load(run_dir / ranks_stage["name"])
         metrics["chosen_ranks"] = artifact.config["ranks"]

@@ -1,7 +1,15 @@
 """A model whose linear layers differ in width between blocks (a LoNAS sub-network with per-block MLP
-or head widths), which no stock config describes: the merge writes the odd layers' shapes into
-WIDTHS_FILE beside the weights, and `load_model` builds the model from its config, gives those layers
-their recorded shapes, then loads the weights. A leaf: torch, safetensors and transformers only."""
+or head widths, an EFTNAS sub-network), which no stock config describes: the merge / extract stages
+write the odd layers' shapes into WIDTHS_FILE beside the weights, and `load_model` builds the model
+from its config, gives those layers their recorded shapes, then loads the weights.
+
+Attention with fewer heads: Llama-like configs carry head_dim, and their attention reads the head count
+from the projections. BERT-like configs derive the head size from hidden / num_attention_heads, so a
+sub-network with fewer heads keeps the full head count in its config (the head size stays right) and
+its query/key/value/output projections take their recorded, narrower shapes; BERT's attention reshapes
+to (-1, head size), so the heads a layer keeps follow from its projections. `heads` (query projection ->
+heads kept) is recorded with them and checked on loading against the config's head size.
+A leaf: torch, safetensors and transformers only."""
 
 from __future__ import annotations
 
@@ -15,13 +23,16 @@ WIDTHS_FILE = "slimtune_widths.json"
 WIDTHS_VERSION = 1
 
 
-def write_widths(directory: str | Path, shapes: dict[str, list[int]]) -> None:
-    """Record {module: [out, in]} of the layers whose widths the config does not give."""
+def write_widths(directory: str | Path, shapes: dict[str, list[int]], heads: dict[str, int] | None = None) -> None:
+    """Record {module: [out, in]} of the layers whose widths the config does not give, and optionally
+    {query projection: heads kept} (module docstring)."""
     data = {"version": WIDTHS_VERSION, "shapes": {k: [int(o), int(i)] for k, (o, i) in shapes.items()}}
+    if heads:
+        data["heads"] = {k: int(n) for k, n in heads.items()}
     (Path(directory) / WIDTHS_FILE).write_text(json.dumps(data, indent=1) + "\n")
 
 
-def read_widths(directory: str | Path) -> dict[str, list[int]] | None:
+def _read(directory: str | Path) -> dict | None:
     path = Path(directory) / WIDTHS_FILE
     if not path.is_file():
         return None
@@ -29,13 +40,36 @@ def read_widths(directory: str | Path) -> dict[str, list[int]] | None:
     if data.get("version") != WIDTHS_VERSION:
         raise ValueError(f"{path}: version {data.get('version')!r} of the per-module widths is not one this "
                          "slimtune reads")
-    return data["shapes"]
+    return data
+
+
+def read_widths(directory: str | Path) -> dict[str, list[int]] | None:
+    data = _read(directory)
+    return None if data is None else data["shapes"]
+
+
+def read_heads(directory: str | Path) -> dict[str, int]:
+    data = _read(directory)
+    return dict((data or {}).get("heads") or {})
+
+
+def check_heads(config, shapes: dict[str, list[int]], heads: dict[str, int]) -> None:
+    """Each recorded query projection holds whole heads of the config's head size, as many as recorded."""
+    n = getattr(config, "num_attention_heads", None)
+    size = getattr(config, "head_dim", None) or (config.hidden_size // n if n else None)
+    for module, kept in heads.items():
+        out = shapes.get(module, [None])[0]
+        if size is None or out is None or out != kept * size:
+            raise ValueError(f"{module}: the recorded {kept} heads do not fit its {out} outputs at the config's head "
+                             f"size {size} (hidden {getattr(config, 'hidden_size', None)} / {n} heads); the "
+                             f"per-module widths file does not belong to this config")
 
 
 def load_with_widths(cls, source: str | Path, config, dtype: torch.dtype, shapes: dict[str, list[int]]):
     """The model of `config` with the recorded layer shapes, its weights read from `source`."""
     from safetensors.torch import load_file
 
+    check_heads(config, shapes, read_heads(source))
     model = cls.from_config(config, dtype=dtype)
     for name, (o, i) in shapes.items():
         old = model.get_submodule(name)

@@ -8,8 +8,10 @@ and distillation, and sub-networks extracted from it.
 student) at T = 2 with the teacher's logits computed once per batch.
 `extract_classifier(net, space, config)` is nas.extract_subnetwork for a classifier: physically smaller,
 exactly the width-sliced super-network. Stock BERT configs derive the head size from hidden/heads, so a
-sub-network with fewer heads runs in memory but cannot be described by a stock config; one with only
-narrower (uniform) MLP widths saves and loads back with plain transformers.
+sub-network with fewer heads cannot be described by a stock config: `check_savable` refuses a plain
+save_pretrained of it, and the `extract` stage (eftnas.extract_elastic) records its per-layer shapes
+and heads instead (widths_io), which slimtune's loader rebuilds. One with only narrower (uniform) MLP
+widths saves and loads back with plain transformers.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from .model import classifier_labels, load_classifier
 
 
 def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: TrainConfig, checkpoints: str | Path,
-                   progress: bool = False, alpha: float = 0.1, temperature: float = 2.0):
-    """(super-network, tokenizer, search space, training metrics with the sampled history)."""
+                   progress: bool = False, alpha: float = 0.1, temperature: float = 2.0, rule: str = "sandwich"):
+    """(super-network, tokenizer, search space, training metrics with the sampled history). `rule`: the
+    sampler's (nas.sampling: sandwich, EFTNAS'; uniform)."""
     from ..nas import ElasticSampler, SearchSpace
 
     net, tokenizer = load_classifier(space_dir)
@@ -35,7 +38,7 @@ def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: Tra
     view = classification_view(task, classifier_labels(net))
     for p in net.parameters():
         p.requires_grad_(True)
-    sampler = ElasticSampler(net, space, seed=config.seed, rule="sandwich")
+    sampler = ElasticSampler(net, space, seed=config.seed, rule=rule)
     objective = Objective(sampler=sampler, reduction="sum", teacher=teacher_net, alpha=alpha, temperature=temperature)
     metrics = train(net, tokenizer, task.train, config, checkpoints, callbacks=[sampler], objective=objective,
                     progress=progress, fresh=True, run_key={"supernet": str(space_dir), "teacher": str(teacher)},
@@ -68,4 +71,5 @@ def extract_classifier(net, space, config: dict[str, int]):
 def check_savable(sub) -> None:
     if getattr(sub, "slimtune_in_memory_only", False):
         raise ConfigError("this sub-network drops attention heads of a BERT-like model, whose stock config derives the "
-                          "head size from hidden / heads: it runs in memory but plain transformers cannot load it")
+                          "head size from hidden / heads: plain transformers cannot load it; write it with the extract stage "
+                          "(slimtune extract), which records its per-layer widths for slimtune's loader")

@@ -214,8 +214,43 @@ def knee(front: list[dict], objectives: list[str]) -> dict:
     return min(front, key=lambda r: (math.dist([scaled(r, o) for o in objectives], [0.0] * len(objectives)), r["trial"]))
 
 
+BUDGET_TOLERANCE = 0.01  # budget=F picks: the cost may exceed F of the maximal configuration's by this much
+
+
+def pick_budget(records: list[dict], objectives: list[str], how: str) -> dict:
+    """budget=F[:T]: among the trials costing at most F·(1 + T) of the maximal configuration's cost (the first
+    cost objective; T default BUDGET_TOLERANCE), the most accurate; ties (common on a small validation slice)
+    go to the costlier one, which uses more of the budget, then to the earlier trial."""
+    size = next((o for o in objectives if o in SIZES), None)
+    if size is None:
+        raise ConfigError(f"{how}: a budget needs a cost objective ({', '.join(SIZES)}) in the search")
+    fraction, _, tol = how.split("=", 1)[1].partition(":")
+    try:
+        fraction, tol = float(fraction), float(tol) if tol else BUDGET_TOLERANCE
+    except ValueError:
+        raise ConfigError(f"--pick {how!r}: expected budget=<fraction of the maximal cost>, e.g. budget=0.5 (or "
+                          "budget=0.5:0.02 with a relative tolerance)") from None
+    if not 0 < fraction <= 1 or not 0 <= tol < 0.5:
+        raise ConfigError(f"--pick {how!r}: the fraction lies in (0, 1] and the tolerance in [0, 0.5)")
+    maximal = [r for r in records if r.get("heuristic") == "maximal"] or records
+    full = max(r["objectives"][size] for r in maximal)
+    within = [r for r in records if r["objectives"][size] <= fraction * full * (1 + tol)]
+    if not within:
+        smallest = min(r["objectives"][size] for r in records) / full
+        raise ConfigError(f"no trial of this search costs at most {fraction:g} of the maximal {size} (+{tol:.0%}); "
+                          f"the cheapest costs {smallest:.3f}. Run more trials, or build the space with this budget "
+                          "so that its configuration is one of the first trials")
+    quality = next((o for o in objectives if o in ("accuracy", "loss")), None)
+    if quality is None:
+        return min(within, key=lambda r: (-r["objectives"][size], r["trial"]))
+    sign = -1.0 if OBJECTIVES[quality] == "maximize" else 1.0
+    return min(within, key=lambda r: (sign * r["objectives"][quality], -r["objectives"][size], r["trial"]))
+
+
 def pick(records: list[dict], front: list[dict], objectives: list[str], how: str) -> dict:
-    """best-accuracy | smallest | knee | trial=N."""
+    """best-accuracy | smallest | knee | trial=N | budget=F[:T] (pick_budget)."""
+    if how.startswith("budget="):
+        return pick_budget(records, objectives, how)
     if how.startswith("trial="):
         try:
             number = int(how.split("=", 1)[1])
@@ -240,7 +275,7 @@ def pick(records: list[dict], front: list[dict], objectives: list[str], how: str
         return min(front, key=lambda r: (r["objectives"][size], sign * r["objectives"].get(quality, 0), r["trial"]))
     if how == "knee":
         return knee(front, objectives)
-    raise ConfigError(f"unknown pick {how!r}; choose best-accuracy, smallest, knee or trial=N")
+    raise ConfigError(f"unknown pick {how!r}; choose best-accuracy, smallest, knee, trial=N or budget=F")
 
 
 def plot_front(records: list[dict], front: list[dict], objectives: list[str], path) -> None:
