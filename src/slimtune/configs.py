@@ -419,6 +419,18 @@ class SpaceConfig(Config):
                                             "every choice is a prefix")
 
 
+class InspectConfig(Config):
+    """What `inspect` measures beyond the files: a model's costs (nas/cost.py) and, on request, latency."""
+
+    costs: bool = Field(True, description="build the model: parameters, MACs per token, per-block widths")
+    seq_len: int = Field(128, ge=1, description="MACs: each token's attention spans this many positions")
+    latency: bool = Field(False, description="measure CPU prefill and greedy-decode latency (batch 1, median)")
+    prefill_tokens: int = Field(128, ge=1, description="latency: prompt tokens of the prefill")
+    decode_tokens: int = Field(8, ge=0, description="latency: greedy new tokens timed after the prompt")
+    repeats: int = Field(3, ge=1, description="latency: repeats (the median is reported)")
+    threads: int | None = Field(None, ge=1, description="latency: CPU threads (default: torch's)")
+
+
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
     SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
     CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig, ImportanceConfig, SpaceConfig)}

@@ -103,6 +103,13 @@ def test_search_extract_merge_gives_a_smaller_model_with_the_same_logits(tiny_ll
     adapted, _ = api.load_adapted(tiny_llama_dir, sub)  # the sub-adapter alone computes the same sub-network
     torch.testing.assert_close(_logits(adapted.eval()), _logits(reference), rtol=0, atol=1e-4)
     assert linear_macs(reference, space, mixed) < linear_macs(reference, space, space.maximal())
+    # inspect: the extracted model costs less than its parent, per block as recorded
+    parent, child = api.inspect(tiny_llama_dir)["costs"], api.inspect(merged)["costs"]
+    assert child["parameters"] == n_small < parent["parameters"]
+    assert child["macs_per_token"] < parent["macs_per_token"]
+    assert child["linear_macs_per_token"] == linear_macs(reference, space, mixed) == metrics["macs_per_token"]
+    assert child["widths"] is None and child["block_widths"][0]["intermediate"] == 112
+    assert child["block_widths"][1]["intermediate"] == 64 and child["block_widths"][0]["kv_heads"] == 1
     # the merged model inherits the lineage: evaluation on the held-out test split runs
     result = api.evaluate(merged, task="polarity", limit=4, progress=False, drift=False)
     assert result["n"] == 4

@@ -6,7 +6,7 @@ searched, then extracted into a physically smaller model.
                      columns) and 'heads' (whole KV groups: q/o per group, k/v per KV head)
   MLP_FRACTIONS      the reference preset: 100/87.5/75/62.5/50% of the intermediate size
   head_fractions     the default head preset: every KV-group count from all groups down to half of them
-  linear_macs        multiply-accumulates per token of the merged sub-network's linear layers
+  linear_macs        multiply-accumulates per token of the merged sub-network's linear layers (nas.cost)
   subnetwork files   an extracted sub-adapter of a width configuration carries SUBNETWORK_FILE (its width
                      dimensions and choices); `load_adapted` applies it, `merge` cuts the merged model
                      to it (`shrink_merged`)
@@ -27,7 +27,8 @@ from torch import nn
 from ..adapters.base import AdapterLayer
 from ..architectures import architecture_of
 from ..errors import ArtifactError, ConfigError
-from .elastic import SearchSpace, _inside_adapter, axis_size
+from .cost import linear_macs  # noqa: F401 (re-exported: nas.lonas.linear_macs)
+from .elastic import SearchSpace
 from .space import rank_dimensions
 from .widths import MLP_FRACTIONS, head_dimensions, mlp_width_dimensions
 
@@ -91,19 +92,6 @@ def width_space(space: SearchSpace) -> SearchSpace | None:
     """The width dimensions of a space alone (None when it has none)."""
     dims = list(space.of_kind("width").values())
     return SearchSpace(dims, space.preset) if dims else None
-
-
-def linear_macs(model: nn.Module, space: SearchSpace, config: dict[str, int]) -> int:
-    """Multiply-accumulates per token of the sub-network's linear layers once its adapters are merged
-    (active out × in of every linear layer, LM head included). Attention scores (QKᵀ, AV) grow with the
-    context and are not counted."""
-    axes = space.module_axes(config)
-    total = 0
-    for name, m in model.named_modules():
-        if isinstance(m, (AdapterLayer, nn.Linear)) and not _inside_adapter(name, model):
-            sizes = axes.get(name, {})
-            total += sizes.get("out", axis_size(m, "out")) * sizes.get("in", axis_size(m, "in"))
-    return total
 
 
 # ---- extracted sub-networks ------------------------------------------------------------------
