@@ -227,6 +227,9 @@ def inspect(path: str | Path, *, config: InspectConfig | dict | None = None, **o
 
     cfg = InspectConfig.build(config, options)
     summary = summarize(path)
+    if summary["kind"] == "adapter" and cfg.latency:
+        raise ConfigError(f"latency is measured on a model, and {path} is an adapter: merge it first "
+                          "(slimtune merge) and inspect the merged model, or drop --latency")
     if summary["kind"] == "model" and (cfg.costs or cfg.latency):
         summary.update(model_costs(path, cfg))
     return summary

@@ -75,3 +75,12 @@ def test_inspect_reports_costs_and_measured_latency(tiny_llama_dir, tiny_bert_di
                  "--decode-tokens", "1", "--repeats", "1"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["latency"]["decode_tokens"] == 1
+
+
+def test_inspect_refuses_latency_of_an_adapter(tiny_llama_dir, tmp_path, capsys):
+    adapter = api.finetune(tiny_llama_dir, out=tmp_path / "ad", max_steps=1, batch_size=2, progress=False)
+    assert "costs" not in api.inspect(adapter)
+    with pytest.raises(ConfigError, match="is an adapter: merge it first"):
+        api.inspect(adapter, latency=True)
+    assert main(["inspect", str(adapter), "--latency"]) == 2
+    assert "merge it first" in capsys.readouterr().err
