@@ -94,3 +94,31 @@ def test_encoder_is_refused_by_the_stages_that_score_text(bases, stage, tmp_path
                                           r"language model, but this is an encoder without an LM head \(bert\)"):
         calls[stage]()
     assert not (tmp_path / "ad").exists()
+
+
+def test_lonas_on_gemma3_extracts_the_active_sub_network(tiny_gemma3_dir, tmp_path):
+    """LoNAS through the architecture map: finetune -> extract (per-block widths) -> merge on Gemma-3."""
+    from slimtune.nas import ElasticSpace
+    from slimtune.widths_io import WIDTHS_FILE
+
+    sup = api.finetune(tiny_gemma3_dir, task="polarity", out=tmp_path / "super", adapter="nls", rank_space=[4, 2],
+                       widths=["mlp", "heads"], width_order="magnitude", sampler="sandwich", dropout=0.0, **TRAIN)
+    space = ElasticSpace.load(sup)
+    assert {n for n, d in space.dimensions.items() if d.kind == "width"} == {
+        f"model.layers.{i}:{k}" for i in range(4) for k in ("mlp", "heads")}
+    config = {**space.median(), "model.layers.0:mlp": 112, "model.layers.2:heads": 1, "model.layers.3:mlp": 64}
+    sub = api.extract(sup, out=tmp_path / "sub", select=config)
+    merged = api.merge(sub, out=tmp_path / "merged")
+    assert (merged / WIDTHS_FILE).is_file()
+    small, tok = load_model(merged)
+    reference, _ = api.load_adapted(tiny_gemma3_dir, sup)
+    reference.eval()
+    space.apply(reference, config)
+    ids = tok("the market fell sharply on monday as traders sold shares of the largest banks",
+              return_tensors="pt")["input_ids"]  # longer than the sliding window (8)
+    with torch.no_grad():
+        diff = (small(ids).logits - reference(ids).logits).abs().max().item()
+    assert diff <= 1e-5
+    assert sum(p.numel() for p in small.parameters()) == space.size(load_model(tiny_gemma3_dir)[0], config)
+    parent, child = api.inspect(tiny_gemma3_dir)["costs"], api.inspect(merged)["costs"]
+    assert child["macs_per_token"] < parent["macs_per_token"] and child["block_widths"][2]["kv_heads"] == 1

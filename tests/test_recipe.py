@@ -65,6 +65,11 @@ def test_example_recipe_runs_end_to_end(recipe, tiny_llama_dir, tmp_path):
     for m in metrics["models"].values():  # every accuracy with its interval, on the same held-out examples
         lo, hi = m["accuracy_ci"]
         assert lo <= m["accuracy"] <= hi and m["split_seed"] == 0 and m["n"] == 6
+    if recipe.stem == "lonas":  # the report's costs: the searched sub-network is no larger (the knee may be maximal)
+        models = metrics["models"]
+        assert 0 < models["final"]["parameters"] <= models["model"]["parameters"]
+        assert 0 < models["final"]["macs_per_token"] <= models["model"]["macs_per_token"]
+        assert "| parameters (M) | MACs per token (M) |" in (run / "report.md").read_text()
     evaluated = stages[-1].models
     assert [(c["a"], c["b"]) for c in metrics["comparisons"]] == [(a, b) for i, a in enumerate(evaluated)
                                                                   for b in evaluated[:i]]

@@ -20,8 +20,8 @@ from .errors import ArtifactError, ConfigError
 from .guards import check_result_file
 from .models import DEFAULT_MODEL, inference_options, load_model
 from .nas.objective import task_score  # noqa: F401 (re-exported: bench scripts report api.task_score(result))
-from .configs import (CONFIG_VERSION, CompareConfig, EvaluateConfig, ExtractConfig, QuantizeConfig, SearchConfig,
-                      SparsifyConfig)
+from .configs import (CONFIG_VERSION, CompareConfig, EvaluateConfig, ExtractConfig, InspectConfig, QuantizeConfig,
+                      SearchConfig, SparsifyConfig)
 
 
 def _calibration(cfg) -> dict | None:
@@ -227,11 +227,21 @@ def quantize(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Quan
     return out
 
 
-def inspect(path: str | Path) -> dict:
-    """Per-matrix sparsity (models) or per-module ranks (adapters) of an artifact directory."""
-    from .summary import summarize
+def inspect(path: str | Path, *, config: InspectConfig | dict | None = None, **options: Any) -> dict:
+    """What an artifact directory holds: per-matrix sparsity (models) or per-module ranks (adapters),
+    read from its files; for a model also its costs (`costs`, default on: parameters, MACs per token at
+    `seq_len`, per-block widths when they differ; nas/cost.py) and, with `latency`, measured CPU
+    prefill and decode latency (deploy/speed.py). Options: configs.InspectConfig."""
+    from .summary import model_costs, summarize
 
-    return summarize(path)
+    cfg = InspectConfig.build(config, options)
+    summary = summarize(path)
+    if summary["kind"] == "adapter" and cfg.latency:
+        raise ConfigError(f"latency is measured on a model, and {path} is an adapter: merge it first "
+                          "(slimtune merge) and inspect the merged model, or drop --latency")
+    if summary["kind"] == "model" and (cfg.costs or cfg.latency):
+        summary.update(model_costs(path, cfg))
+    return summary
 
 
 def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = None,

@@ -8,7 +8,7 @@ import sys
 
 from .cli_args import add_config_arguments, add_overwrite, config_from_args
 from .cli_extra import add_diagnose, add_eftnas, add_refactor, run_extra
-from .configs import STAGE_CONFIGS
+from .configs import STAGE_CONFIGS, InspectConfig
 from .errors import SlimtuneError
 from .guards import finite_float
 from .models import BUILTIN_MODELS, DEFAULT_MODEL
@@ -146,11 +146,13 @@ def _add_quantize(sub) -> None:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="per-layer sparsity of a model, ranks of an adapter",
-                       description="Print what an artifact directory holds: per-matrix shape and sparsity and the total "
-                                   "(models), or per-module ranks (adapters).")
+    p = sub.add_parser("inspect", help="per-layer sparsity, parameters, MACs and latency of a model; ranks of an adapter",
+                       description="Print what an artifact directory holds: per-matrix shape and sparsity and the total, "
+                                   "parameters, MACs per token and per-block widths, with --latency measured CPU "
+                                   "prefill/decode latency (models), or per-module ranks (adapters).")
     p.add_argument("path", help="a model or adapter directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_config_arguments(p, InspectConfig)
 
 
 def _add_export(sub) -> None:
@@ -255,7 +257,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "inspect":
         from .summary import format_summary
 
-        summary = api.inspect(args.path)
+        summary = api.inspect(args.path, config=config_from_args(InspectConfig, args))
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     elif args.command == "demo":
         from .demo import TASK, run_demo

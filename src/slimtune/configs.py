@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .compress import DEFAULT_CALIBRATION, Registry, check_options
-from .errors import ConfigError
+from .config_base import CONFIG_VERSION, SPLIT_SEED_HELP, Config, _cli, describe  # noqa: F401 (public here)
 from .nas.search import OBJECTIVES, SAMPLERS
 from .nas.lonas import WIDTH_KINDS
 from .nas.reorder import ORDERS
@@ -35,64 +35,9 @@ from .train import TrainConfig
 from .adapters.adalora import AdaLoraOptions
 from .adapters.paca import PacaOptions
 
-CONFIG_VERSION = 1
 SPLITS = ("train", "validation", "test")
 ADAPTERS = ("lora", "nls", "adalora", "paca", "full")
 QA_WEIGHTS = ("auto", "float", "quantized")
-SPLIT_SEED_HELP = ("seed of the task's train/validation/test split, which belongs to the task, not to the run "
-                   "(default: the split seed the model's lineage used for this task, else 0)")
-
-
-def _cli(flag: str | tuple[str, ...] | None = None, **extra) -> dict:
-    if flag is not None:
-        extra["flag"] = (flag,) if isinstance(flag, str) else flag
-    return extra
-
-
-class Config(BaseModel):
-    """Base of every stage config: unknown keys, NaN and infinity are refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
-
-    @field_serializer("*", when_used="json")
-    @classmethod
-    def _task_spec(cls, value):
-        return value.spec if isinstance(value, Task) else value
-
-    @classmethod
-    def build(cls, config: "Config | dict | None" = None, overrides: dict | None = None, what: str | None = None):
-        """The config from an instance or dict, updated by keyword overrides; a ConfigError naming
-        each wrong field otherwise."""
-        data = config.model_dump(exclude_unset=True) if isinstance(config, BaseModel) else dict(config or {})
-        data.update(overrides or {})
-        try:
-            return cls(**data)
-        except ValidationError as e:
-            raise ConfigError(describe(e, what or f"{cls.stage_name()} options")) from e
-
-    @classmethod
-    def stage_name(cls) -> str:
-        return cls.__name__.removesuffix("Config").lower()
-
-    def record(self) -> dict:
-        """What the manifest stores: the config as JSON with its version."""
-        return {**self.model_dump(mode="json"), "version": CONFIG_VERSION}
-
-
-def describe(e: ValidationError, what: str, drop: tuple[str, ...] = ()) -> str:
-    """One line per wrong field: its path, pydantic's message and the value given."""
-    parts = []
-    for err in e.errors():
-        path = ""
-        for part in err["loc"]:
-            if isinstance(part, str) and part in drop:
-                continue
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{path}: {msg}{shown}" if path else msg)
-    return f"invalid {what}: " + "; ".join(parts)
 
 
 # ---- compression -----------------------------------------------------------------------------
@@ -438,6 +383,18 @@ class SupernetConfig(Config):
     split_seed: int | None = Field(None, description=SPLIT_SEED_HELP)
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings (learning rate 5e-5 "
                                                                         "unless given: every weight trains)")
+
+
+class InspectConfig(Config):
+    """What `inspect` measures beyond the files: a model's costs (nas/cost.py) and, on request, latency."""
+
+    costs: bool = Field(True, description="build the model: parameters, MACs per token, per-block widths")
+    seq_len: int = Field(128, ge=1, description="MACs: each token's attention spans this many positions")
+    latency: bool = Field(False, description="measure CPU prefill and greedy-decode latency (batch 1, median)")
+    prefill_tokens: int = Field(128, ge=1, description="latency: prompt tokens of the prefill")
+    decode_tokens: int = Field(8, ge=0, description="latency: greedy new tokens timed after the prompt")
+    repeats: int = Field(3, ge=1, description="latency: repeats (the median is reported)")
+    threads: int | None = Field(None, ge=1, description="latency: CPU threads (default: torch's)")
 
 
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (

@@ -66,6 +66,13 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     dropout = (0.0 if sparse_adapter or quant_aware or adapter == "paca" else 0.05) if cfg.dropout is None else cfg.dropout
     r_max, space = check_adapter_args(adapter, cfg.rank, cfg.rank_space, groups)
     qa_weights, float_base = resolve_qa_weights(model, quant_aware, cfg.qa_weights, cfg.float_base)
+    if cfg.widths:  # LoNAS slices float bases only: a packed INT4 base is refused before anything loads
+        from .adapted import quantized_input
+        from .models import is_packed_quantized
+        from .nas.lonas import quantized_base_error
+
+        if is_packed_quantized(model):
+            raise quantized_base_error(str(model), quantized_input(model))
     task_obj = lineage.task_split(task, split_seed)
     if not task_obj.train:
         raise ConfigError(f"task {task_obj.spec} has no training examples (split seed {split_seed})")

@@ -1,7 +1,7 @@
 """The report of a recipe run: report.md with tables and PNG plots, and metrics.json.
 
 Built only from the artifacts in the run directory (so `slimtune report DIR` rebuilds it at any time):
-the models' inspect summaries (sparsity, bits, size on disk), the evaluate stages' results, the
+the models' inspect summaries (sparsity, bits, size on disk, parameters, MACs per token), the evaluate stages' results, the
 sub-adapters' ranks and the searches' Pareto fronts.
 """
 
@@ -24,15 +24,19 @@ def size_mb(directory: Path) -> float | None:
 
 
 def model_facts(path: str | Path) -> dict:
-    """Sparsity and bits of the decoder's linear layers, and safetensors size on disk, of a model directory."""
+    """Sparsity and bits of the decoder's linear layers, safetensors size on disk, parameters and MACs per
+    token (at 128 positions: nas/cost.py) of a model directory."""
+    from .configs import InspectConfig
     from .models import resolve_model
-    from .summary import summarize
+    from .summary import model_costs, summarize
 
     directory = Path(resolve_model(str(path)))
     summary = summarize(directory)
     bits = sorted({m.get("bits", 16 if _is_half(directory) else 32) for m in summary["matrices"].values() if m["prunable"]})
     layers = {k: m["sparsity"] for k, m in summary["matrices"].items() if m["prunable"]}
+    costs = model_costs(directory, InspectConfig()).get("costs") or {}
     return {"sparsity": summary["total"]["sparsity"], "bits": "/".join(map(str, bits)), "size_mb": size_mb(directory),
+            "parameters": costs.get("parameters"), "macs_per_token": costs.get("macs_per_token"),
             "layer_sparsity": layers}
 
 
@@ -160,16 +164,22 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def _millions(v):
+    return None if v is None else v / 1e6
+
+
 def format_models(models: dict) -> str:
-    rows = ["| model | accuracy [95% CI] | perplexity | perplexity vs its base | sparsity | bits | size on disk (MB) |",
-            "|---|---:|---:|---|---:|---|---:|"]
+    rows = ["| model | accuracy [95% CI] | perplexity | perplexity vs its base | sparsity | bits | size on disk (MB) "
+            "| parameters (M) | MACs per token (M) |",
+            "|---|---:|---:|---|---:|---|---:|---:|---:|"]
     for name, m in models.items():
         ci = m.get("accuracy_ci")
         acc = _fmt(m["accuracy"], ".3f") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         vs = m.get("perplexity_vs")
         vs_text = f"{vs['ratio']:.2f}x {vs['model']}" if vs else "-"
         rows.append(f"| {name} | {acc} | {_fmt(m['perplexity'], '.2f')} | {vs_text} | "
-                    f"{_fmt(m['sparsity'], '.1%')} | {m['bits']} | {_fmt(m['size_mb'], '.1f')} |")
+                    f"{_fmt(m['sparsity'], '.1%')} | {m['bits']} | {_fmt(m['size_mb'], '.1f')} | "
+                    f"{_fmt(_millions(m.get('parameters')), '.3f')} | {_fmt(_millions(m.get('macs_per_token')), '.3f')} |")
     return "\n".join(rows)
 
 

@@ -1,8 +1,10 @@
-"""`slimtune inspect`: what an artifact holds, read from its files without building the model.
+"""`slimtune inspect`: what an artifact holds.
 
-Model directories: per-matrix shape and sparsity of every 2-D weight (embeddings and head
-included, marked), and the total over the prunable matrices. Adapter directories: per-module
-ranks. Either way the manifest's stage, method and metrics come along when present.
+`summarize` reads the files without building the model. Model directories: per-matrix shape and
+sparsity of every 2-D weight (embeddings and head included, marked), and the total over the prunable
+matrices. Adapter directories: per-module ranks. Either way the manifest's stage, method and metrics
+come along when present. `model_costs` builds the model: parameters, MACs per token and per-block
+widths (nas/cost.py), and on request measured CPU latency (deploy/speed.py).
 """
 
 from __future__ import annotations
@@ -94,6 +96,51 @@ def summarize(path: str | Path) -> dict:
     return summary
 
 
+def model_costs(path: str | Path, cfg) -> dict:
+    """{"costs": ..., "latency": ...} of the model in `path` (cfg: configs.InspectConfig); a model that
+    cannot be built is reported as "costs_error" rather than failing the description of its files."""
+    from .errors import ModelLoadError
+    from .models import load_model
+    from .nas.cost import model_costs as costs_of
+
+    try:
+        net, _ = load_model(path)
+    except (ModelLoadError, ArtifactError) as e:
+        return {"costs_error": str(e)}
+    net.eval()
+    out = {"costs": costs_of(net, cfg.seq_len)} if cfg.costs else {}
+    if cfg.latency:
+        from .deploy.speed import measure_latency
+
+        out["latency"] = measure_latency(net, prefill_tokens=cfg.prefill_tokens, decode_tokens=cfg.decode_tokens,
+                                         repeats=cfg.repeats, threads=cfg.threads)
+    return out
+
+
+def _format_costs(summary: dict) -> list[str]:
+    lines = []
+    if summary.get("costs_error"):
+        lines.append(f"  WARNING: the model could not be built for its costs: {summary['costs_error']}")
+    c = summary.get("costs")
+    if c:
+        lines.append(f"  parameters {c['parameters']:,} (block linear layers {c['block_linear_parameters']:,}, "
+                     f"embeddings {c['embedding_parameters']:,})")
+        attention = "" if c["attention_macs_per_token"] is None else \
+            f" + attention {c['attention_macs_per_token']:,} at {c['seq_len']} positions"
+        lines.append(f"  MACs per token {c['macs_per_token']:,} (linear {c['linear_macs_per_token']:,}{attention})")
+        if c.get("widths"):
+            lines.append("  widths " + ", ".join(f"{k} {v}" for k, v in c["widths"].items()) + " in every block")
+        for i, w in enumerate(c.get("block_widths") or []):
+            lines.append(f"  block {i:3d} " + ", ".join(f"{k} {v}" for k, v in w.items()))
+    t = summary.get("latency")
+    if t:
+        decode = (f"; decode {t['decode_tokens_per_s']:.1f} tokens/s ({t['decode_ms_per_token']:.1f} ms/token, "
+                  f"{t['decode_tokens']} tokens)") if "decode_tokens_per_s" in t else ""
+        lines.append(f"  CPU latency (batch 1, {t['threads']} threads, median of {t['repeats']}): prefill of "
+                     f"{t['prefill_tokens']} tokens {t['prefill_ms']:.1f} ms{decode}")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['path']}: {summary['kind']}"
              + (f" from stage {summary['stage']} ({summary['method']})" if summary.get("stage") else "")]
@@ -119,4 +166,4 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {name:60s} {'x'.join(map(str, m['shape'])):>14s} {m['sparsity']:9.2%}{note}")
     t = summary["total"]
     lines.append(f"  total over {t['params']:,} prunable weights: {t['sparsity']:.2%} zero")
-    return "\n".join(lines)
+    return "\n".join(lines + _format_costs(summary))

@@ -53,8 +53,12 @@ def test_width_options_are_checked_before_work(tiny_llama_dir, tmp_path):
     with pytest.raises(ConfigError, match="need widths"):
         api.finetune(tiny_llama_dir, out=tmp_path / "x", adapter="nls", mlp_fractions=[1, 0.5], **TRAIN)
     rtn = api.quantize(tiny_llama_dir, out=tmp_path / "q", method="rtn", group_size=32, progress=False)
-    with pytest.raises(ConfigError, match="quantized"):
+    with pytest.raises(ConfigError, match=f"quantized \\(it was quantized from {tiny_llama_dir}\\).*slimtune quantize"):
         api.finetune(rtn, out=tmp_path / "x", adapter="nls", widths=["mlp"], **TRAIN)
+    assert not (tmp_path / "x").exists() and not (tmp_path / ".x.checkpoints").exists()  # refused before training
+    net, _ = load_model(rtn)  # in memory too: the width dimensions refuse a QuantLinear base
+    with pytest.raises(ConfigError, match="group boundaries"):
+        width_dimensions(net, ["mlp"])
 
 
 def test_supernetwork_holds_rank_and_width_dimensions(supernet):
@@ -99,13 +103,31 @@ def test_search_extract_merge_gives_a_smaller_model_with_the_same_logits(tiny_ll
     base = load_model(tiny_llama_dir)[0]
     assert n_small == space.size(base, mixed) < metrics["total_parameters"]  # the sub-network's base, merged
     assert n_small < 0.9 * sum(p.numel() for p in base.parameters())
-    torch.testing.assert_close(_logits(small), _logits(reference), rtol=0, atol=1e-4)
+    torch.testing.assert_close(_logits(small), _logits(reference), rtol=0, atol=1e-5)
     adapted, _ = api.load_adapted(tiny_llama_dir, sub)  # the sub-adapter alone computes the same sub-network
-    torch.testing.assert_close(_logits(adapted.eval()), _logits(reference), rtol=0, atol=1e-4)
+    torch.testing.assert_close(_logits(adapted.eval()), _logits(reference), rtol=0, atol=1e-5)
     assert linear_macs(reference, space, mixed) < linear_macs(reference, space, space.maximal())
+    # inspect: the extracted model costs less than its parent, per block as recorded
+    parent, child = api.inspect(tiny_llama_dir)["costs"], api.inspect(merged)["costs"]
+    assert child["parameters"] == n_small < parent["parameters"]
+    assert child["macs_per_token"] < parent["macs_per_token"]
+    assert child["linear_macs_per_token"] == linear_macs(reference, space, mixed) == metrics["macs_per_token"]
+    assert child["widths"] is None and child["block_widths"][0]["intermediate"] == 112
+    assert child["block_widths"][1]["intermediate"] == 64 and child["block_widths"][0]["kv_heads"] == 1
     # the merged model inherits the lineage: evaluation on the held-out test split runs
     result = api.evaluate(merged, task="polarity", limit=4, progress=False, drift=False)
     assert result["n"] == 4
+
+
+def test_a_sub_network_is_not_applied_to_a_quantized_base(tiny_llama_dir, supernet, tmp_path):
+    sub = api.extract(supernet, out=tmp_path / "median", select="median")
+    rtn = api.quantize(tiny_llama_dir, out=tmp_path / "q", method="rtn", group_size=32, progress=False)
+    with pytest.raises(ConfigError, match="quantized base cannot take a LoNAS"):  # its channel order
+        api.merge(sub, out=tmp_path / "merged", model=rtn)
+    (sub / ORDER_FILE).unlink()  # without an order: the widths themselves are refused
+    with pytest.raises(ConfigError, match="elastic widths \\(LoNAS\\) need a float base"):
+        api.load_adapted(rtn, sub)
+    assert not (tmp_path / "merged").exists()
 
 
 def test_median_from_search_merges_into_a_stock_transformers_model(tiny_llama_dir, supernet, tmp_path):
@@ -116,4 +138,39 @@ def test_median_from_search_merges_into_a_stock_transformers_model(tiny_llama_di
     assert config["intermediate_size"] == 96 and config["num_key_value_heads"] == 2
     stock = AutoModelForCausalLM.from_pretrained(merged).eval()
     reference = _super_at(tiny_llama_dir, supernet, ElasticSpace.load(supernet).median())
-    torch.testing.assert_close(_logits(stock), _logits(reference), rtol=0, atol=1e-4)
+    torch.testing.assert_close(_logits(stock), _logits(reference), rtol=0, atol=1e-5)
+
+
+def _zeros_kept(parent, child) -> int:
+    """Every zero of the parent's weights (sliced to the child's shapes) is a zero of the child's; the count."""
+    from slimtune.adapters.base import AdapterLayer
+    from slimtune.nas.cost import linear_modules
+
+    kept = 0
+    small = linear_modules(child)
+    for name, m in linear_modules(parent).items():
+        if "layers" not in name:
+            continue
+        w = (m.base_layer if isinstance(m, AdapterLayer) else m).weight
+        c = small[name].weight
+        zero = w[:c.shape[0], :c.shape[1]] == 0
+        assert torch.all(c[zero] == 0), f"{name}: a zero of the sparse base was filled"
+        kept += int(zero.sum())
+    return kept
+
+
+def test_sparse_base_keeps_its_zeros_through_widths_extraction_and_merge(tiny_llama_dir, tmp_path):
+    sparse = api.sparsify(tiny_llama_dir, out=tmp_path / "sparse", method="magnitude", sparsity=0.5, progress=False)
+    sup = api.finetune(sparse, task="polarity", out=tmp_path / "super", adapter="nls", rank_space=[4, 2],
+                       widths=["mlp", "heads"], width_order="magnitude", sparse_adapter=True, **TRAIN)
+    space = ElasticSpace.load(sup)
+    mixed = {**space.minimal(), "model.layers.0:mlp": 112}
+    sub = api.extract(sup, out=tmp_path / "sub", select=mixed)
+    merged = api.merge(sub, out=tmp_path / "merged")
+    small, _ = load_model(merged)
+    adapted, _ = api.load_adapted(sparse, sub)  # the sparse base, reordered as in training, with the sub-adapter
+    adapted.eval()
+    kept = _zeros_kept(adapted, small)
+    assert kept >= 0.49 * sum(p.numel() for n, p in small.named_parameters() if "layers" in n and p.dim() == 2)
+    torch.testing.assert_close(_logits(small), _logits(adapted), rtol=0, atol=1e-5)
+    assert api.inspect(merged)["total"]["sparsity"] >= 0.49

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
+from .cost import attention_macs
 from .elastic import Dimension
 from .importance import Importance, dimension_kind, space_from_widths, structure_dimensions
 
@@ -59,7 +60,7 @@ def cost_model(model: nn.Module, dims: list[Dimension], metric: str = "macs", se
                 cost += b.unit
         if metric == "macs" and dimension_kind(d) == "heads":
             q = d.bindings[0]  # q 'out': heads per group x head dim
-            attention = 2 * seq_len * q.unit
+            attention = attention_macs(q.unit, seq_len)
             cost += attention
             total += attention * d.choices[0]
         per_unit[d.name], full[d.name] = cost, d.choices[0]

@@ -6,14 +6,24 @@ searched, then extracted into a physically smaller model.
                      columns) and 'heads' (whole KV groups: q/o per group, k/v per KV head)
   MLP_FRACTIONS      the reference preset: 100/87.5/75/62.5/50% of the intermediate size
   head_fractions     the default head preset: every KV-group count from all groups down to half of them
-  linear_macs        multiply-accumulates per token of the merged sub-network's linear layers
+  linear_macs        multiply-accumulates per token of the merged sub-network's linear layers (nas.cost)
   subnetwork files   an extracted sub-adapter of a width configuration carries SUBNETWORK_FILE (its width
                      dimensions and choices); `load_adapted` applies it, `merge` cuts the merged model
                      to it (`shrink_merged`)
 
 Sub-networks keep the first channels / heads; `nas.reorder` can move the most important ones first
-before training (the reference keeps the original order). Width slicing of a quantized (QuantLinear)
-base is refused: slicing input columns of a group-quantized layer would have to respect its groups.
+before training (the reference keeps the original order).
+
+Bases: dense and sparse float bases are supported. On a sparse base train with `sparse_adapter`
+(SparsePEFT): the update is masked by the base's zeros in the width-sliced forward, in the extracted
+sub-adapter and in the merge, so every zero of the kept rows / columns is a zero of the smaller model
+(tests/nas/test_lonas.py). A quantized (QuantLinear, group-wise INT4) base is refused with a
+ConfigError before any training (`check_width_base`, and finetune before it loads the model), and so is
+applying or merging a sub-network onto one: output channels could be cut keeping the grid, but input
+columns of down / o only at group boundaries, magnitude reordering of those columns would move weights
+between groups, and a packed model with per-block widths has no loader. The supported route: train
+LoNAS on the float or sparse model, extract and merge the sub-network, then `slimtune quantize` the
+smaller model (its own grid), or train a rank-only NLS adapter (no --widths) on the INT4 base.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ from torch import nn
 from ..adapters.base import AdapterLayer
 from ..architectures import architecture_of
 from ..errors import ArtifactError, ConfigError
-from .elastic import SearchSpace, _inside_adapter, axis_size
+from .cost import linear_macs  # noqa: F401 (re-exported: nas.lonas.linear_macs)
+from .elastic import SearchSpace
 from .space import rank_dimensions
 from .widths import MLP_FRACTIONS, head_dimensions, mlp_width_dimensions
 
@@ -45,15 +56,23 @@ def head_fractions(model: nn.Module) -> list[float]:
     return [k / n_kv for k in range(n_kv, max(1, math.ceil(n_kv / 2)) - 1, -1)]
 
 
+def quantized_base_error(what: str, float_model: str | None = None) -> ConfigError:
+    """The refusal of a quantized base for elastic widths, with the way round it (module docstring)."""
+    source = f" (it was quantized from {float_model})" if float_model else ""
+    return ConfigError(f"elastic widths (LoNAS) need a float base, dense or sparse, and {what} is quantized{source}: "
+                       "slimtune does not slice group-quantized (INT4) layers, whose input columns could only be cut "
+                       "at group boundaries. Train --widths on the float or sparse model, extract and merge the "
+                       "sub-network, then `slimtune quantize` the smaller model; or drop --widths to train a "
+                       "rank-only NLS adapter on the quantized base")
+
+
 def check_width_base(model: nn.Module, modules) -> None:
     """Width elasticity slices float weights; a quantized layer is refused with the reason."""
     for name in modules:
         module = model.get_submodule(name)
         base = module.base_layer if isinstance(module, AdapterLayer) else module
         if type(base).__name__ == "QuantLinear":
-            raise ConfigError(f"elastic widths need a float (dense or sparse) base, and {name} is quantized: slicing "
-                              "the input columns of a group-quantized layer would cut its groups. Train LoNAS on the "
-                              "float or sparse model and quantize the extracted sub-network afterwards")
+            raise quantized_base_error(name)
 
 
 def width_dimensions(model: nn.Module, widths, mlp_fractions=None, heads_fractions=None):
@@ -93,19 +112,6 @@ def width_space(space: SearchSpace) -> SearchSpace | None:
     return SearchSpace(dims, space.preset) if dims else None
 
 
-def linear_macs(model: nn.Module, space: SearchSpace, config: dict[str, int]) -> int:
-    """Multiply-accumulates per token of the sub-network's linear layers once its adapters are merged
-    (active out × in of every linear layer, LM head included). Attention scores (QKᵀ, AV) grow with the
-    context and are not counted."""
-    axes = space.module_axes(config)
-    total = 0
-    for name, m in model.named_modules():
-        if isinstance(m, (AdapterLayer, nn.Linear)) and not _inside_adapter(name, model):
-            sizes = axes.get(name, {})
-            total += sizes.get("out", axis_size(m, "out")) * sizes.get("in", axis_size(m, "in"))
-    return total
-
-
 # ---- extracted sub-networks ------------------------------------------------------------------
 
 def save_subnetwork(directory: str | Path, space: SearchSpace, config: dict[str, int]) -> dict | None:
@@ -139,6 +145,7 @@ def apply_subnetwork(model: nn.Module, directory: str | Path) -> bool:
     if found is None:
         return False
     space, config = found
+    check_width_base(model, {b.module for d in space.dimensions.values() for b in d.bindings if b.axis != "rank"})
     space.apply(model, config)
     return True
 

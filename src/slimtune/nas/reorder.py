@@ -38,7 +38,10 @@ def _units(model: nn.Module, d: Dimension) -> int:
 def _weight(module: nn.Module) -> nn.Linear:
     base = getattr(module, "base_layer", module)
     if not isinstance(base, nn.Linear):
-        raise ConfigError(f"reordering needs float linear layers, not {type(base).__name__}")
+        raise ConfigError(f"reordering needs float linear layers, not {type(base).__name__}"
+                          + (": a quantized base cannot take a LoNAS / EFTNAS channel order (it would move weights "
+                             "between quantization groups); use the float or sparse model it was quantized from"
+                             if type(base).__name__ == "QuantLinear" else ""))
     return base
 
 
@@ -100,10 +103,14 @@ def apply_saved_order(model: nn.Module, directory: str | Path) -> bool:
         data = json.loads(path.read_text())
         for name, v in data["dimensions"].items():
             d = Dimension(name, [1], [Binding(str(m), str(a), int(u)) for m, a, u in v["bindings"]])
+            for b in d.bindings:
+                _weight(model.get_submodule(b.module))  # a quantized base: refused with the reason
             if _units(model, d) != len(v["order"]):
                 raise ArtifactError(f"{path}: dimension {name} orders {len(v['order'])} units, the base has "
                                     f"{_units(model, d)}")
             permute(model, d, [int(i) for i in v["order"]])
+    except ConfigError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{path} is not a valid width order ({e})") from e
     return True
