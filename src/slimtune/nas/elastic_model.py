@@ -77,21 +77,13 @@ def check_objectives(path, objectives: list[str]) -> None:
 def make_elastic_objective(net: nn.Module, tokenizer, task, space: SearchSpace, objectives: list[str],
                            limit: int | None, seq_len: int = 128) -> Callable[[dict[str, int]], dict[str, float]]:
     """config -> {objective: value} on the model whose widths the searcher has already set."""
-    from ..evaluate import evaluate_model
-    from ..evaluate.loss import completion_loss
-    from .objective import task_score
+    from .objective import validation_scores
 
     costs = cost_functions(net, space, seq_len)
 
     def measure(config: dict[str, int]) -> dict[str, float]:
-        values = {o: costs[o](config) for o in objectives if o in costs}
-        if "accuracy" in objectives:
-            values["accuracy"] = task_score(evaluate_model(net, tokenizer, task=task, split="validation",
-                                                           limit=limit, progress=False))
-        if "loss" in objectives:
-            values["loss"] = completion_loss(net, tokenizer, task.validation[:limit],
-                                             add_eos=task.kind == "generation")["loss"]
-        return values
+        return {**{o: costs[o](config) for o in objectives if o in costs},
+                **validation_scores(net, tokenizer, task, objectives, limit)}
 
     return measure
 
@@ -105,7 +97,7 @@ def derived_head_size(net: nn.Module) -> bool:
 def extract_model(net: nn.Module, space: SearchSpace, config: dict[str, int]) -> tuple[nn.Module, dict | None]:
     """(the physically smaller model computing `config`, per-module [out, in] shapes to record or None when
     its config describes it; module docstring). The super-network is left at its maximal configuration."""
-    from .subnetwork import extract_subnetwork
+    from .subnetwork import binding_shapes, extract_subnetwork
 
     space.apply(net, space.maximal())
     config = space.check(config)
@@ -119,12 +111,7 @@ def extract_model(net: nn.Module, space: SearchSpace, config: dict[str, int]) ->
     uniform = all(len({c for n, c in config.items() if n.endswith(suffix)}) <= 1 for suffix in (":mlp", ":heads"))
     if uniform and not (fewer_heads and derived_head_size(net)):
         return sub, None
-    shapes = {}
-    for d in space.dimensions.values():
-        for b in d.bindings:
-            m = sub.get_submodule(b.module)
-            shapes[b.module] = [m.out_features, m.in_features]
-    return sub, shapes
+    return sub, binding_shapes(sub, space)
 
 
 def kept_heads(net: nn.Module, space: SearchSpace, config: dict[str, int]) -> dict[str, int]:

@@ -154,7 +154,7 @@ def shrink_merged(model: nn.Module, directory: str | Path) -> tuple[nn.Module, d
     """After merging an extracted sub-adapter: the physically smaller model its widths select, and the
     per-module shapes to record when the widths differ between blocks (None when the config describes
     them, so stock transformers loads the result)."""
-    from .subnetwork import extract_subnetwork
+    from .subnetwork import binding_shapes, extract_subnetwork
 
     found = load_subnetwork(directory)
     if found is None:
@@ -166,12 +166,7 @@ def shrink_merged(model: nn.Module, directory: str | Path) -> tuple[nn.Module, d
                   for suffix in (":mlp", ":heads"))
     if uniform:
         return small, None
-    shapes = {}
-    for d in space.dimensions.values():
-        for b in d.bindings:
-            m = small.get_submodule(b.module)
-            shapes[b.module] = [m.out_features, m.in_features]
-    return small, shapes
+    return small, binding_shapes(small, space)
 
 
 def subnetwork_files(directory: str | Path, super_adapter: str | Path, model: nn.Module, space: SearchSpace,

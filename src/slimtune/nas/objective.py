@@ -17,25 +17,32 @@ def task_score(result: dict) -> float:
     return result[headline(result)]
 
 
+def validation_scores(net, tokenizer, task: Task, objectives: list[str], limit: int | None) -> dict[str, float]:
+    """The objectives measured on the task's validation split (its first `limit` examples): accuracy, loss."""
+    from ..evaluate import evaluate_model
+    from ..evaluate.loss import completion_loss
+
+    values: dict[str, float] = {}
+    if "accuracy" in objectives:
+        values["accuracy"] = task_score(evaluate_model(net, tokenizer, task=task, split="validation", limit=limit,
+                                                       progress=False))
+    if "loss" in objectives:
+        values["loss"] = completion_loss(net, tokenizer, task.validation[:limit],
+                                         add_eos=task.kind == "generation")["loss"]
+    return values
+
+
 def make_objective(net, tokenizer, task: Task | None, space: SearchSpace, objectives: list[str],
                    limit: int | None) -> Callable[[dict[str, int]], dict[str, float]]:
     """config -> {objective: value} on the model whose active ranks the searcher has already set."""
     from ..adapters import adapter_layers
-    from ..evaluate import evaluate_model
-    from ..evaluate.loss import completion_loss
 
     layers = adapter_layers(net)
     widths = {n: (l.axes["in"], l.axes["out"]) for n, l in layers.items()}
     base_nonzero = sum(int((l.base_layer.weight != 0).sum()) for l in layers.values()) if "nonzero" in objectives else 0
 
     def measure(config: dict[str, int]) -> dict[str, float]:
-        values: dict[str, float] = {}
-        if "accuracy" in objectives:
-            values["accuracy"] = task_score(evaluate_model(net, tokenizer, task=task, split="validation",
-                                                           limit=limit, progress=False))
-        if "loss" in objectives:
-            values["loss"] = completion_loss(net, tokenizer, task.validation[:limit],
-                                             add_eos=task.kind == "generation")["loss"]
+        values = validation_scores(net, tokenizer, task, objectives, limit)
         params = space.size(config, widths)
         values["params"] = float(params)
         values["nonzero"] = float(base_nonzero + params)

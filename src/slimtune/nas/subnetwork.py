@@ -74,6 +74,17 @@ def extract_subnetwork(model: nn.Module, space: SearchSpace, config: dict[str, i
     return net
 
 
+def binding_shapes(sub: nn.Module, space: SearchSpace) -> dict[str, list[int]]:
+    """[out, in] of every module a width dimension binds, in the sliced model: what widths_io records when no
+    stock config describes the model (per-block widths, or fewer heads where the head size is derived)."""
+    shapes = {}
+    for d in space.dimensions.values():
+        for b in d.bindings:
+            m = sub.get_submodule(b.module)
+            shapes[b.module] = [m.out_features, m.in_features]
+    return shapes
+
+
 def _describe_widths(net: nn.Module) -> None:
     """Write uniform widths into the model config (module docstring)."""
     arch = architecture_of(net)
