@@ -304,7 +304,8 @@ def main(argv=None) -> int:
 
 
 def draw(rows: list[dict], path: Path) -> None:
-    """Accuracy vs MACs fraction, one panel per task, 95% intervals as error bars."""
+    """Accuracy vs MACs fraction, one panel per task, 95% intervals as error bars (the rows of one budget drawn
+    side by side; the teacher's accuracy as a dotted line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,11 +316,14 @@ def draw(rows: list[dict], path: Path) -> None:
     style = {"teacher": ("k", "*"), "eftnas": ("C0", "o"), "magft": ("C1", "s"), "lonas": ("C2", "^"),
              "imp0": ("C0", "x"), "mag0": ("C1", "x")}
     for ax, task in zip(axes[0], tasks):
-        for kind, label in ROWS:
+        teacher = [r for r in rows if r["task"] == task and r["kind"] == "teacher"]
+        if teacher:
+            ax.axhline(teacher[0]["acc"], color="k", linestyle=":", linewidth=0.8)
+        for i, (kind, label) in enumerate(ROWS):
             pts = sorted((r for r in rows if r["task"] == task and r["kind"] == kind), key=lambda r: r["macs_fraction"])
             if not pts:
                 continue
-            x = [r["macs_fraction"] for r in pts]
+            x = [r["macs_fraction"] + (0.006 * (i - 2.5) if kind != "teacher" else 0) for r in pts]  # side by side
             y = [r["acc"] for r in pts]
             err = [[r["acc"] - r["ci"][0] for r in pts], [r["ci"][1] - r["acc"] for r in pts]]
             color, marker = style[kind]
