@@ -9,7 +9,8 @@ of its MACs, against two baselines at the same MACs, held out, with intervals.
 Per task (split seed 0; every model is scored on the same held-out test examples, and the lineage check
 refuses any overlap with training or selection):
   teacher        full fine-tune of the encoder with a new head (--teacher-steps, lr 5e-5)
-  EFTNAS         importance (first-order, passes over --importance-limit training examples) -> space
+  EFTNAS         importance (first-order, passes over --importance-limit training examples, or with
+                 --importance finetune summed over the teacher's training steps) -> space
                  (MAC budgets --budgets, each met within 1%, model reordered by importance) -> supernet
                  (sandwich: maximal, random, minimal widths per step; 0.1 CE + 0.9 T^2 KL from the teacher,
                  T = 2; --supernet-steps) -> search (NSGA-II, validation accuracy vs MACs, --trials on
@@ -122,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--importance", choices=["passes", "finetune"], default="passes",
+                    help="first-order scores from passes over the teacher (the importance stage) or summed over the "
+                         "teacher's fine-tuning steps (finetune --importance, EFTNAS' way); use another --keep")
     ap.add_argument("--importance-limit", type=int, default=256, help="training examples of the importance passes")
     ap.add_argument("--trials", type=int, default=20, help="search trials (NSGA-II)")
     ap.add_argument("--search-limit", type=int, default=200, help="validation examples each search trial scores")
@@ -182,16 +186,17 @@ def main(argv=None) -> int:
 
     print(f"model {args.model if not args.quick else 'tiny BERT'}, tasks {tasks} (split seed 0), budgets {budgets}, "
           f"teacher {args.teacher_steps} steps, supernets / fine-tunes {args.supernet_steps} steps, batch "
-          f"{args.batch_size}, max length {args.max_length}, search {args.trials} trials x {args.search_limit} "
+          f"{args.batch_size}, max length {args.max_length}, importance {args.importance}, search {args.trials} trials x {args.search_limit} "
           f"validation examples, test limit {args.test_limit}, threads {args.threads}", flush=True)
     all_rows, all_comparisons, all_spaces = [], [], []
     for task in tasks:
         t_start = time.time()
         d = task.replace(":", "_")
         print(f"\n{task}", flush=True)
+        during = args.importance == "finetune"
         teacher = stage(f"{d}/teacher", lambda p: api.finetune(
-            model, out=p, task=task, adapter="full", max_steps=args.teacher_steps, **train))
-        imp = stage(f"{d}/importance", lambda p: api.importance(
+            model, out=p, task=task, adapter="full", max_steps=args.teacher_steps, importance=during, **train))
+        imp = teacher if during else stage(f"{d}/importance", lambda p: api.importance(
             teacher, out=p, task=task, limit=args.importance_limit, batch_size=args.batch_size,
             max_length=args.max_length, progress=False))
         space = stage(f"{d}/space", lambda p: api.space(teacher, out=p, importance=imp, budgets=budgets,
