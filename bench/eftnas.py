@@ -9,8 +9,9 @@ of its MACs, against two baselines at the same MACs, held out, with intervals.
 Per task (split seed 0; every model is scored on the same held-out test examples, and the lineage check
 refuses any overlap with training or selection):
   teacher        full fine-tune of the encoder with a new head (--teacher-steps, lr 5e-5)
-  EFTNAS         importance (first-order, passes over --importance-limit training examples, or with
-                 --importance finetune summed over the teacher's training steps) -> space
+  EFTNAS         importance (first-order -W dL/dW, summed over the teacher's fine-tuning steps; with
+                 --importance passes, over --importance-limit training examples of the fine-tuned
+                 teacher: the importance stage, markedly worse here, see RESULTS.md) -> space
                  (MAC budgets --budgets, each met within 1%, model reordered by importance) -> supernet
                  (sandwich: maximal, random, minimal widths per step; 0.1 CE + 0.9 T^2 KL from the teacher,
                  T = 2; --supernet-steps) -> search (NSGA-II, validation accuracy vs MACs, --trials on
@@ -118,16 +119,16 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default=TASKS, help="comma-separated classification tasks")
     ap.add_argument("--budgets", default="0.25,0.5,0.75,1.0", help="the space's MAC budgets (must hold 0.5 and 0.25)")
     ap.add_argument("--teacher-steps", type=int, default=300)
-    ap.add_argument("--supernet-steps", type=int, default=200, help="steps of each super-network and of baseline (a)'s "
+    ap.add_argument("--supernet-steps", type=int, default=120, help="steps of each super-network and of baseline (a)'s "
                                                                       "fine-tune")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--importance", choices=["passes", "finetune"], default="passes",
-                    help="first-order scores from passes over the teacher (the importance stage) or summed over the "
-                         "teacher's fine-tuning steps (finetune --importance, EFTNAS' way); use another --keep")
+    ap.add_argument("--importance", choices=["finetune", "passes"], default="finetune",
+                    help="first-order scores summed over the teacher's fine-tuning steps (finetune --importance, EFTNAS' "
+                         "way) or from passes over the fine-tuned teacher (the importance stage); use another --keep")
     ap.add_argument("--importance-limit", type=int, default=256, help="training examples of the importance passes")
-    ap.add_argument("--trials", type=int, default=20, help="search trials (NSGA-II)")
+    ap.add_argument("--trials", type=int, default=16, help="search trials (NSGA-II)")
     ap.add_argument("--search-limit", type=int, default=200, help="validation examples each search trial scores")
     ap.add_argument("--test-limit", type=int, default=600, help="score the first N test examples (same for all)")
     ap.add_argument("--seed", type=int, default=42, help="training seed (the split seed is the task's: 0)")
