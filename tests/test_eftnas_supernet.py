@@ -284,3 +284,23 @@ def test_search_over_an_untrained_space_reads_its_task_from_the_lineage(run, tmp
     m = _manifest(sub)
     assert m["metrics"]["parameters"] < m["metrics"]["full_parameters"]
     assert m["metrics"]["params_fraction"] == pytest.approx(m["metrics"]["parameters"] / m["metrics"]["full_parameters"])
+
+
+def test_extracted_subnetwork_with_per_layer_widths_fine_tunes(run, tmp_path):
+    """An extracted sub-network whose widths no stock config describes (widths_io) loads as a classifier,
+    fine-tunes (the magnitude-pruned baseline of bench/eftnas.py) and is written with its shapes."""
+    from slimtune.classify.model import load_classifier
+
+    layers = "bert.encoder.layer"
+    source, _ = _elastic_copy(run, tmp_path, {f"{layers}.0:heads": [4, 2], f"{layers}.1:mlp": [128, 40]})
+    sub = api.extract(source, out=tmp_path / "sub", select={f"{layers}.0:heads": 2, f"{layers}.1:mlp": 40})
+    assert (sub / WIDTHS_FILE).is_file()
+    net, _ = load_classifier(sub)
+    assert net.get_submodule(f"{layers}.0.attention.self.query").out_features == 32
+    tuned = api.finetune(sub, out=tmp_path / "tuned", task="polarity", adapter="full", progress=False, **FAST)
+    assert (tuned / WIDTHS_FILE).read_text() == (sub / WIDTHS_FILE).read_text()
+    small, _ = load_model(sub)
+    after, _ = load_model(tuned)
+    assert sum(p.numel() for p in after.parameters()) == sum(p.numel() for p in small.parameters())
+    assert after.get_submodule(f"{layers}.1.intermediate.dense").out_features == 40
+    assert api.evaluate(tuned, task="polarity", split="test", progress=False)["n"] == 50

@@ -32,6 +32,16 @@ def write_widths(directory: str | Path, shapes: dict[str, list[int]], heads: dic
     (Path(directory) / WIDTHS_FILE).write_text(json.dumps(data, indent=1) + "\n")
 
 
+def copy_widths(source, target: str | Path) -> bool:
+    """Copy the widths file of a model directory `source` (if any) into `target`, e.g. beside a fine-tuned copy
+    of an extracted sub-network (same shapes); returns whether there was one."""
+    path = Path(str(source)) / WIDTHS_FILE
+    if not path.is_file():
+        return False
+    (Path(target) / WIDTHS_FILE).write_text(path.read_text())
+    return True
+
+
 def _read(directory: str | Path) -> dict | None:
     path = Path(directory) / WIDTHS_FILE
     if not path.is_file():

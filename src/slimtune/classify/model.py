@@ -2,7 +2,8 @@
 
 A BERT-like encoder (a local directory or an alias such as minilm-l6) gets a new, seeded head over
 the task's labels; a classifier slimtune saved (config architectures *ForSequenceClassification, with
-id2label) loads whole, head included, so evaluation and later stages see the trained head."""
+id2label) loads whole, head included, so evaluation and later stages see the trained head; one extracted
+with per-layer widths or fewer heads (widths_io) is rebuilt with its recorded shapes, so it fine-tunes too."""
 
 from __future__ import annotations
 
@@ -65,8 +66,14 @@ def load_classifier(spec: str | os.PathLike, labels=None, seed: int = 0, dtype=t
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "some weights were newly initialized": the head, by design
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                                       **kwargs)
+            from ..widths_io import load_with_widths, read_widths
+
+            shapes = read_widths(source) if is_classifier(config) and Path(source).is_dir() else None
+            if shapes:  # an extracted sub-network with per-layer widths or fewer heads (widths_io)
+                model = load_with_widths(AutoModelForSequenceClassification, source, config, dtype, shapes)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                                           **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -41,6 +41,7 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     from ..artifacts import atomic_dir, write_manifest
     from ..models import target_modules
     from ..nas.importance import ImportanceCallback, collect_importance
+    from ..widths_io import copy_widths
 
     started = started or time.time()
     if cfg.adapter == "nls" or cfg.sparse_adapter or cfg.quant_aware:
@@ -92,6 +93,7 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
         tokenizer.save_pretrained(tmp)
         if importance is not None:
             importance.save(tmp)
+        copy_widths(model, tmp)  # a sub-network with per-layer widths keeps its recorded shapes
         write_manifest(
             tmp, stage="finetune", method=f"{cfg.adapter}-classifier",
             config={**cfg.record(), "model": str(model), "task": task.spec, "labels": list(view.labels),
