@@ -241,7 +241,8 @@ def test_eftnas_recipe_end_to_end(tiny_bert_dir, tmp_path):
         load_model(paths[name])
     space = _manifest(paths["space"])
     assert all(abs(b["relative_error"]) <= 0.01 for b in space["metrics"]["budgets"])
-    assert _manifest(paths["space"])["config"]["importance"] == str(paths["importance"])
+    assert _manifest(paths["space"])["config"]["importance"] is None  # the teacher's own, summed over fine-tuning
+    assert (paths["teacher"] / "importance.json").is_file() and "importance" not in paths
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert set(results) == {"teacher", "sub50", "sub25"}
     for r in results.values():  # held out: the test split, disjoint from every training and selection set
@@ -272,6 +273,19 @@ def test_bad_eftnas_recipes_are_refused_before_work(tiny_bert_dir, tmp_path, sta
         run_recipe(load_recipe({"model": str(tiny_bert_dir), "stages": stages}), tmp_path / "run", log=lambda *_: None)
     assert message in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_space_reads_an_importance_stage_and_a_supernet_its_teacher_stage(tiny_bert_dir):
+    """The recipe's other route (scores from passes over the finished teacher): what each stage reads."""
+    from slimtune.recipe import plan
+
+    recipe = load_recipe({"model": str(tiny_bert_dir), "stages": [
+        {"name": "t", "stage": "finetune", "adapter": "full"}, {"name": "imp", "stage": "importance"},
+        {"name": "sp", "stage": "space", "input": "t", "importance": "imp"},
+        {"name": "s", "stage": "supernet", "teacher": "t"}, {"name": "x", "stage": "search"},
+        {"name": "small", "stage": "extract", "pick": "budget=0.5"}, {"name": "e", "stage": "evaluate", "models": ["small"]}]})
+    assert plan(recipe) == {"t": "model", "imp": "t", "sp": "t", "s": "sp", "x": "s", "small": "x"}
+    assert [st.extra_inputs() for st in recipe.stages[2:4]] == [["imp"], ["t"]]
 
 
 def test_search_over_an_untrained_space_reads_its_task_from_the_lineage(run, tmp_path):
