@@ -166,9 +166,10 @@ def main(argv=None) -> int:
     def scored(model_dir, adapter=None):
         """The evaluation of one model, cached beside its artifact under --keep (same task and settings)."""
         key = {"task": args.task, **evaluation}
-        cache = work / f"{Path(adapter or model_dir).name if args.keep else 'x'}.eval.json"
-        if args.keep and cache.exists() and json.loads(cache.read_text())["key"] == key:
-            return json.loads(cache.read_text())["result"]
+        cache = work / f"{Path(adapter or model_dir).name}.eval.json"
+        cached = json.loads(cache.read_text()) if args.keep and cache.exists() else {}
+        if cached.get("key") == key:
+            return cached["result"]
         t0 = time.time()
         r = api.evaluate(model_dir, task=args.task, adapter=adapter, **evaluation)
         r["eval_s"] = round(time.time() - t0, 1)
