@@ -8,7 +8,8 @@ from slimtune.recipe import load_recipe
 
 def test_the_demo_recipe_is_the_full_sqft_pipeline():
     recipe = load_recipe(demo_recipe())
-    assert [s.stage for s in recipe.stages] == ["sparsify", "quantize", "finetune", "extract", "merge", "evaluate"]
+    assert [s.stage for s in recipe.stages] == ["sparsify", "quantize", "finetune", "extract", "merge", "export",
+                                                    "evaluate"]
     tune = recipe.stages[2]
     assert tune.adapter == "nls" and tune.sparse_adapter and tune.quant_aware
     assert recipe.stages[1].bits == 4 and recipe.stages[3].select == "nncf"
@@ -33,8 +34,10 @@ def test_demo_ends_sparse_int4_held_out_with_intervals(tmp_path):
         lo, hi = row["accuracy_ci"]
         assert row["n"] >= 300 and row["split_seed"] == 0 and lo <= row["accuracy"] <= hi
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"model", "sparse-int4", "final"}
-    assert {(c["a"], c["b"]) for c in metrics["comparisons"]} == {("sparse-int4", "model"), ("final", "model"),
-                                                                  ("final", "sparse-int4")}
+    assert set(metrics["models"]) == {"model", "sparse-int4", "final", "deployed"}
+    assert {(c["a"], c["b"]) for c in metrics["comparisons"]} >= {("sparse-int4", "model"), ("final", "model"),
+                                                                  ("final", "sparse-int4"), ("deployed", "final")}
+    deployed = rows[LABELS["deployed"]]  # the same INT4 codes, a half-precision embedding: smaller on disk
+    assert deployed["bits"] == "4" and deployed["size_mb"] < 0.8 * final["size_mb"]
     # re-running skips the finished stages and reproduces the table
     assert run_demo(tmp_path / "demo") == rows

@@ -161,6 +161,12 @@ def test_an_interrupted_finetune_stage_resumes_from_its_checkpoint(tiny_llama_di
     ({"stages": [{"name": "q", "stage": "quantize", "input": "later"}, {"name": "later", "stage": "sparsify"}]},
      "stages[0] (q).input: 'later' is not an earlier stage"),
     ({"stagez": []}, "stagez: Extra inputs are not permitted"),
+    ({"stages": [{"name": "d", "stage": "export", "format": "compressed-tensors", "embeddings": "float16"}]},
+     "stages[0] (d).format: compressed-tensors re-writes a packed INT4 model and its input 'model' is not quantized"),
+    ({"stages": [{"name": "q", "stage": "quantize"}, {"name": "d", "stage": "export", "format": "compressed-tensors"}]},
+     "stages[1]: a compressed-tensors export re-writes a packed model; set embeddings to float16"),
+    ({"stages": [{"name": "g", "stage": "export"}, {"name": "e", "stage": "evaluate", "models": ["g"]}]},
+     "stages[1] (e).models: 'g' is not 'model' or an earlier stage that makes a model"),
     ({"stages": [{"name": "q", "stage": "quantize", "method": "rtn", "observer": "imatrix"}]},
      "stages[0]: option observer='imatrix' is not valid; choose from 'minmax', 'mse'"),
     ({"stages": [{"name": "q", "stage": "quantize", "observer": "max"}]}, "stages[0]: option observer='max' is not valid; choose from 'minmax', 'mse', 'imatrix'"),
@@ -170,6 +176,22 @@ def test_bad_recipes_are_rejected_with_the_path_of_the_key(tiny_llama_dir, tmp_p
         run_recipe(load_recipe({"model": str(tiny_llama_dir), **change}), tmp_path / "run", log=_quiet)
     assert message in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_export_stage_makes_a_smaller_model_with_the_same_codes_that_later_stages_evaluate(tiny_llama_dir,
+                                                                                               tmp_path):
+    run = tmp_path / "run"
+    run_recipe(load_recipe({"model": str(tiny_llama_dir), "stages": [
+        {"name": "q", "stage": "quantize", "method": "rtn", "bits": 4, "group_size": 16},
+        {"name": "d", "stage": "export", "format": "compressed-tensors", "embeddings": "float16"},
+        {"name": "e", "stage": "evaluate", "models": ["q", "d"], "max_windows": 1, "seq_len": 32, "limit": 4}]}),
+        run, progress=False, log=_quiet)
+    (q, _), (d, _) = load_model(run / "q"), load_model(run / "d")
+    for a, b in zip(quant_linears(q).values(), quant_linears(d).values()):
+        assert torch.equal(a.codes(), b.codes())
+    assert q.get_input_embeddings().weight.half().float().equal(d.get_input_embeddings().weight.float())
+    results = json.loads((run / "e" / "results.json").read_text())
+    assert set(results) == {"q", "d"} and abs(results["d"]["perplexity"] / results["q"]["perplexity"] - 1) < 0.01
 
 
 def test_run_and_report_from_the_cli(tiny_llama_dir, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 sparsify 50% (Wanda) -> quantize INT4 (GPTQ, g64 asym) -> QA-SparsePEFT + NLS fine-tuning ->
 sub-adapter selection (NNCF's candidates on validation examples) -> merge onto the INT4 grid ->
-evaluation of the dense base, the sparse-INT4 base and the final model on the task's held-out test
+export for deployment (the same INT4 codes, the embedding / LM head stored in float16) -> evaluation
+of the dense base, the sparse-INT4 base, the final model and its deployed form on the task's held-out test
 split (483 social_iqa questions: one question is 0.21 points), with 95% bootstrap intervals and the
 paired differences between the models. Each stage writes its artifact under the run directory;
 re-running skips finished stages and resumes an interrupted one.
@@ -36,12 +37,14 @@ def demo_recipe(model: str = "smollm2-135m", task: str = TASK, epochs: float | N
          "sparse_adapter": True, "quant_aware": True, "train": train},
         {"name": "sub-adapter", "stage": "extract", "select": "nncf", "limit": SELECT_ON},
         {"name": "final", "stage": "merge"},
-        {"name": "eval", "stage": "evaluate", "models": ["model", "sparse-int4", "final"], "max_windows": max_windows},
+        {"name": "deployed", "stage": "export", "format": "compressed-tensors", "embeddings": "float16"},
+        {"name": "eval", "stage": "evaluate", "models": ["model", "sparse-int4", "final", "deployed"],
+         "max_windows": max_windows},
     ]}
 
 
 LABELS = {"model": "dense base", "sparse-int4": "sparse-INT4 base (Wanda 50% + GPTQ)",
-          "final": "final: QA-SparsePEFT + NLS, merged"}
+          "final": "final: QA-SparsePEFT + NLS, merged", "deployed": "final, deployed (float16 embedding)"}
 
 
 def run_demo(out: str | Path = "slimtune-demo", *, model: str = "smollm2-135m", task: str = TASK,

@@ -13,7 +13,8 @@
 
 Each stage writes its artifact to <run dir>/<name>. A stage's input is the stage named by `input`,
 or else the latest stage before it that makes what it needs (a model for sparsify, quantize and
-finetune; a super-adapter or search for extract; an adapter for merge). EFTNAS (examples/recipes/
+finetune; a super-adapter or search for extract; an adapter for merge; a model for export, whose
+compressed-tensors output is again a model and whose gguf file is read by no stage). EFTNAS (examples/recipes/
 eftnas.yaml): a fully fine-tuned classifier (finetune adapter full) is a model; importance and space
 read a model (space: optionally an earlier importance stage by `importance`), supernet reads a space
 (and a teacher stage by `teacher`, default the space's own model); search reads a super-adapter or a
@@ -36,8 +37,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .artifacts import RECIPE_FILE, STATE_DIR, write_json_atomic
-from .configs import (STAGE_CONFIGS, Config, EvaluateConfig, ExtractConfig, FinetuneConfig, ImportanceConfig,
-                      MergeConfig, QuantizeConfig, SearchConfig, SpaceConfig, SparsifyConfig, SupernetConfig, describe)
+from .configs import (STAGE_CONFIGS, Config, EvaluateConfig, ExportConfig, ExtractConfig, FinetuneConfig,
+                      ImportanceConfig, MergeConfig, QuantizeConfig, SearchConfig, SpaceConfig, SparsifyConfig, SupernetConfig, describe)
 from .errors import ArtifactError, ConfigError
 from .guards import NAME_RULE, check_name
 
@@ -110,6 +111,13 @@ class EvaluateStage(_Stage, EvaluateConfig):
         return self  # the task defaults to the recipe's
 
 
+class ExportStage(_Stage, ExportConfig):
+    """compressed-tensors re-writes a packed model with a half-precision embedding / LM head (a model that
+    later stages evaluate); gguf writes a file for llama.cpp (read by no later stage)."""
+
+    stage: Literal["export"]
+
+
 class ImportanceStage(_Stage, ImportanceConfig):
     stage: Literal["importance"]
 
@@ -133,19 +141,21 @@ class SupernetStage(_Stage, SupernetConfig):
 
 
 StageConfig = Annotated[Union[SparsifyStage, QuantizeStage, FinetuneStage, ExtractStage, SearchStage, MergeStage,
-                              EvaluateStage, ImportanceStage, SpaceStage, SupernetStage], Field(discriminator="stage")]
+                              EvaluateStage, ExportStage, ImportanceStage, SpaceStage, SupernetStage], Field(discriminator="stage")]
 MAKES = {"sparsify": "model", "quantize": "model", "merge": "model", "finetune": "adapter", "extract": "adapter",
          "search": "search", "evaluate": "evaluation", "importance": "importance", "space": "space",
-         "supernet": "supernet"}
+         "supernet": "supernet", "export": "model"}
 # what each stage reads, in order of preference when its input is not named
 NEEDS = {"sparsify": ("model",), "quantize": ("model",), "finetune": ("model",), "extract": ("search", "adapter", "supernet"),
          "search": ("adapter", "supernet"), "merge": ("adapter",), "evaluate": (), "importance": ("model",),
-         "space": ("model",), "supernet": ("space",)}
+         "space": ("model",), "supernet": ("space",), "export": ("model",)}
 
 
 def _makes(st, seen: dict, inputs: dict) -> str:
     """What a stage makes: MAKES, except a full fine-tune (a classifier: every weight, no adapter) and an
-    extract from a supernet search (a physically smaller model) make models."""
+    extract from a supernet search (a physically smaller model) make models; a gguf export makes a file."""
+    if st.stage == "export" and st.format == "gguf":
+        return "gguf file"
     if st.stage == "finetune" and st.adapter == "full":
         return "model"
     if st.stage == "extract" and _derives_from(inputs.get(st.name), "supernet", seen, inputs):
@@ -234,6 +244,10 @@ def plan(recipe: Recipe) -> dict[str, str]:
             if base is not None and base.stage == "finetune" and base.adapter != "nls":
                 raise ConfigError(f"{where}: {st.stage} needs an elastic super-adapter; set adapter: nls in stage "
                                   f"{base.name!r}")
+        if st.stage == "export" and st.format == "compressed-tensors" and not (
+                _derives_from(source, "quantize", seen, inputs) if source != "model" else _model_is_quantized(recipe.model)):
+            raise ConfigError(f"{where}.format: compressed-tensors re-writes a packed INT4 model and its input "
+                              f"{source!r} is not quantized; add a quantize stage before it (or use format: gguf)")
         if st.stage == "extract":
             from_search = seen[inputs[st.name]].stage == "search"
             if st.pick is not None and not from_search:
@@ -382,6 +396,10 @@ def _run_stage(api, st, recipe: Recipe, src, out: Path, paths: dict, overwrite: 
     elif st.stage == "supernet":
         api.supernet(src, out=out, teacher=paths[st.teacher] if st.teacher else None, config=config,
                      overwrite=overwrite, progress=progress)
+    elif st.stage == "export":
+        from .deploy.export import export
+
+        export(src, out=out, config=config, overwrite=overwrite)
     elif st.stage == "evaluate":
         from .artifacts import atomic_dir, write_manifest
         from .evaluate import PER_EXAMPLE
