@@ -14,7 +14,7 @@ median of the NLS space, default 24) and its maximum r_max (32):
   adalora        AdaLoRA from rank r_max to an average rank r (the allocation prunes to r's budget)
   paca           PaCA with r(in+out)/out input columns per module: r's parameter count, trained in place
 Any sqft.py option may be given; later options win (e.g. --methods qa-float,paca --nls off).
-Training step time and memory of the same methods side by side: bench/paca.py.
+Training step time and memory of the same methods side by side: bench/adapter_step.py.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def _build(args, variant: str, dropout: float):
             from slimtune.nas import ElasticSampler, ElasticSpace
 
             sampler = ElasticSampler(model, ElasticSpace.build(names, space, "shears", architecture_of(model)), seed=args.seed)
-            model.before_step = lambda step: sampler.space.apply(model, sampler.sample(step))
+            model.before_step = lambda step: sampler.space.apply(model, sampler.sample(step)[0])  # uniform: one
         model.train()
     else:
         raise SystemExit(f"unknown variant {variant!r}")
@@ -171,9 +171,13 @@ def worker(args, variant: str, dropout: float) -> dict:
         if hasattr(model, "before_step"):
             model.before_step(i)
         loss = model(input_ids=ids, labels=ids).loss
+        if hasattr(model, "extra_loss"):  # a regularizer of the method (AdaLoRA's orthogonality)
+            loss = loss + model.extra_loss(model, None)
         loss.backward()
         if opt is not None:
             opt.step()
+            if hasattr(model, "after_step"):  # reads the gradients (AdaLoRA's allocation), so before zero_grad
+                model.after_step(i)
             opt.zero_grad(set_to_none=True)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         losses.append(float(loss))

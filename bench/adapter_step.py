@@ -1,16 +1,24 @@
-"""PaCA vs LoRA training step: time and peak memory at equal trainable parameters.
+"""Training step of the adapter methods (LoRA, NLS, AdaLoRA, PaCA; slimtune's and PEFT's): time and
+peak memory at equal trainable parameters, in one run.
 
-    python bench/paca.py                  # default model, r=16, 2x256 tokens, fp32, 2 threads
-    python bench/paca.py --quick          # tiny random Llama: seconds
+    python bench/adapter_step.py                  # default model, r=16, 2x256 tokens, fp32, 2 threads
+    python bench/adapter_step.py --rounds 3       # repeat, rotating the order of the variants
+    python bench/adapter_step.py --quick          # tiny random Llama: seconds
 
 Variants, on the same model, token batch, targets (q/k/v/o/gate/up/down) and no dropout:
-  paca      slimtune's PaCA (adapters/paca.py): per module c = round(r·(in+out)/out) random input columns
-            train in place, so its trainable parameters equal LoRA's r·(in+out) up to rounding.
-  slimtune  slimtune's LoRA (adapters/lora.py), rank r.
-  peft      PEFT's LoRA, rank r.
-A step is forward + loss + backward + AdamW step + zero_grad; each variant runs in its own fresh
-process with the timing and memory method of bench/lora_step.py (median s/step over the measured
-steps, peak RSS added by training above the loaded model: VmHWM after a clear_refs reset).
+  paca          slimtune's PaCA (adapters/paca.py): per module c = round(r·(in+out)/out) random input
+                columns train in place, so its trainable parameters equal LoRA's r·(in+out) up to rounding.
+  slimtune      slimtune's LoRA (adapters/lora.py), rank r.
+  peft          PEFT's LoRA, rank r.
+  nls           slimtune's NLS: LoRA of maximal rank r, a rank from {r, 3r/4, r/2} sampled per step.
+  adalora       slimtune's AdaLoRA (adapters/adalora.py), init rank r (+ r singular values per module),
+                target r/2; the step includes the orthogonality regularizer (weight 0.5) and the rank
+                allocation after the optimizer step (every step: deltaT 1, tinit 0, PEFT's defaults).
+  peft-adalora  PEFT's AdaLoRA with the same settings (its forward adds the regularizer;
+                `update_and_allocate` after the optimizer step).
+A step is forward + loss + backward + AdamW step (+ allocation) + zero_grad; each variant runs in its
+own fresh process with the timing and memory method of bench/lora_step.py (median s/step over the
+measured steps, peak RSS added by training above the loaded model: VmHWM after a clear_refs reset).
 """
 
 from __future__ import annotations
@@ -26,20 +34,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lora_step  # noqa: E402
 
-VARIANTS = ("paca", "slimtune", "peft")
+VARIANTS = ("paca", "slimtune", "peft", "nls", "adalora", "peft-adalora")
+ORTH_REG = 0.5
 
 
 def _build(args, variant: str, dropout: float):
-    if variant != "paca":
+    if variant not in ("paca", "adalora", "peft-adalora"):
         return _lora_build(args, variant, 0.0)
     import torch
 
-    from slimtune.adapters.paca import add_paca
     from slimtune.models import load_model, target_modules
 
     model, _ = load_model(args.model_path or args.model)
     model.train()
-    add_paca(model, target_modules(model, lora_step.TARGETS), rank=args.rank, selection="random", seed=args.seed)
+    total = args.warmup + args.steps
+    torch.manual_seed(args.seed)
+    if variant == "paca":
+        from slimtune.adapters.paca import add_paca
+
+        add_paca(model, target_modules(model, lora_step.TARGETS), rank=args.rank, selection="random", seed=args.seed)
+    elif variant == "adalora":
+        from slimtune.adapters.adalora import (AdaLoraOptions, RankAllocator, add_adalora, adalora_layers,
+                                               orthogonality)
+
+        add_adalora(model, target_modules(model, lora_step.TARGETS), r=args.rank, alpha=2.0 * args.rank)
+        allocator = RankAllocator(adalora_layers(model), AdaLoraOptions(
+            init_r=args.rank, target_r=args.rank // 2, orth_reg_weight=ORTH_REG), total)
+        model.extra_loss, model.after_step = orthogonality(ORTH_REG), allocator.update_and_allocate
+    else:
+        from peft import AdaLoraConfig, get_peft_model
+
+        model = get_peft_model(model, AdaLoraConfig(init_r=args.rank, target_r=args.rank // 2, lora_alpha=2.0 * args.rank,
+                                                    lora_dropout=0.0, orth_reg_weight=ORTH_REG, total_step=total,
+                                                    target_modules=lora_step.TARGETS))
+        model.train()
+        model.after_step = model.base_model.update_and_allocate
     params = [p for p in model.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), generator=g)
@@ -77,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -92,9 +122,13 @@ def main(argv=None) -> int:
 
         args.model_path = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
         args.rank, args.batch, args.seq_len = 8, 2, 32
-    results = {v: [] for v in VARIANTS}
+    variants = tuple(args.variants.split(","))
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    results = {v: [] for v in variants}
     for r in range(args.rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
             results[v].append(_run(args, v))
     print(f"model {args.model_path or args.model}, r={args.rank}, {args.batch}x{args.seq_len} tokens, "
@@ -108,9 +142,11 @@ def main(argv=None) -> int:
         rows[v] = (statistics.median(times), peak)
         print(f"| {v} | {runs[0]['trainable']:,} | {rows[v][0]:.3f} | {min(times):.3f} | "
               f"{statistics.median(cpu):.3f} | {peak:.0f} |")
-    for ref in ("slimtune", "peft"):
-        print(f"paca / {ref}: time {rows['paca'][0] / rows[ref][0]:.2f}x, peak memory "
-              f"{rows['paca'][1] / rows[ref][1]:.2f}x")
+    for method, ref in (("paca", "slimtune"), ("paca", "peft"), ("nls", "slimtune"), ("adalora", "slimtune"),
+                        ("adalora", "peft-adalora"), ("slimtune", "peft")):
+        if method in rows and ref in rows:
+            print(f"{method} / {ref}: time {rows[method][0] / rows[ref][0]:.2f}x, peak memory "
+                  f"{rows[method][1] / rows[ref][1]:.2f}x")
     return 0
 
 
