@@ -365,7 +365,7 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
     net, tokenizer = load_adapted(model, adapter)
     quant_aware = any(getattr(l, "quant_aware", False) for l in adapter_layers(net).values())
     merge_adapters(net)
-    net, shapes = shrink_merged(net, adapter)  # an extracted LoNAS sub-adapter: the physically smaller model
+    net, shapes, heads = shrink_merged(net, adapter)  # an extracted LoNAS sub-adapter: the physically smaller model
     quantized = bool(quant_linears(net))
     if quantized and not quant_aware:
         from .quant.linear import dequantize_all
@@ -379,7 +379,7 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
             net.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         if shapes:
-            write_widths(tmp, shapes)
+            write_widths(tmp, shapes, heads)
         write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
                        config={"model": str(model), "adapter": str(adapter), "version": CONFIG_VERSION},
                        inputs={"adapter": adapter}, started=started,

@@ -58,7 +58,7 @@ def test_cli_takes_latency_objectives_and_prints_the_front(supernet, tmp_path, c
                  "macs,latency_prefill", "--trials", "2", "--population", "2", "--latency-seq-len", "8",
                  "--latency-repeats", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "latency_prefill" in printed and "trial 0:" in printed
+    assert "latency_prefill" in printed and "  trial " in printed  # the front (which trials: timing decides)
     assert all(_positive(r["objectives"]["latency_prefill"]) for r in _records(tmp_path / "s"))
 
 

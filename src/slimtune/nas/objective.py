@@ -9,7 +9,7 @@ from typing import Callable
 from ..data.tasks import Task
 from ..errors import ConfigError
 from .elastic import SearchSpace
-from .lonas import linear_macs
+from .cost import linear_macs
 
 
 def check_measurable(objectives: list[str], space: SearchSpace, encoder: bool) -> None:
