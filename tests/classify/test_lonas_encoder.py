@@ -130,3 +130,20 @@ def test_bad_encoder_widths_input_is_refused_before_work(tiny_bert_dir, supernet
         api.search(supernet, out=tmp_path / "s", objectives=["accuracy", "latency_decode"], trials=2)
     assert not (tmp_path / "x").exists() and not (tmp_path / ".x.checkpoints").exists()
     assert not (tmp_path / "s").exists()
+
+
+def test_rank_only_nls_on_an_encoder_extracts_a_peft_adapter(tiny_bert_dir, tmp_path):
+    from peft import PeftModel
+
+    sup = api.finetune(tiny_bert_dir, out=tmp_path / "nls", task="polarity", adapter="nls", rank_space=[4, 2],
+                       dropout=0.0, max_steps=2, batch_size=8, max_length=48, warmup_steps=0, save_steps=100,
+                       learning_rate=1e-2, progress=False)
+    assert json.loads((sup / "slimtune.json").read_text())["method"] == "nls-classifier"
+    sub = api.extract(sup, out=tmp_path / "sub", select="minimal")
+    merged = api.merge(sub, out=tmp_path / "merged")
+    reference, tok = _super_at(sup, ElasticSpace.load(sup).minimal())
+    small, _ = load_model(merged)
+    torch.testing.assert_close(_logits(small, tok), _logits(reference, tok), rtol=0, atol=1e-5)
+    base = AutoModelForSequenceClassification.from_pretrained(sup / BASE_MODEL_DIR)
+    peft = PeftModel.from_pretrained(base, sub).eval()  # stock PEFT on the base classifier: the same function
+    torch.testing.assert_close(_logits(peft, tok), _logits(reference, tok), rtol=0, atol=1e-5)
