@@ -179,6 +179,17 @@ def test_pick_budget():
         pick(records, records, ["accuracy"], "budget=0.5")
 
 
+def test_search_on_measured_prefill_latency(run, tmp_path):
+    out = api.search(run["super"], out=tmp_path / "s", objectives=["accuracy", "latency_prefill"], trials=2, limit=4,
+                     population=2, latency_seq_len=16, latency_repeats=1, progress=False)
+    for line in (out / "trials.jsonl").read_text().splitlines():  # a positive number of ms (never a timed assertion)
+        value = json.loads(line)["objectives"]["latency_prefill"]
+        assert isinstance(value, float) and 0 < value < float("inf")
+    with pytest.raises(ConfigError, match=r"\['latency_decode'\] do not apply to an elastic-width classifier"):
+        api.search(run["super"], out=tmp_path / "d", objectives=["accuracy", "latency_decode"], trials=2)
+    assert not (tmp_path / "d").exists()
+
+
 def test_bad_inputs_fail_before_work(run, tmp_path):
     with pytest.raises(ConfigError, match="not a model with an elastic search space"):
         api.supernet(run["teacher"], out=tmp_path / "x")

@@ -104,8 +104,11 @@ def test_extract_from_search_picks_a_trial(super_adapter, tmp_path):
 
 
 def test_bad_search_input_is_rejected_before_work(tiny_llama_dir, super_adapter, tmp_path):
-    with pytest.raises(ConfigError, match="objectives.1.: Input should be 'accuracy', 'loss', 'params', 'nonzero', 'total_params' or 'macs'"):
+    with pytest.raises(ConfigError, match="objectives.1.: Input should be 'accuracy', 'loss', 'params', 'nonzero', "
+                                          "'total_params', 'macs', 'latency_prefill' or 'latency_decode'"):
         api.search(super_adapter, out=tmp_path / "a", objectives=["accuracy", "latency"])
+    with pytest.raises(ConfigError, match="rank-only super-adapter merges into sub-networks of one shape"):
+        api.search(super_adapter, out=tmp_path / "a", objectives=["accuracy", "latency_prefill"])
     with pytest.raises(ConfigError, match="cannot open the search storage 'nosuchdb://x'"):
         api.search(super_adapter, out=tmp_path / "b", storage="nosuchdb://x")
     plain = api.finetune(tiny_llama_dir, task="polarity", out=tmp_path / "plain", rank=2, **TRAIN)

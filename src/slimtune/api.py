@@ -250,7 +250,9 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     """Multi-objective search over the rank groups of an elastic super-adapter (optuna; NSGA-II by default).
 
     Objectives: accuracy (validation, maximised) or loss (validation completion loss), and params
-    (adapter parameters) or nonzero (non-zero base weights + adapter parameters), minimised. The
+    (adapter parameters) or nonzero (non-zero base weights + adapter parameters), minimised; with
+    elastic widths (LoNAS) also total_params, macs, and latency_prefill / latency_decode (CPU
+    milliseconds of the extracted, merged sub-network: nas/latency.py, `latency_*` options). The
     maximal, median and minimal (and, with a training history, most frequently sampled)
     configurations, then `enqueue` ({label: configuration}), are the first trials. `seed` seeds the
     sampler; the validation split is read with the split seed of the adapter's lineage (or
@@ -285,6 +287,12 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
         from .nas.elastic_model import check_objectives
 
         check_objectives(adapter, objectives)
+    model = model or (adapter if whole else base_of_adapter(adapter))
+    from .classify import is_encoder_spec
+    from .nas.latency import settings as latency_settings, with_latency
+    from .nas.objective import check_measurable
+
+    check_measurable(objectives, elastic, is_encoder_spec(model))
     task = task or (super_adapter.task if super_adapter else None)
     if whole and task is None:  # a space records no task: the one its lineage trained on
         task = next((r["task"] for r in lineage.of(adapter) if r["use"] == "train"), None)
@@ -294,14 +302,13 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     out = Path(out)
     settings = {"adapter": str(adapter), "task": task if isinstance(task, str) or task is None else task.name,
                 "objectives": objectives, "sampler": sampler, "population": population, "seed": seed, "limit": limit,
-                "study_name": study_name, "split_seed": split_seed}
+                "study_name": study_name, "split_seed": split_seed, **latency_settings(objectives, cfg)}
     storage = run_dir.prepare(out, settings, storage)
     study = open_study(storage, study_name, objectives, sampler_obj)
     run_dir.save_settings(out, settings)
     slot = run_dir.worker_slot(out, storage)  # workers sharing the study get distinct sampler seeds
     study.sampler = make_sampler(sampler, slot.seed(seed), population)
 
-    model = model or (adapter if whole else base_of_adapter(adapter))
     history = lineage.of(adapter)
     task_obj = lineage.task_split(task, split_seed, history) if task is not None else None
     if task_obj is not None and not task_obj.validation:
@@ -319,6 +326,7 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
     else:
         net, tokenizer = load_adapted(model, adapter)
         measure = make_objective(net, tokenizer, task_obj, elastic, objectives, limit)
+    measure = with_latency(measure, net, elastic, objectives, cfg)  # the extracted, merged sub-network, timed
     searcher = Searcher(study, elastic, objectives, measure,
                         trials, apply=lambda c: elastic.apply(net, c), worker=f"{socket.gethostname()}:{os.getpid()}:{slot.name}",
                         reseed=lambda n: make_sampler(sampler, slot.seed(seed) + 1_000_003 * n, population))
@@ -357,7 +365,7 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
     net, tokenizer = load_adapted(model, adapter)
     quant_aware = any(getattr(l, "quant_aware", False) for l in adapter_layers(net).values())
     merge_adapters(net)
-    net, shapes = shrink_merged(net, adapter)  # an extracted LoNAS sub-adapter: the physically smaller model
+    net, shapes, heads = shrink_merged(net, adapter)  # an extracted LoNAS sub-adapter: the physically smaller model
     quantized = bool(quant_linears(net))
     if quantized and not quant_aware:
         from .quant.linear import dequantize_all
@@ -371,7 +379,7 @@ def merge(adapter: str | Path, *, out: str | Path, model: str | Path | None = No
             net.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         if shapes:
-            write_widths(tmp, shapes)
+            write_widths(tmp, shapes, heads)
         write_manifest(tmp, stage="merge", method="quantized" if quantized else "float",
                        config={"model": str(model), "adapter": str(adapter), "version": CONFIG_VERSION},
                        inputs={"adapter": adapter}, started=started,

@@ -229,6 +229,9 @@ def _run(args: argparse.Namespace) -> None:
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
         print(f"{metrics['completed_trials']} trials, {metrics['pareto_size']} on the Pareto front; "
               f"{out}/pareto.json, {out}/pareto.png")
+        for r in json.loads((out / "pareto.json").read_text())["front"]:  # latency objectives in ms
+            print(f"  trial {r['trial']}: " + ", ".join(f"{k} {v:.6g}" for k, v in r["objectives"].items())
+                  + (f" ({r['heuristic']})" if r.get("heuristic") else ""))
     elif args.command == "run":
         from .recipe import run_recipe
 

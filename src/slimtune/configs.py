@@ -223,9 +223,12 @@ class SearchConfig(Config):
                                                   description="accuracy or loss, and params (adapter parameters), "
                                                               "nonzero (non-zero base weights + adapter parameters), "
                                                               "total_params (base + adapter parameters of the "
-                                                              "sub-network) or macs (linear MACs per token, merged); "
-                                                              "an EFTNAS supernet: accuracy, params or macs (with "
-                                                              "attention at the space's sequence length)")
+                                                              "sub-network) or macs (linear MACs per token, merged), "
+                                                              "latency_prefill / latency_decode (measured CPU ms of the "
+                                                              "extracted, merged sub-network; elastic widths only; "
+                                                              "decode: causal LMs); an EFTNAS supernet: accuracy, "
+                                                              "params, macs (with attention at the space's sequence "
+                                                              "length) or latency_prefill / latency_decode")
     trials: int = Field(30, ge=1, description="completed trials in all, over all workers")
     storage: str | None = Field(None, description="optuna storage URL shared by workers, e.g. sqlite:///runs/s.db "
                                                   "(default: sqlite in the run directory)")
@@ -236,6 +239,12 @@ class SearchConfig(Config):
     limit: int | None = Field(None, ge=1, description="score on the first N validation examples (the same slice "
                                                       "every trial)")
     split_seed: int | None = Field(None, description=SPLIT_SEED_HELP)
+    latency_seq_len: int = Field(128, ge=1, description="latency objectives: prompt tokens of the timed prefill "
+                                                        "(batch 1)")
+    latency_decode_tokens: int = Field(8, ge=1, description="latency_decode: greedy tokens timed after the prompt")
+    latency_repeats: int = Field(3, ge=1, description="latency objectives: timed repeats after a warm-up (the median "
+                                                      "is recorded)")
+    latency_threads: int | None = Field(None, ge=1, description="latency objectives: CPU threads (default: torch's)")
 
     @field_validator("objectives")
     @classmethod
@@ -243,6 +252,15 @@ class SearchConfig(Config):
         if len(set(objectives)) != len(objectives):
             raise ValueError(f"objective listed twice in {objectives}")
         return objectives
+
+    @model_validator(mode="after")
+    def _latency(self):
+        changed = sorted(f for f, info in type(self).model_fields.items()
+                         if f.startswith("latency_") and getattr(self, f) != info.default)
+        if changed and not any(o.startswith("latency_") for o in self.objectives):
+            raise ValueError(f"{', '.join(changed)} set the latency objectives' measurement: add latency_prefill or "
+                             "latency_decode to objectives")
+        return self
 
 
 class MergeConfig(Config):

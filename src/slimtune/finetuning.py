@@ -14,7 +14,7 @@ from typing import Any
 from . import lineage
 from .adapted import check_adapter_args, check_sparse_base, float_weights, method_name, resolve_qa_weights, zero_fraction
 from .adapters import adapter_layers, add_lora, save_adapter
-from .architectures import architecture_of, require_causal_lm
+from .architectures import require_causal_lm
 from .artifacts import atomic_dir, check_output_dir, write_manifest
 from .configs import FinetuneConfig
 from .data import DEFAULT_TASK
@@ -100,11 +100,10 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         add_lora(net, names, r=r_max, alpha=alpha, dropout=dropout, seed=config.seed, rank_space=space,
                  sparse=sparse_adapter, quant_aware=quant_aware, qa_weights=qa)
     if space is not None:
-        from .nas import ElasticSampler, ElasticSpace
+        from .nas import ElasticSampler
+        from .nas.lonas import build_space
 
-        elastic = ElasticSpace.build(names, space, groups, architecture_of(net))
-        if width_dims:
-            elastic = ElasticSpace([*elastic.dimensions.values(), *width_dims], "lonas")
+        elastic = build_space(net, names, space, groups, width_dims)
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed, rule=cfg.sampler))
     checkpoints = out.parent / f".{out.name}.checkpoints"
     metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
@@ -114,14 +113,9 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
         metrics.update(setup.metrics())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if elastic is not None:
-        from .nas import frequencies
+        from .nas.lonas import training_metrics
 
-        history = callbacks[0].history
-        metrics.update(rank_groups=len(elastic.of_kind("rank")), width_dimensions=len(elastic.of_kind("width")),
-                       sampled_steps=len(history),
-                       maximal_parameters=elastic.size(net, elastic.maximal()),
-                       minimal_parameters=elastic.size(net, elastic.minimal()),
-                       rank_frequencies={g: {str(r): n for r, n in f.items()} for g, f in frequencies(history).items()})
+        metrics.update(training_metrics(net, elastic, callbacks[0].history))
     if not is_main_process():  # under torchrun rank 0 writes the artifact; the others wait until it is complete
         barrier()
         return out

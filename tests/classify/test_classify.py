@@ -79,7 +79,11 @@ def test_finetune_lora_classifier_merges(tiny_bert_dir, tmp_path):
 
 
 def test_encoder_refusals(tiny_bert_dir, tmp_path):
-    with pytest.raises(ConfigError, match="elastic ranks"):
-        api.finetune(tiny_bert_dir, out=tmp_path / "x", task="polarity", adapter="nls", progress=False, **FAST)
+    with pytest.raises(ConfigError, match="sparse and quantization-aware adapters are for causal LMs"):
+        api.finetune(tiny_bert_dir, out=tmp_path / "x", task="polarity", adapter="nls", sparse_adapter=True,
+                     progress=False, **FAST)
+    with pytest.raises(ConfigError, match="adapter paca is for causal LMs here"):
+        api.finetune(tiny_bert_dir, out=tmp_path / "x", task="polarity", adapter="paca", progress=False, **FAST)
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="without a classification head"):
         load_classifier(tiny_bert_dir)

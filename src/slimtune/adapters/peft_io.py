@@ -32,6 +32,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"  # plain LoRA: the name PEFT loads
 SLIMTUNE_WEIGHTS_FILE = "slimtune_adapter.safetensors"  # sparse / QA: a name no PEFT-format reader picks up
 ELASTIC_CONFIG = "elastic_config.json"  # written by nas.space.ElasticSpace
 MODE_KEY = "slimtune"  # adapter_config.json's record of a sparse / QA adapter's mode
+BASE_MODEL_DIR = "base_model"  # an adapter that carries its own base (an encoder classifier's head trained with it)
 
 # peft_type of the adapters PEFT cannot apply; stock PEFT fails on it with a KeyError showing this text.
 _NOT_PEFT = ("{kind} (slimtune): not a plain LoRA: its update is {what}, which PEFT cannot apply (as a LoRA it "
@@ -169,9 +170,14 @@ def weights_path(adapter_dir: str | Path) -> Path:
 
 
 def base_of_adapter(adapter_dir: str | Path) -> str:
-    """The base model an adapter was trained on: its manifest's recorded input (found again when the run
-    directory was moved), else adapter_config.json's base_model_name_or_path."""
+    """The base model an adapter was trained on: the model in its BASE_MODEL_DIR when it carries one (an
+    encoder classifier's super-adapter: the encoder with the head trained beside the adapter), else its
+    manifest's recorded input (found again when the run directory was moved), else adapter_config.json's
+    base_model_name_or_path."""
     from ..artifacts import Artifact
+
+    if (Path(adapter_dir) / BASE_MODEL_DIR / "config.json").is_file():
+        return str(Path(adapter_dir) / BASE_MODEL_DIR)
 
     try:
         artifact = Artifact.find(adapter_dir)

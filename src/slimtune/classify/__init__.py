@@ -6,7 +6,8 @@ a classifier model with a trainable head, its training data, and its accuracy.
   model.py    load_classifier (an encoder gets a new head over the view's labels; a saved classifier
               loads whole), is_encoder_spec
   stage.py    the finetune stage for encoders (full fine-tuning or LoRA merged into the weights),
-              written as an AutoModelForSequenceClassification directory with a manifest
+              written as an AutoModelForSequenceClassification directory with a manifest; or nls:
+  elastic.py  NLS / LoNAS on encoders: elastic ranks and widths, a super-adapter carrying its base classifier
 """
 
 from .data import ClassificationDataset, ClassificationView, LabelCollator, classification_view

@@ -42,11 +42,10 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     from ..models import target_modules
     from ..nas.importance import ImportanceCallback, collect_importance
     from ..widths_io import copy_widths
+    from .elastic import add_elastic, check_encoder_options, save_super_adapter
 
     started = started or time.time()
-    if cfg.adapter == "nls" or cfg.sparse_adapter or cfg.quant_aware:
-        raise ConfigError("encoder classifiers train fully (adapter full) or with LoRA (adapter lora); elastic "
-                          "ranks, sparse and quantization-aware adapters are for causal LMs here")
+    check_encoder_options(cfg, model)
     overrides = dict(train_overrides)
     if cfg.adapter == "full" and "learning_rate" not in cfg.train.model_fields_set \
             and overrides.get("learning_rate") is None:
@@ -57,11 +56,14 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     if not task.train:
         raise ConfigError(f"task {task.spec} has no training examples (split seed {cfg.split_seed})")
     net, tokenizer = load_classifier(model, view.labels, seed=config.seed)
-    names, rank = [], None
-    if cfg.adapter == "lora":
+    names, rank, space, sampler, rank_space = [], None, None, None, None
+    if cfg.adapter in ("lora", "nls"):
         names, rank = target_modules(net, list(cfg.targets) if cfg.targets else None), cfg.rank or 16
-        dropout = 0.05 if cfg.dropout is None else cfg.dropout
-        add_lora(net, names, r=rank, alpha=cfg.alpha, dropout=dropout, seed=config.seed)
+        if cfg.adapter == "nls":  # elastic ranks (and widths): a super-adapter, searched later
+            space, sampler, rank, rank_space = add_elastic(net, names, cfg, config.seed)
+        else:
+            add_lora(net, names, r=rank, alpha=cfg.alpha, dropout=0.05 if cfg.dropout is None else cfg.dropout,
+                     seed=config.seed)
         head = set(_head_parameters(net))
         for n, p in net.named_parameters():
             if n in head:
@@ -74,10 +76,14 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     collator = LabelCollator(tokenizer.pad_token_id)
     checkpoints = out.parent / f".{out.name}.checkpoints"
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    metrics = train(net, tokenizer, task.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
-                    progress=progress, run_key={"model": str(model), "classifier": list(view.labels)},
+    metrics = train(net, tokenizer, task.train, config, checkpoints, callbacks=callbacks + ([sampler] if sampler else []),
+                    fresh=overwrite, progress=progress, run_key={"model": str(model), "classifier": list(view.labels)},
                     dataset=dataset, collator=collator)
-    if names:
+    if sampler is not None:
+        from ..nas.lonas import training_metrics
+
+        metrics.update(training_metrics(net, space, sampler.history))
+    elif names:
         merge_adapters(net)
     importance = callbacks[0].importance if callbacks else None
     if cfg.importance and importance is None:
@@ -89,15 +95,19 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
         barrier()
         return out
     with atomic_dir(out, overwrite) as tmp:
-        net.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if sampler is not None:  # the super-adapter, its base classifier (head trained) inside
+            save_super_adapter(net, tokenizer, tmp, out, space, sampler, model)
+        else:
+            net.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            copy_widths(model, tmp)  # a sub-network with per-layer widths keeps its recorded shapes
         if importance is not None:
             importance.save(tmp)
-        copy_widths(model, tmp)  # a sub-network with per-layer widths keeps its recorded shapes
+        method = ("lonas" if cfg.widths else "nls") if sampler is not None else cfg.adapter
         write_manifest(
-            tmp, stage="finetune", method=f"{cfg.adapter}-classifier",
+            tmp, stage="finetune", method=f"{method}-classifier",
             config={**cfg.record(), "model": str(model), "task": task.spec, "labels": list(view.labels),
-                    "targets": names or None, "rank": rank, "train": config.model_dump()},
+                    "targets": names or None, "rank": rank, "rank_space": rank_space, "train": config.model_dump()},
             inputs={"model": model} if Path(str(model)).exists() else None,
             metrics={**metrics, "trainable_parameters": trainable, "parameters": sum(p.numel() for p in net.parameters()),
                      "importance_steps": importance.steps if importance is not None else None},

@@ -53,18 +53,12 @@ def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: Tra
 
 def extract_classifier(net, space, config: dict[str, int]):
     """A physically smaller classifier computing the sub-network `config` (module docstring)."""
-    from ..nas.subnetwork import extract_subnetwork
+    from ..nas.elastic_model import derived_head_size, extract_model
 
-    space.apply(net, space.maximal())
     heads = {n: c for n, c in space.check(config).items() if n.endswith(":heads")}
-    reduced = [n for n, c in heads.items() if c != space.dimensions[n].choices[0]]
-    sub = extract_subnetwork(net, space, config)
-    if reduced and getattr(sub.config, "model_type", "") in ("bert", "roberta"):
-        # stock BERT derives the head size from hidden / heads: keep the config's head count, and mark
-        # the model as one that runs in memory only
-        sub.config.num_attention_heads = net.config.num_attention_heads
-        sub.config.__dict__.pop("head_dim", None)
-        sub.slimtune_in_memory_only = True
+    sub, _ = extract_model(net, space, config)  # keeps the config's head count where the head size is derived
+    if any(c != space.dimensions[n].choices[0] for n, c in heads.items()) and derived_head_size(net):
+        sub.slimtune_in_memory_only = True  # stock BERT cannot describe fewer heads: it runs in memory only
     return sub
 
 

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .elastic import SearchSpace
 
 SPACE_FILE = "eftnas_space.json"  # written by the space stage (eftnas.py), carried by the supernet
-ELASTIC_MODEL_OBJECTIVES = ("accuracy", "loss", "params", "total_params", "macs")
+ELASTIC_MODEL_OBJECTIVES = ("accuracy", "loss", "params", "total_params", "macs", "latency_prefill", "latency_decode")
 
 
 def is_elastic_model(path) -> bool:
@@ -67,11 +67,12 @@ def check_objectives(path, objectives: list[str]) -> None:
     """The objectives a search over the elastic model at `path` can measure (before any work)."""
     config = json.loads((Path(str(path)) / "config.json").read_text())
     classifier = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
-    wrong = [o for o in objectives if o not in ELASTIC_MODEL_OBJECTIVES or (classifier and o == "loss")]
+    wrong = [o for o in objectives if o not in ELASTIC_MODEL_OBJECTIVES
+             or (classifier and o in ("loss", "latency_decode"))]
     if wrong:
         raise ConfigError(f"objective(s) {wrong} do not apply to an elastic-width {'classifier' if classifier else 'model'}; "
-                          "choose from accuracy (validation), params, macs"
-                          + ("" if classifier else ", loss") + " (e.g. objectives accuracy,macs)")
+                          "choose from accuracy (validation), params, macs, latency_prefill"
+                          + ("" if classifier else ", latency_decode, loss") + " (e.g. objectives accuracy,macs)")
 
 
 def make_elastic_objective(net: nn.Module, tokenizer, task, space: SearchSpace, objectives: list[str],

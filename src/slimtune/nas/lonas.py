@@ -2,8 +2,9 @@
 searched, then extracted into a physically smaller model.
 
   build_space        the rank dimensions of NLS (nas.space presets) plus width dimensions of the base
-                     (nas.widths): 'mlp' (gate/up outputs + down inputs, with their adapters' B rows / A
-                     columns) and 'heads' (whole KV groups: q/o per group, k/v per KV head)
+                     (width_dimensions, nas.widths): 'mlp' (gate/up outputs + down inputs, with their
+                     adapters' B rows / A columns) and 'heads' (whole KV groups: q/o per group, k/v per KV
+                     head); decoders (finetuning.py) and encoder classifiers (classify/elastic.py) alike
   MLP_FRACTIONS      the reference preset: 100/87.5/75/62.5/50% of the intermediate size
   head_fractions     the default head preset: every KV-group count from all groups down to half of them
   linear_macs        multiply-accumulates per token of the merged sub-network's linear layers (nas.cost)
@@ -94,16 +95,25 @@ def width_dimensions(model: nn.Module, widths, mlp_fractions=None, heads_fractio
     return dims
 
 
-def build_space(model: nn.Module, names: list[str], rank_space: list[int], groups: str, widths=None,
-                mlp_fractions=None, heads_fractions=None) -> SearchSpace:
-    """The super-network's space: NLS rank groups over the adapted `names`, plus width dimensions."""
+def build_space(model: nn.Module, names: list[str], rank_space: list[int], groups: str,
+                width_dims=None) -> SearchSpace:
+    """The super-network's space: NLS rank groups over the adapted `names` (preset `groups`), plus the width
+    dimensions `width_dims` (width_dimensions; the preset is then 'lonas')."""
     from .space import ElasticSpace
 
-    arch = architecture_of(model)
-    dims = rank_dimensions(names, rank_space, groups, arch)
-    if widths:
-        dims += width_dimensions(model, widths, mlp_fractions, heads_fractions)
-    return ElasticSpace(dims, "lonas" if widths else groups)
+    dims = rank_dimensions(names, rank_space, groups, architecture_of(model))
+    return ElasticSpace([*dims, *(width_dims or [])], "lonas" if width_dims else groups)
+
+
+def training_metrics(model: nn.Module, space: SearchSpace, history: list[dict]) -> dict:
+    """What finetune records of a trained super-network: its dimensions, the sampled configurations and
+    the parameters of its maximal / minimal sub-networks."""
+    from .space import frequencies
+
+    return dict(rank_groups=len(space.of_kind("rank")), width_dimensions=len(space.of_kind("width")),
+                sampled_steps=len(history), maximal_parameters=space.size(model, space.maximal()),
+                minimal_parameters=space.size(model, space.minimal()),
+                rank_frequencies={g: {str(r): n for r, n in f.items()} for g, f in frequencies(history).items()})
 
 
 def width_space(space: SearchSpace) -> SearchSpace | None:
@@ -150,23 +160,20 @@ def apply_subnetwork(model: nn.Module, directory: str | Path) -> bool:
     return True
 
 
-def shrink_merged(model: nn.Module, directory: str | Path) -> tuple[nn.Module, dict | None]:
-    """After merging an extracted sub-adapter: the physically smaller model its widths select, and the
-    per-module shapes to record when the widths differ between blocks (None when the config describes
-    them, so stock transformers loads the result)."""
-    from .subnetwork import binding_shapes, extract_subnetwork
+def shrink_merged(model: nn.Module, directory: str | Path) -> tuple[nn.Module, dict | None, dict | None]:
+    """After merging an extracted sub-adapter: the physically smaller model its widths select, the per-module
+    shapes to record and the query heads each attention keeps (widths_io.write_widths), both None when
+    the config describes the model, so stock transformers loads it (nas.elastic_model.extract_model:
+    widths that differ between blocks, or fewer heads in a family whose config derives the head size)."""
+    from .elastic_model import extract_model, kept_heads
 
     found = load_subnetwork(directory)
     if found is None:
-        return model, None
+        return model, None, None
     space, config = found
     check_width_base(model, {b.module for d in space.dimensions.values() for b in d.bindings})
-    small = extract_subnetwork(model, space, config)
-    uniform = all(len({config[n] for n in space.dimensions if n.endswith(suffix)}) <= 1
-                  for suffix in (":mlp", ":heads"))
-    if uniform:
-        return small, None
-    return small, binding_shapes(small, space)
+    small, shapes = extract_model(model, space, config)
+    return small, shapes, kept_heads(model, space, config) if shapes else None
 
 
 def subnetwork_files(directory: str | Path, super_adapter: str | Path, model: nn.Module, space: SearchSpace,

@@ -1,13 +1,26 @@
 """What a search trial measures for one sub-adapter configuration: validation accuracy or loss, and
-adapter parameters, non-zero weights, the sub-network's total parameters or its linear MACs per token."""
+adapter parameters, non-zero weights, the sub-network's total parameters or its linear MACs per token
+(measured latency: nas/latency.py, added by the search)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 from ..data.tasks import Task
+from ..errors import ConfigError
 from .elastic import SearchSpace
-from .lonas import linear_macs
+from .cost import linear_macs
+
+
+def check_measurable(objectives: list[str], space: SearchSpace, encoder: bool) -> None:
+    """Refuse, before any work, objectives a search of this super-network cannot measure: loss on an encoder
+    classifier (it has no completion loss), and latency where nas.latency.check_latency says so."""
+    from .latency import check_latency
+
+    if encoder and "loss" in objectives:
+        raise ConfigError("loss is a causal LM's completion loss; search an encoder classifier on accuracy "
+                          "(validation) with params, total_params, macs or latency_prefill")
+    check_latency(objectives, space, encoder)
 
 
 def task_score(result: dict) -> float:

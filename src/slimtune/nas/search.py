@@ -21,8 +21,10 @@ from .elastic import SearchSpace
 
 # objective name -> optuna direction
 OBJECTIVES = {"accuracy": "maximize", "loss": "minimize", "params": "minimize", "nonzero": "minimize",
-              "total_params": "minimize", "macs": "minimize"}
-SIZES = ("params", "nonzero", "total_params", "macs")  # the cost objectives
+              "total_params": "minimize", "macs": "minimize",
+              "latency_prefill": "minimize", "latency_decode": "minimize"}
+COUNTS = ("params", "nonzero", "total_params", "macs")  # the counted costs
+SIZES = (*COUNTS, "latency_prefill", "latency_decode")  # the cost objectives (latency: measured ms, nas/latency.py)
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
 
 
@@ -293,7 +295,7 @@ def plot_front(records: list[dict], front: list[dict], objectives: list[str], pa
         ax.set_xlabel("trial")
         ax.set_ylabel(size)
     else:
-        scale = 1e6 if size in SIZES else 1.0
+        scale = 1e6 if size in COUNTS else 1.0
         xs = lambda rs: [r["objectives"][size] / scale for r in rs]  # noqa: E731
         ys = lambda rs: [r["objectives"][quality] for r in rs]  # noqa: E731
         ax.scatter(xs(records), ys(records), s=18, color="0.65", label="trials")
@@ -304,7 +306,7 @@ def plot_front(records: list[dict], front: list[dict], objectives: list[str], pa
                 ax.scatter(xs([r]), ys([r]), s=70, marker="*", color="tab:red", zorder=3)
                 ax.annotate(r["heuristic"], (xs([r])[0], ys([r])[0]), textcoords="offset points", xytext=(5, 5),
                             fontsize=8, color="tab:red")
-        ax.set_xlabel(f"{size} (millions)" if scale != 1.0 else size)
+        ax.set_xlabel(f"{size} (millions)" if scale != 1.0 else f"{size} (ms)" if size.startswith("latency") else size)
         ax.set_ylabel(f"validation {quality}")
         ax.legend(loc="best", fontsize=8)
     ax.set_title(f"sub-adapter search: {len(records)} trials, {len(front)} on the front", fontsize=10)
