@@ -366,6 +366,10 @@ class SpaceConfig(Config):
     tolerance: float = Field(0.01, gt=0, lt=0.5, description="each budget is met within this relative error")
     reorder: bool = Field(True, description="write the model with heads and neurons sorted by importance, so "
                                             "every choice is a prefix")
+    skip: bool = Field(False, description="layer skipping: a skip candidate's choices end in 0 (that layer's "
+                                          "attention or MLP skipped; searched, extracted as an empty sub-block)")
+    skip_fraction: float = Field(0.02, ge=0, le=1, description="a dimension whose smallest kept width is under "
+                                                               "this fraction of its full width is a skip candidate")
 
 
 class SupernetConfig(Config):

@@ -7,7 +7,8 @@
   space       the model reordered by importance (nas/reorder.py: output-identical, every sub-network a
               prefix) and its search space from N budgets (nas/budgets.py): the reordered HF model,
               importance.json in the new order, elastic_config.json (the SearchSpace over head and
-              MLP-width dimensions) and eftnas_space.json (per budget: widths, cost, error)
+              MLP-width dimensions) and eftnas_space.json (per budget: widths, cost, error); with skip,
+              the skip candidates' choices end in 0 (the sub-block skipped: skipping.py)
   supernet    the super-network trained from a space and a teacher (default: the space's own model, the
               reordered teacher, output-identical to it): every weight, [maximal, random, minimal]
               configurations per optimizer step (sandwich rule), each loss a·CE + (1-a)·T²·KL(teacher ‖
@@ -110,7 +111,8 @@ def space(model: str | Path, *, out: str | Path, importance: str | Path | None =
     if cfg.reorder:
         scores = reorder_model(net, scores)
     result = generate_space(net, scores, budgets=cfg.budgets, min_fraction=cfg.min_fraction, metric=cfg.metric,
-                            tolerance=cfg.tolerance, seq_len=cfg.seq_len)
+                            tolerance=cfg.tolerance, seq_len=cfg.seq_len, skip_fraction=cfg.skip_fraction,
+                            skip=cfg.skip)
     searchable = space_from_widths(net, result["space"])
     imp_dir = None if importance is None else (Path(importance) if Path(importance).is_dir()
                                                else Path(importance).parent)
@@ -127,7 +129,8 @@ def space(model: str | Path, *, out: str | Path, importance: str | Path | None =
                        metrics={"full": result["full"], "metric": result["metric"],
                                 "budgets": [{k: r[k] for k in ("fraction", "cost", "relative_error")}
                                             for r in result["budgets"]],
-                                "dimensions": len(result["space"])},
+                                "dimensions": len(result["space"]), "skip_candidates": result["skip_candidates"],
+                                "skippable": len(result["skip_candidates"]) if cfg.skip else 0},
                        started=started,
                        lineage=lineage.combine(lineage.of(model), lineage.of(imp_dir) if imp_dir else []))
     return out, result
