@@ -121,7 +121,8 @@ class FinetuneConfig(Config):
                                                            "optimizer step (Shears/SQFT); adalora: SVD-form "
                                                            "adapters pruned to a rank budget (AdaLoRA); paca: "
                                                            "selected input columns trained in place (PaCA); full: every "
-                                                           "weight (encoder classifiers, EFTNAS' teacher)")
+                                                           "weight (encoder classifiers and causal LMs: EFTNAS' "
+                                                           "teacher; a sparse base keeps its zeros)")
     targets: list[str] | None = Field(None, description="module-name patterns to adapt, e.g. q_proj,v_proj (suffix "
                                                         "match, glob, or re:<regex> on the full name; default: all "
                                                         "attention and MLP projections)")
@@ -162,9 +163,9 @@ class FinetuneConfig(Config):
     sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("uniform", description="nls: configurations per optimizer step: "
                                                                      "uniform (one random) or sandwich (maximal, "
                                                                      "random, minimal)")
-    importance: bool = Field(False, description="encoders: write importance.json, first-order scores of heads and "
-                                                "FFN neurons (EFTNAS), summed over training (full) or over the "
-                                                "training split after the merge (lora)")
+    importance: bool = Field(False, description="write importance.json, first-order scores of heads and FFN "
+                                                "neurons (EFTNAS), summed over training (adapter full), or for an "
+                                                "encoder with lora over the training split after the merge")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
 
     @model_validator(mode="after")

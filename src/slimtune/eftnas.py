@@ -37,8 +37,6 @@ from .errors import ConfigError
 from .models import load_model
 from .nas.elastic_model import SPACE_FILE
 
-FULL_LEARNING_RATE = 5e-5  # every weight trains (the adapters' 3e-4 is too high for them)
-
 
 def _batches(net, tokenizer, task, examples, cfg: ImportanceConfig):
     from .evaluate.classification import is_sequence_classifier
@@ -181,7 +179,7 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
     from .nas.elastic_model import is_elastic_model
     from .nas.importance import IMPORTANCE_FILE
     from .nas.sampling import HISTORY_FILE
-    from .train import TrainConfig, barrier, build_train_config, is_main_process
+    from .train import TrainConfig, barrier, build_full_train_config, is_main_process
 
     started = time.time()
     out = check_output_dir(out, overwrite)
@@ -191,9 +189,7 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
         raise ConfigError(f"{space_dir} is not a model with an elastic search space (config.json + "
                           "elastic_config.json, no adapter): give the output of `slimtune space`")
     teacher = space_dir if teacher is None else teacher
-    if "learning_rate" not in cfg.train.model_fields_set and train_overrides.get("learning_rate") is None:
-        train_overrides["learning_rate"] = FULL_LEARNING_RATE
-    train_config = build_train_config(cfg.train, **train_overrides)
+    train_config = build_full_train_config(cfg.train, **train_overrides)
     history = lineage.combine(lineage.of(space_dir), lineage.of(teacher))
     task = lineage.task_split(cfg.task or _training_task(history), cfg.split_seed, history)
     if not task.train:
