@@ -144,7 +144,7 @@ NEEDS = {"sparsify": ("model",), "quantize": ("model",), "finetune": ("model",),
 
 
 def _makes(st, seen: dict, inputs: dict) -> str:
-    """What a stage makes: MAKES, except a full fine-tune (every weight, no adapter) and an
+    """What a stage makes: MAKES, except a full fine-tune (a classifier: every weight, no adapter) and an
     extract from a supernet search (a physically smaller model) make models."""
     if st.stage == "finetune" and st.adapter == "full":
         return "model"
