@@ -121,7 +121,8 @@ class FinetuneConfig(Config):
                                                            "optimizer step (Shears/SQFT); adalora: SVD-form "
                                                            "adapters pruned to a rank budget (AdaLoRA); paca: "
                                                            "selected input columns trained in place (PaCA); full: every "
-                                                           "weight (encoder classifiers, EFTNAS' teacher)")
+                                                           "weight (encoder classifiers and causal LMs: EFTNAS' "
+                                                           "teacher; a sparse base keeps its zeros)")
     targets: list[str] | None = Field(None, description="module-name patterns to adapt, e.g. q_proj,v_proj (suffix "
                                                         "match, glob, or re:<regex> on the full name; default: all "
                                                         "attention and MLP projections)")
@@ -162,9 +163,9 @@ class FinetuneConfig(Config):
     sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("uniform", description="nls: configurations per optimizer step: "
                                                                      "uniform (one random) or sandwich (maximal, "
                                                                      "random, minimal)")
-    importance: bool = Field(False, description="encoders: write importance.json, first-order scores of heads and "
-                                                "FFN neurons (EFTNAS), summed over training (full) or over the "
-                                                "training split after the merge (lora)")
+    importance: bool = Field(False, description="write importance.json, first-order scores of heads and FFN "
+                                                "neurons (EFTNAS), summed over training (adapter full), or for an "
+                                                "encoder with lora over the training split after the merge")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation settings")
 
     @model_validator(mode="after")
@@ -384,6 +385,10 @@ class SpaceConfig(Config):
     tolerance: float = Field(0.01, gt=0, lt=0.5, description="each budget is met within this relative error")
     reorder: bool = Field(True, description="write the model with heads and neurons sorted by importance, so "
                                             "every choice is a prefix")
+    skip: bool = Field(False, description="layer skipping: a skip candidate's choices end in 0 (that layer's "
+                                          "attention or MLP skipped; searched, extracted as an empty sub-block)")
+    skip_fraction: float = Field(0.02, ge=0, le=1, description="a dimension whose smallest kept width is under "
+                                                               "this fraction of its full width is a skip candidate")
 
 
 class SupernetConfig(Config):

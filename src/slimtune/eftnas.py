@@ -7,7 +7,8 @@
   space       the model reordered by importance (nas/reorder.py: output-identical, every sub-network a
               prefix) and its search space from N budgets (nas/budgets.py): the reordered HF model,
               importance.json in the new order, elastic_config.json (the SearchSpace over head and
-              MLP-width dimensions) and eftnas_space.json (per budget: widths, cost, error)
+              MLP-width dimensions) and eftnas_space.json (per budget: widths, cost, error); with skip,
+              the skip candidates' choices end in 0 (the sub-block skipped: skipping.py)
   supernet    the super-network trained from a space and a teacher (default: the space's own model, the
               reordered teacher, output-identical to it): every weight, [maximal, random, minimal]
               configurations per optimizer step (sandwich rule), each loss a·CE + (1-a)·T²·KL(teacher ‖
@@ -35,8 +36,6 @@ from .data import DEFAULT_TASK
 from .errors import ConfigError
 from .models import load_model
 from .nas.elastic_model import SPACE_FILE
-
-FULL_LEARNING_RATE = 5e-5  # every weight trains (the adapters' 3e-4 is too high for them)
 
 
 def _batches(net, tokenizer, task, examples, cfg: ImportanceConfig):
@@ -110,7 +109,8 @@ def space(model: str | Path, *, out: str | Path, importance: str | Path | None =
     if cfg.reorder:
         scores = reorder_model(net, scores)
     result = generate_space(net, scores, budgets=cfg.budgets, min_fraction=cfg.min_fraction, metric=cfg.metric,
-                            tolerance=cfg.tolerance, seq_len=cfg.seq_len)
+                            tolerance=cfg.tolerance, seq_len=cfg.seq_len, skip_fraction=cfg.skip_fraction,
+                            skip=cfg.skip)
     searchable = space_from_widths(net, result["space"])
     imp_dir = None if importance is None else (Path(importance) if Path(importance).is_dir()
                                                else Path(importance).parent)
@@ -127,7 +127,8 @@ def space(model: str | Path, *, out: str | Path, importance: str | Path | None =
                        metrics={"full": result["full"], "metric": result["metric"],
                                 "budgets": [{k: r[k] for k in ("fraction", "cost", "relative_error")}
                                             for r in result["budgets"]],
-                                "dimensions": len(result["space"])},
+                                "dimensions": len(result["space"]), "skip_candidates": result["skip_candidates"],
+                                "skippable": len(result["skip_candidates"]) if cfg.skip else 0},
                        started=started,
                        lineage=lineage.combine(lineage.of(model), lineage.of(imp_dir) if imp_dir else []))
     return out, result
@@ -178,7 +179,7 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
     from .nas.elastic_model import is_elastic_model
     from .nas.importance import IMPORTANCE_FILE
     from .nas.sampling import HISTORY_FILE
-    from .train import TrainConfig, barrier, build_train_config, is_main_process
+    from .train import TrainConfig, barrier, build_full_train_config, is_main_process
 
     started = time.time()
     out = check_output_dir(out, overwrite)
@@ -188,9 +189,7 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
         raise ConfigError(f"{space_dir} is not a model with an elastic search space (config.json + "
                           "elastic_config.json, no adapter): give the output of `slimtune space`")
     teacher = space_dir if teacher is None else teacher
-    if "learning_rate" not in cfg.train.model_fields_set and train_overrides.get("learning_rate") is None:
-        train_overrides["learning_rate"] = FULL_LEARNING_RATE
-    train_config = build_train_config(cfg.train, **train_overrides)
+    train_config = build_full_train_config(cfg.train, **train_overrides)
     history = lineage.combine(lineage.of(space_dir), lineage.of(teacher))
     task = lineage.task_split(cfg.task or _training_task(history), cfg.split_seed, history)
     if not task.train:

@@ -2,7 +2,7 @@
 directory with a manifest (api.finetune re-exports it). What kind of adapter, and how it trains
 (elastic ranks, their sampling), is decided here; the layers live in adapters/, the search
 spaces in nas/, the training loop in train.py. An encoder goes to classify/stage.py (a sequence
-classifier, fully fine-tuned or with LoRA merged)."""
+classifier, fully fine-tuned or with LoRA merged), a causal LM's `adapter full` to full_finetune.py."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     the model a slimtune-quantized base was made from) or into the dequantized base ('quantized':
     exact GPTQ model at the start, but an update changes it only once it crosses half a grid step,
     so it learns far more slowly: bench/RESULTS.md). 'auto' is 'float' when the float model is
-    known, else 'quantized' (with a warning).
+    known, else 'quantized' (with a warning). adapter='full' trains every weight and writes the whole model
+    (full_finetune.py; with importance, importance.json summed over its steps: EFTNAS' teacher).
     The task's split is fixed by `split_seed` (default 0), not by the training seed; the manifest's
     lineage records the training examples, so evaluation refuses to report on them.
     An interrupted run resumes from its last checkpoint (kept beside `out` until it finishes).
@@ -57,9 +58,14 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
 
         return finetune_classifier(model, out=out, cfg=cfg, train_overrides=train_overrides, overwrite=overwrite,
                                    progress=progress, started=started)
-    if cfg.adapter == "full" or cfg.importance:
-        raise ConfigError("full fine-tuning and importance scores belong to encoder classifiers here; for a causal LM "
-                          "train an adapter (lora, nls) and collect importance with `slimtune importance`")
+    if cfg.adapter == "full":  # every weight of a causal LM (full_finetune.py): EFTNAS' decoder teacher
+        from .full_finetune import finetune_causal_full
+
+        return finetune_causal_full(model, out=out, cfg=cfg, train_overrides=train_overrides, overwrite=overwrite,
+                                    progress=progress, started=started)
+    if cfg.importance:
+        raise ConfigError("importance during fine-tuning is summed over full fine-tuning's steps (--adapter full); "
+                          "for an adapter on a causal LM collect it afterwards with `slimtune importance`")
     config = build_train_config(cfg.train, **train_overrides)
     task, adapter, targets, alpha, groups = cfg.task or DEFAULT_TASK, cfg.adapter, cfg.targets, cfg.alpha, cfg.groups
     sparse_adapter, quant_aware, split_seed = cfg.sparse_adapter, cfg.quant_aware, cfg.split_seed

@@ -152,8 +152,9 @@ NEEDS = {"sparsify": ("model",), "quantize": ("model",), "finetune": ("model",),
 
 
 def _makes(st, seen: dict, inputs: dict) -> str:
-    """What a stage makes: MAKES, except a full fine-tune (a classifier: every weight, no adapter) and an
-    extract from a supernet search (a physically smaller model) make models; a gguf export makes a file."""
+    """What a stage makes: MAKES, except a full fine-tune (every weight, no adapter: a classifier or a causal
+    LM) and an extract from a supernet search (a physically smaller model) make models; a gguf export makes
+    a file."""
     if st.stage == "export" and st.format == "gguf":
         return "gguf file"
     if st.stage == "finetune" and st.adapter == "full":

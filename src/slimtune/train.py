@@ -359,6 +359,17 @@ def build_train_config(train_config: TrainConfig | dict | None, **overrides: Any
         raise ConfigError(describe_validation(e, "training config")) from e
 
 
+FULL_LEARNING_RATE = 5e-5  # every weight trains (full fine-tuning, super-networks): the adapters' 3e-4 is too high
+
+
+def build_full_train_config(train_config: TrainConfig | dict | None, **overrides: Any) -> TrainConfig:
+    """build_train_config for training every weight: the learning rate FULL_LEARNING_RATE unless given."""
+    given = train_config.model_fields_set if isinstance(train_config, TrainConfig) else set(train_config or {})
+    if "learning_rate" not in given and overrides.get("learning_rate") is None:
+        overrides["learning_rate"] = FULL_LEARNING_RATE
+    return build_train_config(train_config, **overrides)
+
+
 def describe_validation(e: ValidationError, what: str) -> str:
     parts = []
     for err in e.errors():

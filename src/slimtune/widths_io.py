@@ -9,11 +9,14 @@ sub-network with fewer heads keeps the full head count in its config (the head s
 its query/key/value/output projections take their recorded, narrower shapes; BERT's attention reshapes
 to (-1, head size), so the heads a layer keeps follow from its projections. `heads` (query projection ->
 heads kept) is recorded with them and checked on loading against the config's head size.
-A leaf: torch, safetensors and transformers only."""
+A skipped sub-block (EFTNAS `space --skip`) is a zero-size shape ([0, hidden] / [hidden, 0]); its attention
+gets `skipping.make_skippable`'s forward.
+A leaf: torch, safetensors and transformers (and skipping.py, for skipped attention) only."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,7 +87,9 @@ def load_with_widths(cls, source: str | Path, config, dtype: torch.dtype, shapes
     for name, (o, i) in shapes.items():
         old = model.get_submodule(name)
         parent, _, child = name.rpartition(".")
-        new = nn.Linear(int(i), int(o), bias=old.bias is not None, dtype=old.weight.dtype)
+        with warnings.catch_warnings():  # a zero-size layer's initialisation is a no-op (its weights load next)
+            warnings.simplefilter("ignore", UserWarning)
+            new = nn.Linear(int(i), int(o), bias=old.bias is not None, dtype=old.weight.dtype)
         setattr(model.get_submodule(parent) if parent else model, child, new)
     state = {}
     for f in sorted(Path(source).glob("*.safetensors")):
@@ -95,4 +100,8 @@ def load_with_widths(cls, source: str | Path, config, dtype: torch.dtype, shapes
         raise ValueError(f"the weights do not fit the recorded widths (missing {sorted(set(missing) - tied)[:3]}, "
                          f"unexpected {sorted(unexpected)[:3]})")
     model.tie_weights()
+    if any(0 in shape for shape in shapes.values()):  # a skipped sub-block: attention without heads skips cleanly
+        from .skipping import make_skippable
+
+        make_skippable(model)
     return model

@@ -10,7 +10,6 @@ every optimizer step of full fine-tuning, or over one pass of the training split
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -18,11 +17,9 @@ from .. import lineage
 from ..configs import FinetuneConfig
 from ..data import DEFAULT_TASK
 from ..errors import ConfigError
-from ..train import barrier, build_train_config, is_main_process, train
+from ..train import build_full_train_config, build_train_config, train
 from .data import ClassificationDataset, LabelCollator, classification_view
 from .model import load_classifier
-
-FULL_LEARNING_RATE = 5e-5  # full fine-tuning's default (the adapters' 3e-4 is too high for every weight)
 
 
 def _head_parameters(net) -> list[str]:
@@ -38,19 +35,14 @@ def importance_batches(dataset, collator, batch_size: int):
 def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_overrides: dict, overwrite: bool = False,
                         progress: bool = True, started: float | None = None) -> Path:
     from ..adapters import add_lora, merge_adapters
-    from ..artifacts import atomic_dir, write_manifest
+    from ..full_finetune import save_tuned
     from ..models import target_modules
     from ..nas.importance import ImportanceCallback, collect_importance
-    from ..widths_io import copy_widths
     from .elastic import add_elastic, check_encoder_options, save_super_adapter
 
     started = started or time.time()
     check_encoder_options(cfg, model)
-    overrides = dict(train_overrides)
-    if cfg.adapter == "full" and "learning_rate" not in cfg.train.model_fields_set \
-            and overrides.get("learning_rate") is None:
-        overrides["learning_rate"] = FULL_LEARNING_RATE
-    config = build_train_config(cfg.train, **overrides)
+    config = (build_full_train_config if cfg.adapter == "full" else build_train_config)(cfg.train, **train_overrides)
     task = lineage.task_split(cfg.task or DEFAULT_TASK, cfg.split_seed)
     view = classification_view(task)
     if not task.train:
@@ -89,31 +81,12 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     if cfg.importance and importance is None:
         importance = collect_importance(net, importance_batches(dataset, collator, config.batch_size),
                                         source="finetune-pass")
-    for p in net.parameters():
-        p.requires_grad_(False)
-    if not is_main_process():
-        barrier()
-        return out
-    with atomic_dir(out, overwrite) as tmp:
-        if sampler is not None:  # the super-adapter, its base classifier (head trained) inside
-            save_super_adapter(net, tokenizer, tmp, out, space, sampler, model)
-        else:
-            net.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            copy_widths(model, tmp)  # a sub-network with per-layer widths keeps its recorded shapes
-        if importance is not None:
-            importance.save(tmp)
-        method = ("lonas" if cfg.widths else "nls") if sampler is not None else cfg.adapter
-        write_manifest(
-            tmp, stage="finetune", method=f"{method}-classifier",
-            config={**cfg.record(), "model": str(model), "task": task.spec, "labels": list(view.labels),
-                    "targets": names or None, "rank": rank, "rank_space": rank_space, "train": config.model_dump()},
-            inputs={"model": model} if Path(str(model)).exists() else None,
-            metrics={**metrics, "trainable_parameters": trainable, "parameters": sum(p.numel() for p in net.parameters()),
-                     "importance_steps": importance.steps if importance is not None else None},
-            started=started, seed=config.seed,
-            lineage=lineage.combine(lineage.of(model), [lineage.record("finetune", "train", task, "train", task.train, out)]),
-        )
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    barrier()
-    return out
+    method = ("lonas" if cfg.widths else "nls") if sampler is not None else cfg.adapter
+    write = None if sampler is None else (  # the super-adapter, its base classifier (head trained) inside
+        lambda tmp: save_super_adapter(net, tokenizer, tmp, out, space, sampler, model))
+    return save_tuned(out, net, tokenizer, model=model, task=task, importance=importance,
+                      method=f"{method}-classifier", overwrite=overwrite, started=started, seed=config.seed,
+                      config={**cfg.record(), "model": str(model), "task": task.spec, "labels": list(view.labels),
+                              "targets": names or None, "rank": rank, "rank_space": rank_space,
+                              "train": config.model_dump()},
+                      metrics={**metrics, "trainable_parameters": trainable}, checkpoints=checkpoints, write=write)

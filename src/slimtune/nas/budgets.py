@@ -14,7 +14,10 @@ whose percentile is ≥ t, at least `min_units` per dimension. Where a head's co
 tolerance band, the band is reached by adding the next neurons in importance order. Kept units are
 always each layer's most important ones, so after reordering (`nas.reorder`) every choice is a prefix.
 Per dimension the union of kept widths over the budgets, sorted descending, is its space; a dimension
-whose smallest kept width is under `skip_fraction` of its full width is a skip candidate.
+whose smallest kept width is under `skip_fraction` of its full width is a skip candidate. With `skip`, a
+skip candidate's choices end in 0: the sub-block (that layer's attention or MLP) may be skipped, costing
+nothing of what the dimension binds (skipping.py). The budgets' own widths are unchanged (each meets its
+budget); the 0 is one more choice for the super-network and the search.
 """
 
 from __future__ import annotations
@@ -143,12 +146,13 @@ def budget_fractions(n: int, min_fraction: float) -> list[float]:
 
 def generate_space(model: nn.Module, importance: Importance, budgets: int | list[float] = 5,
                    min_fraction: float = 0.25, metric: str = "macs", tolerance: float = 0.01, seq_len: int = 128,
-                   min_units: int = 1, skip_fraction: float = 0.02, heads: bool = True, mlp: bool = True) -> dict:
+                   min_units: int = 1, skip_fraction: float = 0.02, heads: bool = True, mlp: bool = True,
+                   skip: bool = False) -> dict:
     """The EFTNAS search space of `model` from its importance (module docstring). `budgets`: a count of
     evenly spaced fractions from `min_fraction` to 1, or the fractions themselves. Returns a JSON-ready
     dict: metric, full cost, per budget {fraction, target, cost, relative_error, threshold, widths}, the
-    per-dimension `space` (descending choices) and `skip_candidates`; `space_from_widths(model,
-    result["space"])` is the SearchSpace."""
+    per-dimension `space` (descending choices) and `skip_candidates` (with `skip`, their choices end in 0);
+    `space_from_widths(model, result["space"])` is the SearchSpace."""
     dims = structure_dimensions(model, heads=heads, mlp=mlp)
     if not dims:
         raise ConfigError("no width dimensions: enable heads and/or mlp")
@@ -166,9 +170,13 @@ def generate_space(model: nn.Module, importance: Importance, budgets: int | list
         rows.append({"fraction": f, "target": target, "cost": cost, "relative_error": (cost - target) / target,
                      "threshold": threshold, "widths": widths})
     space = {d.name: sorted({r["widths"][d.name] for r in rows} | {d.choices[0]}, reverse=True) for d in dims}
-    skip = [n for n, c in space.items() if c[-1] < skip_fraction * costs.full[n]]
+    candidates = [n for n, c in space.items() if c[-1] < skip_fraction * costs.full[n]]
+    if skip:
+        for n in candidates:
+            space[n].append(0)
     return {"metric": metric, "seq_len": seq_len if metric == "macs" else None, "full": costs.total,
-            "tolerance": tolerance, "budgets": rows, "space": space, "skip_candidates": skip}
+            "tolerance": tolerance, "budgets": rows, "space": space, "skip_candidates": candidates, "skip": skip,
+            "skip_fraction": skip_fraction}
 
 
 def format_space(result: dict) -> str:
@@ -179,7 +187,8 @@ def format_space(result: dict) -> str:
     for name, choices in result["space"].items():
         lines.append(f"  {name}: {choices}")
     if result["skip_candidates"]:
-        lines.append(f"  skip candidates: {', '.join(result['skip_candidates'])}")
+        what = "skippable (choice 0)" if result.get("skip") else "skip candidates (not searched; space --skip adds 0)"
+        lines.append(f"  {what}: {', '.join(result['skip_candidates'])}")
     return "\n".join(lines)
 
 

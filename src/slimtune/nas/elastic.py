@@ -12,7 +12,10 @@ An MLP width binds gate/up 'out' and down 'in' (unit 1: channels); an attention 
 and o 'in' (unit: heads per KV group × head dim) and k/v 'out' (unit: head dim), so the choice counts
 KV groups and heads always go in whole KV groups (`nas.widths` builds both from the architecture map).
 Widths are real slices: the sub-network computes exactly what a physically smaller model computes
-(`nas.subnetwork.extract_subnetwork` builds that model).
+(`nas.subnetwork.extract_subnetwork` builds that model). A width dimension may end in the choice 0 (EFTNAS
+layer skipping, `space --skip`): the sub-block is skipped, its linear layers keep no rows / columns, so its
+residual branch adds only the output projection's bias (none in Llama); attention with no heads goes through
+`skipping.make_skippable` (the KV cache of a generating decoder).
 
 A configuration maps dimension names to choices; missing dimensions take their maximal choice.
 `SearchSpace` is versioned on disk (elastic_config.json): version 1 holds rank groups
@@ -80,8 +83,9 @@ class Dimension:
 
 def _check_choices(choices, name: str) -> list[int]:
     choices = list(choices)
-    if not choices or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in choices):
-        raise ConfigError(f"dimension {name}: choices are a non-empty list of positive integers, got {choices}")
+    if not choices or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in choices) or choices[0] < 1:
+        raise ConfigError(f"dimension {name}: choices are a non-empty list of positive integers (the last may be 0: "
+                          f"skip the sub-block), got {choices}")
     if any(a <= b for a, b in zip(choices, choices[1:])):
         raise ConfigError(f"dimension {name}: choices {choices} must be strictly descending (the first is the maximal one)")
     return choices
@@ -97,7 +101,8 @@ class WidthLinear(nn.Linear):
     active_in: int | None = None
 
     def forward(self, x):
-        o, i = self.active_out or self.out_features, self.active_in or self.in_features
+        o = self.out_features if self.active_out is None else self.active_out  # 0: a skipped sub-block
+        i = self.in_features if self.active_in is None else self.active_in
         return F.linear(x, self.weight[:o, :i], None if self.bias is None else self.bias[:o])
 
 
@@ -121,7 +126,7 @@ def set_axis(module: nn.Module, axis: str, size: int) -> None:
     full = axis_size(module, axis)
     if type(module) not in (nn.Linear, WidthLinear):
         raise ConfigError(f"width slicing supports nn.Linear and adapter layers, not {type(module).__name__}")
-    if not 1 <= size <= full:
+    if not 0 <= size <= full:
         raise ConfigError(f"axis {axis!r} has {full} entries; cannot use the first {size}")
     active = {"out": getattr(module, "active_out", None), "in": getattr(module, "active_in", None)}
     active[axis] = None if size == full else int(size)
@@ -256,6 +261,10 @@ class SearchSpace:
         for n, d in self.dimensions.items():
             for b in d.bindings:
                 set_axis(modules[b.module], b.axis, config[n] * b.unit)
+        if 0 in config.values():  # a skipped sub-block: attention without heads must skip cleanly
+            from ..skipping import make_skippable
+
+            make_skippable(model)
         return config
 
     def bind(self, model: nn.Module) -> None:

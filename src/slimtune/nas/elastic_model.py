@@ -10,8 +10,9 @@ elastic_config.json and no adapter). What search and extract need of it.
   make_elastic_objective  a search trial's measure: validation accuracy (or, decoders, completion loss)
                        of the active configuration, and its cost
   extract_model        the physically smaller model of a configuration, and the per-module shapes to record
-                       (widths_io) when no stock config describes it: widths that differ between blocks, or
-                       fewer heads in a family whose config derives the head size from hidden / heads (BERT)
+                       (widths_io) when no stock config describes it: widths that differ between blocks,
+                       fewer heads in a family whose config derives the head size from hidden / heads (BERT),
+                       or a skipped sub-block (width 0: zero-size linears, see skipping.py; the layer stays)
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def extract_model(net: nn.Module, space: SearchSpace, config: dict[str, int]) ->
         sub.config.num_attention_heads = net.config.num_attention_heads
         sub.config.__dict__.pop("head_dim", None)
     uniform = all(len({c for n, c in config.items() if n.endswith(suffix)}) <= 1 for suffix in (":mlp", ":heads"))
-    if uniform and not (fewer_heads and derived_head_size(net)):
+    if uniform and 0 not in config.values() and not (fewer_heads and derived_head_size(net)):
         return sub, None
     return sub, binding_shapes(sub, space)
 

@@ -152,6 +152,15 @@ class ImportanceCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.accumulator.accumulate(self.model)
 
+    # the sum so far rides in the trainer's checkpoints, so a resumed run keeps it
+    def save_checkpoint(self, directory: str | Path) -> None:
+        self.importance.save(directory)
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        if (Path(directory) / IMPORTANCE_FILE).is_file():
+            saved = Importance.load(directory)
+            self.importance.scores, self.importance.steps = saved.scores, saved.steps
+
 
 def collect_importance(model: nn.Module, batches, source: str = "passes") -> Importance:
     """Importance from forward/backward passes over `batches` (dicts with labels; the model returns .loss):

@@ -7,12 +7,13 @@ the width-sliced super-network computes under `space.apply(model, config)`. Wher
 across blocks the model config says so (intermediate_size, num_attention_heads, num_key_value_heads,
 head_dim), so `save_pretrained` writes a model that `from_pretrained` loads; non-uniform widths run
 in memory (the attention modules infer their head counts from the projections) but no stock config
-can describe them.
+can describe them; nor a width of 0 (a skipped sub-block, `skipping`), which is never written into the config.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -28,7 +29,9 @@ def _sliced_linear(linear: nn.Module, o: int, i: int) -> nn.Linear:
     if type(linear).__name__ == "QuantLinear":
         raise ConfigError("extracting a narrower layer from a quantized base is not supported; dequantize it first "
                           "or keep its full width")
-    out = nn.Linear(i, o, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
+    with warnings.catch_warnings():  # a skipped sub-block's zero-size layer: its initialisation is a no-op
+        warnings.simplefilter("ignore", UserWarning)
+        out = nn.Linear(i, o, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
     with torch.no_grad():
         out.weight.copy_(linear.weight[:o, :i])
         if linear.bias is not None:
@@ -71,6 +74,10 @@ def extract_subnetwork(model: nn.Module, space: SearchSpace, config: dict[str, i
             raise ConfigError(f"{name} is a {type(module).__name__}; extraction slices linear layers")
         set_submodule(net, name, new)
     _describe_widths(net)
+    if 0 in config.values():  # a skipped sub-block (zero-size linears): attention without heads skips cleanly
+        from ..skipping import make_skippable
+
+        make_skippable(net)
     return net
 
 
@@ -105,13 +112,13 @@ def _describe_widths(net: nn.Module) -> None:
         return {m.out_features if axis == "out" else m.in_features for m in mods}
 
     down = widths("down", "in")
-    if len(down) == 1 and hasattr(config, "intermediate_size"):
+    if len(down) == 1 and 0 not in down and hasattr(config, "intermediate_size"):  # 0 (skipped): the widths file
         config.intermediate_size = down.pop()
     if not {"q", "k"} <= set(arch.roles):
         return
     _, _, head_dim = arch.heads(config)
     q, k = widths("q", "out"), widths("k", "out")
-    if len(q) == 1 and len(k) == 1:
+    if len(q) == 1 and len(k) == 1 and 0 not in q:
         config.head_dim = head_dim  # before the head count changes: llama derives it from hidden / heads
         config.num_attention_heads = q.pop() // head_dim
         if arch.kv_heads_key:
