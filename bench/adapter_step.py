@@ -11,6 +11,10 @@ Variants, on the same model, token batch, targets (q/k/v/o/gate/up/down) and no 
   slimtune      slimtune's LoRA (adapters/lora.py), rank r.
   peft          PEFT's LoRA, rank r.
   nls           slimtune's NLS: LoRA of maximal rank r, a rank from {r, 3r/4, r/2} sampled per step.
+  lonas         LoNAS: NLS plus elastic base widths (MLP channels 100-50%, attention heads in KV groups),
+                ranks and widths sampled per step (uniform rule).
+  nls-max, lonas-max  the same super-networks held at their maximal configuration every step: the
+                cost of the elastic machinery itself (issue goal: LoNAS <= 1.1x NLS there).
   adalora       slimtune's AdaLoRA (adapters/adalora.py), init rank r (+ r singular values per module),
                 target r/2; the step includes the orthogonality regularizer (weight 0.5) and the rank
                 allocation after the optimizer step (every step: deltaT 1, tinit 0, PEFT's defaults).
@@ -34,12 +38,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lora_step  # noqa: E402
 
-VARIANTS = ("paca", "slimtune", "peft", "nls", "adalora", "peft-adalora")
+VARIANTS = ("paca", "slimtune", "peft", "nls", "adalora", "peft-adalora", "lonas", "nls-max", "lonas-max")
 ORTH_REG = 0.5
 
 
 def _build(args, variant: str, dropout: float):
-    if variant not in ("paca", "adalora", "peft-adalora"):
+    if variant not in ("paca", "adalora", "peft-adalora", "lonas", "nls-max", "lonas-max"):
         return _lora_build(args, variant, 0.0)
     import torch
 
@@ -61,6 +65,21 @@ def _build(args, variant: str, dropout: float):
         allocator = RankAllocator(adalora_layers(model), AdaLoraOptions(
             init_r=args.rank, target_r=args.rank // 2, orth_reg_weight=ORTH_REG), total)
         model.extra_loss, model.after_step = orthogonality(ORTH_REG), allocator.update_and_allocate
+    elif variant in ("lonas", "nls-max", "lonas-max"):
+        from slimtune.adapters.lora import add_lora
+        from slimtune.nas import ElasticSampler
+        from slimtune.nas.lonas import build_space, width_dimensions
+
+        names = target_modules(model, lora_step.TARGETS)
+        widths = width_dimensions(model, ["mlp", "heads"]) if variant != "nls-max" else None
+        ranks = sorted({args.rank, 3 * args.rank // 4, args.rank // 2}, reverse=True)
+        add_lora(model, names, r=args.rank, alpha=2.0 * args.rank, dropout=0.0, rank_space=ranks)
+        space = build_space(model, names, ranks, "shears", widths)
+        if variant == "lonas":
+            sampler = ElasticSampler(model, space, seed=args.seed)
+            model.before_step = lambda step: space.apply(model, sampler.sample(step)[0])
+        else:
+            space.apply(model, space.maximal())
     else:
         from peft import AdaLoraConfig, get_peft_model
 
@@ -143,7 +162,8 @@ def main(argv=None) -> int:
         print(f"| {v} | {runs[0]['trainable']:,} | {rows[v][0]:.3f} | {min(times):.3f} | "
               f"{statistics.median(cpu):.3f} | {peak:.0f} |")
     for method, ref in (("paca", "slimtune"), ("paca", "peft"), ("nls", "slimtune"), ("adalora", "slimtune"),
-                        ("adalora", "peft-adalora"), ("slimtune", "peft")):
+                        ("adalora", "peft-adalora"), ("slimtune", "peft"), ("lonas", "nls"),
+                        ("lonas-max", "nls-max"), ("nls-max", "slimtune")):
         if method in rows and ref in rows:
             print(f"{method} / {ref}: time {rows[method][0] / rows[ref][0]:.2f}x, peak memory "
                   f"{rows[method][1] / rows[ref][1]:.2f}x")
