@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -98,19 +96,12 @@ _lora_build = lora_step._build
 
 
 def _run(args, variant: str) -> dict:
-    cmd = [sys.executable, __file__, "--_worker", variant, "--rank", str(args.rank), "--batch", str(args.batch),
-           "--seq-len", str(args.seq_len), "--threads", str(args.threads), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--seed", str(args.seed), "--model", args.model]
+    options = ["--_worker", variant, "--rank", str(args.rank), "--batch", str(args.batch),
+               "--seq-len", str(args.seq_len), "--threads", str(args.threads), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--model", args.model]
     if args.model_path:
-        cmd += ["--model-path", args.model_path]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    src = Path(__file__).resolve().parents[1] / "src"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"worker {variant} failed with exit code {out.returncode}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        options += ["--model-path", args.model_path]
+    return lora_step.run_worker(__file__, options, args.threads, variant)
 
 
 def main(argv=None) -> int:

@@ -196,23 +196,29 @@ def worker(args, variant: str, dropout: float) -> dict:
 
 # --------------------------------------------------------------------------- driver side
 
-def _run_worker(args, variant: str, dropout: float) -> dict:
-    cmd = [sys.executable, __file__, "--_worker", variant, "--_worker-dropout", str(dropout),
-           "--rank", str(args.rank), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
-           "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--seed", str(args.seed), "--model", args.model]
-    if args.alpha is not None:
-        cmd += ["--alpha", str(args.alpha)]
-    if args.model_path:
-        cmd += ["--model-path", args.model_path]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+def run_worker(script, options: list[str], threads: int, what: str) -> dict:
+    """Run `script` with `options` in a fresh process (this repository's src first on the path, `threads`
+    OpenMP threads) and return the JSON of its last output line."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     src = Path(__file__).resolve().parents[1] / "src"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(script), *options], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
-        raise SystemExit(f"worker {variant} (dropout {dropout}) failed with exit code {out.returncode}")
+        raise SystemExit(f"worker {what} failed with exit code {out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_worker(args, variant: str, dropout: float) -> dict:
+    options = ["--_worker", variant, "--_worker-dropout", str(dropout),
+               "--rank", str(args.rank), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+               "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--seed", str(args.seed), "--model", args.model]
+    if args.alpha is not None:
+        options += ["--alpha", str(args.alpha)]
+    if args.model_path:
+        options += ["--model-path", args.model_path]
+    return run_worker(__file__, options, args.threads, f"{variant} (dropout {dropout})")
 
 
 def _loadavg() -> str:
