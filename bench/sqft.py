@@ -47,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized", "adalora", "paca")
 WITHOUT_NLS = ("adalora", "paca")  # their own way of choosing what trains: no elastic-rank variant
 QUESTIONS = [("qa-float", "lora-gptq"), ("sparsepeft", "lora"), ("qa-float", "base:sparse-INT4 base (GPTQ)"),
-             ("lora-gptq", "base:sparse-INT4 base (GPTQ)"), ("qa-float", "qa-quantized"),
+             ("lora-gptq", "base:sparse-INT4 base (GPTQ)"), ("lora", "base:sparse-INT4 base (GPTQ)"),
+             ("sparsepeft", "base:sparse-INT4 base (GPTQ)"), ("lora", "lora-gptq"), ("qa-float", "lora"),
+             ("qa-float", "qa-quantized"),
              ("qa-float-nls", "adalora"), ("qa-float-nls", "paca"), ("qa-float", "adalora"), ("qa-float", "paca"),
              ("adalora", "base:sparse-INT4 base (GPTQ)"), ("paca", "base:sparse-INT4 base (GPTQ)")]
 LABELS = {"lora": "LoRA (unmerged)", "lora-gptq": "LoRA merged + GPTQ", "sparsepeft": "SparsePEFT merged",
