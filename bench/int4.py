@@ -1,15 +1,16 @@
 """INT4 inference on smollm2-135m: resident memory and tokens/s of dense fp32, the INT4 kernel path
 and the dequantized-cache path, in one run (each variant in its own process), printed as ratios.
 
-    python bench/int4.py [--model smollm2-135m] [--group-size 64] [--prefill 256] [--decode 32]
-                         [--embeddings float16]
+    python bench/int4.py [--model smollm2-135m] [--group-size 64] [--prefill 256] [--decode 64]
+                         [--rounds 3] [--embeddings float16]
 
 Variants: dense fp32; INT4 kernel (only the kernel's packed copy of each weight); INT4 kernel with
 the embedding / LM head held in `--embeddings` (load_model(embeddings=...)); INT4 dequantized cache.
 
 The packed model is slimtune's RTN INT4 of the same model (asymmetric, the given group size),
 written once to a temporary directory; memory = the process's resident set after loading and one
-forward, minus its resident set before loading (torch and transformers already imported).
+forward, minus its resident set before loading (torch and transformers already imported); prefill
+and decode tokens/s are medians over --rounds timings (decode: greedy, batch 1, after a 128-token prompt).
 Also: logit agreement of the kernel with the dequantized path on the prefill text.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,12 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def worker(args) -> dict:
     import torch
 
@@ -55,15 +63,13 @@ def worker(args) -> dict:
     with torch.no_grad():
         logits = model(ids).logits  # warm-up (builds the caches)
         mem = _rss_mb() - before
-        t = time.perf_counter()
-        for _ in range(args.rounds):
-            model(ids)
-        prefill = args.rounds * ids.shape[1] / (time.perf_counter() - t)
+        prefill = ids.shape[1] / statistics.median(_seconds(lambda: model(ids)) for _ in range(args.rounds))
         prompt = ids[:, :128]
         model.generate(prompt, max_new_tokens=2, do_sample=False)
-        t = time.perf_counter()
-        out = model.generate(prompt, max_new_tokens=args.decode, min_new_tokens=args.decode, do_sample=False)
-        decode = (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - t)
+        # the median of rounds: one timed generate swings by 2x when the VM's neighbours are busy
+        decode = args.decode / statistics.median(
+            _seconds(lambda: model.generate(prompt, max_new_tokens=args.decode, min_new_tokens=args.decode,
+                                            do_sample=False)) for _ in range(args.rounds))
     torch.save({"logits": logits[0].clone(), "ids": ids[0].clone()}, Path(args.out) / f"{args.variant}.pt")
     return {"variant": args.variant, "memory_mb": round(mem, 1), "rss_mb": round(_rss_mb(), 1),
             "prefill_tok_s": round(prefill, 1), "decode_tok_s": round(decode, 2)}
@@ -74,7 +80,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=256)
-    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--embeddings", default="float16", choices=("float16", "bfloat16"))

@@ -119,9 +119,9 @@ def test_half_embeddings_keep_the_tie_and_round_only_those_weights(tiny_llama_di
     from slimtune.deploy import half
     from slimtune.models import load_model
 
-    monkeypatch.setattr(half, "HEAD_ROWS", 7)  # the head in several blocks of output rows
-
     model, tok = load_model(tiny_llama_dir)
+    hidden = model.config.hidden_size
+    monkeypatch.setattr(half, "HEAD_BLOCK_BYTES", 7 * hidden * 4)  # blocks of 7 fp32 output rows, the last one short
     ids = tok("The market rallied on Tuesday.", return_tensors="pt").input_ids
     emb = model.get_input_embeddings().weight
     assert model.get_output_embeddings().weight is emb  # tied

@@ -7,8 +7,10 @@ keeps the rest of the model's arithmetic in its float dtype:
 
   embedding  the looked-up rows are cast back to the model's dtype (exact: a lookup does no
              arithmetic, so the result is the half-rounded weight's rows);
-  LM head    computed in the model's dtype against the half weight, upcast a block of HEAD_ROWS
-             output rows at a time (no full-precision copy is held; the temporary is one block).
+  LM head    computed in the model's dtype against the half weight, upcast a block of output
+             rows at a time (no full-precision copy is held; the temporary is one block of about
+             HEAD_BLOCK_BYTES, small enough to stay in cache, which makes the half head faster than
+             a float32 one on a CPU: bench/RESULTS.md, INT4 inference).
 
 So the logits are those of the same model with the embedding / head weights rounded to the half
 dtype (float16: relative rounding 2^-11, bfloat16: 2^-8), up to float32 summation order; nothing
@@ -27,7 +29,7 @@ from torch import nn
 from ..errors import ConfigError
 
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-HEAD_ROWS = 8192
+HEAD_BLOCK_BYTES = 4 << 20
 
 
 def _upcast_output(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
@@ -36,8 +38,9 @@ def _upcast_output(module: nn.Module, args, output: torch.Tensor) -> torch.Tenso
 
 def _head_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
-    for start in range(0, self.out_features, HEAD_ROWS):
-        stop = min(start + HEAD_ROWS, self.out_features)
+    rows = max(1, HEAD_BLOCK_BYTES // (self.in_features * x.element_size()))
+    for start in range(0, self.out_features, rows):
+        stop = min(start + rows, self.out_features)
         bias = None if self.bias is None else self.bias[start:stop].to(x.dtype)
         out[..., start:stop] = F.linear(x, self.weight[start:stop].to(x.dtype), bias)
     return out
