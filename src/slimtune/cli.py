@@ -170,9 +170,9 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded default model and task",
                        description="The full SQFT pipeline on the embedded default model and task: prune 50% with "
                                    "Wanda, quantize INT4 with GPTQ, fine-tune a QA-SparsePEFT + NLS adapter, pick the "
-                                   "sub-adapter on the validation split, merge it onto the INT4 grid, and print a table "
-                                   "of the dense base, the sparse-INT4 base and the final model. All offline; re-running "
-                                   "skips finished stages.")
+                                   "sub-adapter on the validation split, merge it onto the INT4 grid, export it with a float16 "
+                                   "embedding, and print a table of the dense base, the sparse-INT4 base, the final "
+                                   "model and its export. All offline; re-running skips finished stages.")
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--task", default=None, help="task: a builtin name, bigbench:<name>, a file or hf:<dataset> (default: the demo's, bigbench:social_iqa)")
