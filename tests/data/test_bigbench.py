@@ -1,4 +1,5 @@
-"""BIG-bench tasks from the bigbench==1.0.0 sdist (fetched with pip download on first use)."""
+"""BIG-bench tasks: from the bigbench==1.0.0 sdist or $SLIMTUNE_BIGBENCH_DIR (tests marked real_bigbench need
+the real files), and from the BIG-bench-format toy tasks that every machine has."""
 
 import json
 from collections import Counter
@@ -8,8 +9,10 @@ import pytest
 from slimtune.data import bigbench, load_task
 from slimtune.data.bigbench import available_tasks, subtasks
 from slimtune.errors import DataError
+from toy_bigbench import EXAMPLES, write_toy_bigbench
 
 
+@pytest.mark.real_bigbench
 def test_strategyqa_multiple_choice():
     task = load_task("bigbench:strategyqa")
     assert task.kind == "multiple_choice"
@@ -21,6 +24,7 @@ def test_strategyqa_multiple_choice():
     assert ex.choices == (" Yes", " No") and ex.label == 0
 
 
+@pytest.mark.real_bigbench
 def test_task_prefix_output_prefix_and_appended_choices():
     task = load_task("bigbench:vitaminc_fact_verification", max_examples=300)
     ex = task.train[0]
@@ -43,6 +47,7 @@ def test_deterministic_disjoint_splits():
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
 
 
+@pytest.mark.real_bigbench
 def test_subtasks_combined_and_single():
     assert subtasks("goal_step_wikihow") == ["goal_inference", "step_inference", "step_ordering"]
     one = load_task("bigbench:goal_step_wikihow:step_inference")
@@ -67,6 +72,7 @@ def test_generation_task_exact_match():
     assert task.score("-1", ex) == 0.0
 
 
+@pytest.mark.real_bigbench
 def test_unknown_task_lists_available():
     assert "strategyqa" in available_tasks() and len(available_tasks()) > 150
     with pytest.raises(DataError, match="no BIG-bench task 'nope'.*strategyqa"):
@@ -81,6 +87,7 @@ def _split_of_questions(task) -> dict[str, set[str]]:
     return where
 
 
+@pytest.mark.real_bigbench
 @pytest.mark.parametrize("spec,repeats", [("bigbench:social_iqa", 5), ("bigbench:goal_step_wikihow", 205)])
 def test_repeated_questions_stay_in_one_split(spec, repeats):
     # Questions asked more than once (social_iqa: with other choices; goal_step_wikihow: across its
@@ -136,3 +143,35 @@ def test_synthetic_repeats_parallel_and_unrelated_subtasks(tmp_path, monkeypatch
                    for i in range(40))
     # b is not parallel to a (other gold answers): its positions are not tied to a's
     assert any(split[f"question {i}?|bigbench:toy:a"] != split[f"other {i}?|bigbench:toy:b"] for i in range(1, 40))
+
+
+def test_directory_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_BIGBENCH_DIR", str(write_toy_bigbench(tmp_path / "tasks")))
+    assert bigbench.tasks_root() == tmp_path / "tasks" and "social_iqa" in available_tasks()
+    assert subtasks("goal_step_wikihow") == ["goal_inference", "step_inference", "step_ordering"]
+    combined, one = load_task("bigbench:goal_step_wikihow"), load_task("bigbench:goal_step_wikihow:step_inference")
+    assert sum(combined.sizes().values()) == 3 * EXAMPLES and sum(one.sizes().values()) == EXAMPLES
+    social = load_task("bigbench:social_iqa").test[0]  # the choices listed in the prompt, BIG-bench's way
+    assert social.prompt.startswith("Q: ") and social.prompt.endswith("\nA:") and len(social.choices) == 3
+    assert all(f"\n  choice: {c.strip()}" in social.prompt for c in social.choices)
+    why = load_task("bigbench:winowhy").test[0]
+    assert why.prompt.startswith("Is the reason correct?\nQ: ") and "choice:" not in why.prompt
+    with pytest.raises(DataError, match=f"no BIG-bench task 'nope' in {tmp_path / 'tasks'}.*social_iqa"):
+        load_task("bigbench:nope")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("SLIMTUNE_BIGBENCH_DIR", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="SLIMTUNE_BIGBENCH_DIR=.*empty holds no <task>/task.json"):
+        load_task("bigbench:strategyqa")
+
+
+def test_unavailable_sdist_names_the_ways_out(monkeypatch):
+    from slimtune import assets
+    from slimtune.errors import ModelLoadError
+
+    def unavailable(*args, **kwargs):
+        raise ModelLoadError("could not fetch bigbench==1.0.0 with pip download")
+
+    monkeypatch.delenv("SLIMTUNE_BIGBENCH_DIR", raising=False)
+    monkeypatch.setattr(assets, "package_asset", unavailable)
+    with pytest.raises(DataError, match="BIG-bench tasks are not available.*SLIMTUNE_BIGBENCH_DIR.*hf:"):
+        load_task("bigbench:strategyqa")

@@ -26,6 +26,7 @@ def test_registered_and_shaped(commonsense):
         assert {e.meta["task"] for e in commonsense.split(s)} == set(COMMONSENSE)
 
 
+@pytest.mark.real_bigbench
 def test_member_splits_sizes_and_ids(commonsense):
     counts = {s: Counter(e.meta["task"] for e in commonsense.split(s)) for s in SPLITS}
     for spec in COMMONSENSE:
@@ -50,6 +51,7 @@ def test_interleaved_deterministic_and_seeded(commonsense):
     assert {e.id for e in other.test} != {e.id for e in commonsense.test}
 
 
+@pytest.mark.real_bigbench
 def test_default_caps():
     suite = load_task("suite:commonsense")
     counts = Counter(e.meta["task"] for e in suite.train)

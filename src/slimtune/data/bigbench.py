@@ -1,8 +1,10 @@
-"""BIG-bench JSON tasks, read from the `bigbench==1.0.0` source distribution (Apache-2.0).
+"""BIG-bench JSON tasks, read from the `bigbench==1.0.0` source distribution (Apache-2.0), or from
+any directory of BIG-bench task files named by $SLIMTUNE_BIGBENCH_DIR.
 
 The sdist holds bigbench/benchmark_tasks/<task>/task.json; slimtune fetches it once with
 `pip download --no-deps --no-binary :all:` and unpacks it into the cache (never `pip install`: its
-dependencies do not build). Prompts follow BIG-bench's own default_format_fn: task_prefix +
+dependencies do not build). Where the registry does not serve that release (since 2026-12-06 it has
+not, here), $SLIMTUNE_BIGBENCH_DIR points at a BIG-bench checkout's bigbench/benchmark_tasks. Prompts follow BIG-bench's own default_format_fn: task_prefix +
 example_input_prefix + input [+ the choices, when append_choices_to_input] + example_output_prefix.
 
 Specs: "bigbench:<task>" and, for tasks split into subtask directories, "bigbench:<task>:<subtask>".
@@ -23,6 +25,7 @@ under every split seed.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -32,17 +35,34 @@ from .tasks import Example, Task
 
 DIST, VERSION = "bigbench", "1.0.0"
 TASKS_DIR = "bigbench/benchmark_tasks"
+ROOT_ENV = "SLIMTUNE_BIGBENCH_DIR"
 # Registered by name (any other BIG-bench task works as "bigbench:<task>" too).
 FEATURED = ("strategyqa", "goal_step_wikihow", "social_iqa", "vitaminc_fact_verification",
             "elementary_math_qa")
 
 
 def tasks_root() -> Path:
-    """The unpacked benchmark_tasks directory (fetched from the package registry on first use)."""
+    """The benchmark_tasks directory: $SLIMTUNE_BIGBENCH_DIR when set (a directory of <task>/task.json,
+    e.g. a BIG-bench checkout's bigbench/benchmark_tasks), else the sdist's, fetched from the package
+    registry on first use."""
     from ..assets import package_asset
+    from ..errors import ModelLoadError
 
-    return package_asset(DIST, VERSION, f"{TASKS_DIR}/strategyqa/task.json", sdist=True,
-                         only=f"*/{TASKS_DIR}/*.json").parents[1]
+    local = os.environ.get(ROOT_ENV)
+    if local:
+        root = Path(local).expanduser()
+        if not any(root.glob("*/task.json")):
+            raise DataError(f"{ROOT_ENV}={local} holds no <task>/task.json; point it at BIG-bench's "
+                            f"bigbench/benchmark_tasks directory")
+        return root
+    try:
+        return package_asset(DIST, VERSION, f"{TASKS_DIR}/strategyqa/task.json", sdist=True,
+                             only=f"*/{TASKS_DIR}/*.json").parents[1]
+    except ModelLoadError as e:
+        raise DataError(f"BIG-bench tasks are not available: {e}. Either set {ROOT_ENV} to a BIG-bench "
+                        f"checkout's bigbench/benchmark_tasks directory (git clone "
+                        f"https://github.com/google/BIG-bench), or, online, load a copy from the "
+                        f"Hugging Face hub with hf:<dataset>") from e
 
 
 def available_tasks() -> list[str]:
@@ -176,7 +196,7 @@ def load_bigbench(name: str, seed: int = 0, fractions: tuple[float, float] = (0.
     root = tasks_root()
     if not (root / task / "task.json").is_file():
         known = available_tasks()
-        raise DataError(f"no BIG-bench task {task!r} in {DIST}=={VERSION}; "
+        raise DataError(f"no BIG-bench task {task!r} in {root}; "
                         f"{len(known)} tasks are available, e.g. {', '.join(FEATURED)}; "
                         f"all: {', '.join(known)}")
     subs = subtasks(task)
