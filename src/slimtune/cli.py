@@ -175,7 +175,7 @@ def _add_demo(sub) -> None:
                                    "model and its export. All offline; re-running skips finished stages.")
     p.add_argument("--out", default="slimtune-demo", help="run directory (default ./slimtune-demo)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--task", default=None, help="task: a builtin name, bigbench:<name>, a file or hf:<dataset> (default: the demo's, bigbench:social_iqa)")
+    p.add_argument("--task", default=None, help="task: a builtin name, bigbench:<name>, evals:<name>, a file or hf:<dataset> (default: the demo's, evals:quartz)")
     p.add_argument("--epochs", type=finite_float, default=None, help="fine-tuning epochs (default: the demo's setting)")
     p.add_argument("--max-windows", type=int, default=4, help="perplexity windows of 512 tokens on the Wikipedia text (default 4)")
 

@@ -1,6 +1,7 @@
 """Task specs to Tasks: the registry of named tasks and the dispatch on spec forms.
 
-Loaders live in their own modules (tasks.py: polarity; gsm.py; bigbench.py; suites.py; files.py)
+Loaders live in their own modules (tasks.py: polarity; gsm.py; bigbench.py; openai_evals.py; suites.py;
+files.py)
 and never import this one; it imports them all and assembles TASKS.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
-from . import bigbench, gsm, suites
+from . import bigbench, gsm, openai_evals, suites
 from .files import FILE_SUFFIXES, load_file_task, load_hf_task
 from .tasks import Task, load_polarity
 
@@ -22,11 +23,12 @@ TASKS: dict[str, Callable[..., Task]] = {
     "polarity": load_polarity,
     gsm.NAME: gsm.load_gsm_symbolic,
     **{f"bigbench:{name}": functools.partial(bigbench.load_bigbench, name) for name in bigbench.FEATURED},
+    **{f"evals:{name}": functools.partial(openai_evals.load_openai_evals, name) for name in openai_evals.FEATURED},
     **suites.SUITES,
 }
 DEFAULT_TASK = "polarity"
 
-SPEC_FORMS = ("a task name", "bigbench:<task>[:<subtask>]", "hf:<name>[:<config>] or hf:<local dir or file>",
+SPEC_FORMS = ("a task name", "bigbench:<task>[:<subtask>]", "evals:<data set>", "hf:<name>[:<config>] or hf:<local dir or file>",
               "a .jsonl/.json/.csv file")
 
 
@@ -51,7 +53,7 @@ def load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
 
 
 def _load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
-    """A task from a spec: a registered name (see TASKS), "bigbench:<task>[:<subtask>]",
+    """A task from a spec: a registered name (see TASKS), "bigbench:<task>[:<subtask>]", "evals:<data set>",
     "hf:<name>[:<config>]" / "hf:<local path>", or a .jsonl/.json/.csv file path.
 
     `seed` is the split seed: it fixes the split (and generated content), never the training; `kwargs` go to the loader, e.g.
@@ -62,6 +64,8 @@ def _load_task(spec: str | os.PathLike, seed: int = 0, **kwargs) -> Task:
         return _call(TASKS[key], key, seed, kwargs)
     if key.startswith("bigbench:"):
         return _call(functools.partial(bigbench.load_bigbench, key[len("bigbench:"):]), key, seed, kwargs)
+    if key.startswith("evals:"):
+        return _call(functools.partial(openai_evals.load_openai_evals, key[len("evals:"):]), key, seed, kwargs)
     if key.startswith("hf:"):
         return _call(functools.partial(load_hf_task, key[len("hf:"):]), key, seed, kwargs)
     path = Path(key).expanduser()
