@@ -4,8 +4,9 @@ any directory of BIG-bench task files named by $SLIMTUNE_BIGBENCH_DIR.
 The sdist holds bigbench/benchmark_tasks/<task>/task.json; slimtune fetches it once with
 `pip download --no-deps --no-binary :all:` and unpacks it into the cache (never `pip install`: its
 dependencies do not build). Where the registry does not serve that release (since 2026-12-06 it has
-not, here), $SLIMTUNE_BIGBENCH_DIR points at a BIG-bench checkout's bigbench/benchmark_tasks. Prompts follow BIG-bench's own default_format_fn: task_prefix +
-example_input_prefix + input [+ the choices, when append_choices_to_input] + example_output_prefix.
+not, here), $SLIMTUNE_BIGBENCH_DIR points at a BIG-bench checkout's bigbench/benchmark_tasks.
+Prompts follow BIG-bench's own default_format_fn: task_prefix + example_input_prefix + input [+ the
+choices, when append_choices_to_input] + example_output_prefix.
 
 Specs: "bigbench:<task>" and, for tasks split into subtask directories, "bigbench:<task>:<subtask>".
 "bigbench:<task>" on such a task combines all its subtasks (as BIG-bench's aggregate score does).
