@@ -66,14 +66,13 @@ def write_toy_bigbench(root: Path) -> Path:
     """Write the toy tasks under `root` (<task>/task.json, <task>/<subtask>/task.json); returns root."""
     root = Path(root)
     for name, spec in _tasks(random.Random(0)).items():
-        subs = spec.pop("subtasks", None)
+        subs = spec.pop("subtasks", {})
         (root / name).mkdir(parents=True, exist_ok=True)
         task = {"name": name, "description": f"toy {name}", "keywords": ["toy"], **spec}
-        if subs:
-            task = {"name": name, "description": f"toy {name}", "keywords": ["toy"],
-                    "subtasks": [{"name": f"{name}:{s}"} for s in subs]}
-            for sub, examples in subs.items():
-                (root / name / sub).mkdir(exist_ok=True)
-                (root / name / sub / "task.json").write_text(json.dumps({"name": f"{name}:{sub}", "examples": examples}))
+        if subs:  # a task of subtasks: its own task.json lists them and holds no examples
+            task["subtasks"] = [{"name": f"{name}:{s}"} for s in subs]
+        for sub, examples in subs.items():
+            (root / name / sub).mkdir(exist_ok=True)
+            (root / name / sub / "task.json").write_text(json.dumps({"name": f"{name}:{sub}", "examples": examples}))
         (root / name / "task.json").write_text(json.dumps(task))
     return root

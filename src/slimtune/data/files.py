@@ -174,7 +174,8 @@ def build_task(name: str, rows: Iterable[tuple[str, Any]], seed: int = 0,
 
 # ---- files
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """("<path>:<line>", row) of each non-empty JSONL line; a line that is not JSON is refused by place."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -190,7 +191,7 @@ def _json_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        yield from _jsonl_rows(path, text)  # many ".json" files are really JSON Lines
+        yield from jsonl_rows(path, text)  # many ".json" files are really JSON Lines
         return
     if isinstance(data, dict) and isinstance(data.get("examples"), list):
         data = data["examples"]
@@ -232,7 +233,7 @@ def load_file_task(path: str | Path, seed: int = 0, fractions: tuple[float, floa
         raise DataError(f"{path}: not UTF-8 ({e}); save it as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty; {_FORMAT}")
-    reader = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}[path.suffix.lower()]
+    reader = {".jsonl": jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}[path.suffix.lower()]
     return build_task(str(path), reader(path, text), seed, fractions, lettered)
 
 

@@ -16,11 +16,11 @@ refused, naming the row. Splits: by the split seed, a repeated question (the sam
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from ..errors import DataError, ModelLoadError
+from .files import jsonl_rows
 from .formats import qa_prompt
 from .tasks import Example, Task, multiple_choice_task
 
@@ -44,8 +44,8 @@ def samples_path(name: str) -> Path:
                         f"{DATA_DIR} in {DIST}=={VERSION}, e.g. {', '.join(FEATURED)})") from e
 
 
-def row_example(row: dict, where: str) -> Example:
-    """One lettered multiple-choice row as an Example (module docstring)."""
+def row_example(row: dict, where: str, source: str = "evals") -> Example:
+    """One lettered multiple-choice row as an Example (module docstring); `where` names it in errors."""
     messages = row.get("input") if isinstance(row, dict) else None
     users = [m.get("content") for m in messages or [] if isinstance(m, dict) and m.get("role") in ("user", None)]
     text = users[-1] if users and isinstance(users[-1], str) else None
@@ -66,20 +66,13 @@ def row_example(row: dict, where: str) -> Example:
         raise DataError(f"{where}: 'ideal' is {row.get('ideal')!r}, not one of the options {', '.join(letters)}")
     question = "\n".join(lines).strip()
     return Example(qa_prompt(question), tuple(" " + option for _, option in options), letters.index(ideal),
-                   meta={"source": f"evals:{where.split(':')[0]}"})
+                   meta={"source": source})
 
 
 def load_openai_evals(name: str, seed: int = 0, fractions: tuple[float, float] = (0.6, 0.15)) -> Task:
     """An evals registry data set ("quartz"); `fractions` are the train and validation shares."""
     path = samples_path(name)
-    examples = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{name}:{i}: not JSON: {e}") from e
-            examples.append(row_example(row, f"{name}:{i}"))
+    examples = [row_example(row, where, f"evals:{name}") for where, row in jsonl_rows(path, path.read_text("utf-8"))]
     if not examples:
         raise DataError(f"evals data set {name!r} has no rows")
     return multiple_choice_task(f"evals:{name}", examples, seed, fractions,
