@@ -4,6 +4,7 @@
     python bench/sqft.py                                 # suite:commonsense, seeds 42,43,44, every method
     python bench/sqft.py --task bigbench:social_iqa --seeds 42 --methods qa-float,lora-gptq --nls off
     python bench/sqft.py --task evals:quartz --methods qa-float,lora-gptq --nls on   # without BIG-bench's files
+    python bench/sqft.py --task suite:commonsense-evals --limit 1000   # the suite a fresh machine can fetch
     python bench/sqft.py --methods none                  # the bases only (dense, Wanda 50%, sparse-INT4)
     python bench/sqft.py --keep /tmp/sqft                # keep the artifacts; a re-run reuses finished ones
     python bench/sqft.py --quick                         # tiny random Llama, a minute: a smoke test

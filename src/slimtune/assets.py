@@ -43,18 +43,19 @@ def _installed_root(dist: str, version: str) -> Path | None:
 
 
 def package_asset(dist: str, version: str, member: str, *, sdist: bool = False,
-                  only: str | None = None) -> Path:
+                  only: str | tuple[str, ...] | None = None) -> Path:
     """Path of `member` (relative to the distribution's root) from `dist==version`.
 
     Uses the installed package when its version matches, else a cached unpacked copy of the
     wheel (or source distribution when `sdist`), fetched from the package registry on first use.
-    `only` (a glob over archive paths) unpacks just the matching files: bigbench's sdist is
-    1.8 GB unpacked, its task files a small part of that.
+    `only` (a glob over archive paths, or several) unpacks just the matching files: bigbench's sdist
+    is 1.8 GB unpacked, its task files a small part of that.
     """
+    only = (only,) if isinstance(only, str) else only
     root = _installed_root(dist, version)
     if root is not None and (root / member).exists():
         return root / member
-    suffix = "" if only is None else "-" + hashlib.sha256(only.encode()).hexdigest()[:8]
+    suffix = "" if only is None else "-" + hashlib.sha256("\n".join(only).encode()).hexdigest()[:8]
     unpacked = cache_dir() / "packages" / f"{dist}-{version}{suffix}"
     if not unpacked.exists():
         _fetch_and_unpack(dist, version, unpacked, sdist=sdist, only=only)
@@ -67,7 +68,10 @@ def package_asset(dist: str, version: str, member: str, *, sdist: bool = False,
     return path
 
 
-def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool, only: str | None) -> None:
+def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool, only: tuple[str, ...] | None) -> None:
+    def wanted(name: str) -> bool:
+        return only is None or any(fnmatch.fnmatch(name, pattern) for pattern in only)
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -85,11 +89,11 @@ def _fetch_and_unpack(dist: str, version: str, dest: Path, *, sdist: bool, only:
         (archive,) = list((tmp / "_dl").iterdir())
         if archive.suffix in (".whl", ".zip"):
             with zipfile.ZipFile(archive) as z:
-                names = [n for n in z.namelist() if only is None or fnmatch.fnmatch(n, only)]
+                names = [n for n in z.namelist() if wanted(n)]
                 z.extractall(tmp, members=names)
         else:
             with tarfile.open(archive) as t:
-                members = [m for m in t.getmembers() if only is None or fnmatch.fnmatch(m.name, only)]
+                members = [m for m in t.getmembers() if wanted(m.name)]
                 t.extractall(tmp, members=members, filter="data")
         archive.unlink()
         (tmp / "_dl").rmdir()

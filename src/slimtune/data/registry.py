@@ -23,7 +23,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "polarity": load_polarity,
     gsm.NAME: gsm.load_gsm_symbolic,
     **{f"bigbench:{name}": functools.partial(bigbench.load_bigbench, name) for name in bigbench.FEATURED},
-    **{f"evals:{name}": functools.partial(openai_evals.load_openai_evals, name) for name in openai_evals.FEATURED},
+    **{f"evals:{name}": functools.partial(openai_evals.load_openai_evals, name) for name in openai_evals.DATA_SETS},
     **suites.SUITES,
 }
 DEFAULT_TASK = "polarity"

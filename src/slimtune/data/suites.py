@@ -5,6 +5,11 @@ HellaSwag, WinoGrande, ...) with multiple-choice BIG-bench tasks of the same kin
 (yes/no questions, like BoolQ), goal_step_wikihow:step_inference (pick the step that achieves a goal,
 like PIQA/HellaSwag), social_iqa (SIQA), winowhy (pronoun resolution, like WinoGrande), timedial
 (temporal commonsense in dialogue) and sports_understanding (plausibility of a statement).
+`suite:commonsense-evals` is the same kind of suite from data that a fresh machine can still fetch
+(the registry no longer serves BIG-bench's sdist): the multiple-choice data sets of OpenAI's evals
+registry, QuaRTz (qualitative science, like ARC/OpenBookQA), Social IQa (SIQA itself), PARARULE-Plus
+(true/false questions over stated rules and facts, BoolQ's form) and CREPE (how a step changes the
+likelihood of an outcome, procedural commonsense like PIQA).
 `suite:math` is gsm_symbolic, whose test and validation templates are held out of train.
 
 Each member is split by its own loader with the suite's split seed; the suite takes the first
@@ -24,11 +29,13 @@ from dataclasses import replace
 from ..errors import DataError
 from . import gsm
 from .bigbench import load_bigbench
+from .openai_evals import load_openai_evals
 from .tasks import SPLITS, Example, Task
 
 MAX_TEST = 500
 COMMONSENSE = ("bigbench:strategyqa", "bigbench:goal_step_wikihow:step_inference", "bigbench:social_iqa",
                "bigbench:winowhy", "bigbench:timedial", "bigbench:sports_understanding")
+COMMONSENSE_EVALS = ("evals:quartz", "evals:socialiqa", "evals:pararule-plus", "evals:crepe")
 MATH = ("gsm_symbolic",)
 
 
@@ -73,24 +80,39 @@ def build_suite(name: str, members: dict[str, Task], seed: int, train_per_task: 
 
 
 def _member(spec: str, seed: int, **options) -> Task:
-    """A member task, loaded as load_task would (the members are BIG-bench tasks and gsm_symbolic)."""
+    """A member task, loaded as load_task would (the members are BIG-bench or evals tasks and gsm_symbolic)."""
     if spec == gsm.NAME:
         task = gsm.load_gsm_symbolic(seed=seed, **options)
+    elif spec.startswith("evals:"):
+        task = load_openai_evals(spec.removeprefix("evals:"), seed=seed, **options)
     else:
         task = load_bigbench(spec.removeprefix("bigbench:"), seed=seed, **options)
     return task.with_spec(spec, seed, options)
 
 
+def _multiple_choice_suite(name: str, specs: tuple[str, ...], seed: int, caps: dict[str, int],
+                          description: str) -> Task:
+    _check_caps(name, caps)
+    members = {spec: _member(spec, seed) for spec in specs}
+    return build_suite(name, members, seed, caps["train_per_task"], caps["validation_per_task"],
+                       caps["test_per_task"], description=f"{description} (up to {caps['test_per_task']} test "
+                                                           f"examples each)")
+
+
 def load_commonsense(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
                      test_per_task: int = MAX_TEST) -> Task:
     """suite:commonsense: six multiple-choice BIG-bench tasks (see the module docstring)."""
-    name = "suite:commonsense"
-    _check_caps(name, {"train_per_task": train_per_task, "validation_per_task": validation_per_task,
-                       "test_per_task": test_per_task})
-    members = {spec: _member(spec, seed) for spec in COMMONSENSE}
-    return build_suite(name, members, seed, train_per_task, validation_per_task, test_per_task,
-                       description="Commonsense suite: " + ", ".join(s.removeprefix("bigbench:") for s in COMMONSENSE)
-                                   + f" (BIG-bench; up to {test_per_task} test examples each)")
+    caps = {"train_per_task": train_per_task, "validation_per_task": validation_per_task, "test_per_task": test_per_task}
+    return _multiple_choice_suite("suite:commonsense", COMMONSENSE, seed, caps, "Commonsense suite: " + ", ".join(
+        s.removeprefix("bigbench:") for s in COMMONSENSE) + " (BIG-bench)")
+
+
+def load_commonsense_evals(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
+                           test_per_task: int = MAX_TEST) -> Task:
+    """suite:commonsense-evals: four multiple-choice data sets of OpenAI's evals registry (module docstring)."""
+    caps = {"train_per_task": train_per_task, "validation_per_task": validation_per_task, "test_per_task": test_per_task}
+    return _multiple_choice_suite("suite:commonsense-evals", COMMONSENSE_EVALS, seed, caps, "Commonsense suite: "
+                                  + ", ".join(s.removeprefix("evals:") for s in COMMONSENSE_EVALS) + " (OpenAI evals)")
 
 
 def load_math(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
@@ -106,5 +128,6 @@ def load_math(seed: int = 0, train_per_task: int = 1000, validation_per_task: in
                        description="Math suite: gsm_symbolic, test and validation templates held out of train")
 
 
-SUITES = {"suite:commonsense": load_commonsense, "suite:math": load_math}
-__all__ = ["SUITES", "build_suite", "load_commonsense", "load_math"]
+SUITES = {"suite:commonsense": load_commonsense, "suite:commonsense-evals": load_commonsense_evals,
+          "suite:math": load_math}
+__all__ = ["SUITES", "build_suite", "load_commonsense", "load_commonsense_evals", "load_math"]
