@@ -1,10 +1,25 @@
-"""LoNAS sub-networks: parameters, linear MACs per token and CPU latency of physically extracted
-sub-networks vs the full model (issue 16). No training and no accuracy: this measures what the width
-dimensions buy in size and speed, on the base model's weights (an adapter merges into the same shapes).
+"""LoNAS (issue 16): LoRA vs LoNAS heuristic vs LoNAS searched, trained, merged and measured; and the
+untrained width sub-networks' size and speed.
 
-    python bench/lonas.py [--model smollm2-135m] [--threads 2] [--prefill 64] [--decode 8] [--repeats 3]
+    python bench/lonas.py --task suite:commonsense-evals --limit 1000 --keep /tmp/lonas   # the comparison
+    python bench/lonas.py --quick                        # tiny random Llama, short runs: a smoke test
+    python bench/lonas.py --widths-only [--prefill 64 --decode 8 --repeats 3]   # no training: base weights
 
-Each extracted model is checked against the width-sliced full model (logits within 1e-4).
+The comparison (split seed 0, held-out test examples, the lineage check refuses any overlap with
+training or selection), on the dense base, LoNAS' reference settings (r 32, alpha 64, dropout 0.1,
+lr 3e-4, q/k/v/gate/up/down adapted), the same steps and data for every run:
+  LoRA            a rank-32 LoRA, merged: the model LoNAS is measured against
+  LoNAS heuristic one super-network (ranks [32, 28] shared as Shears' groups; MLP width 100/87.5/75/62.5/50%
+                  and attention heads in whole KV groups, elastic), its median configuration extracted and
+                  merged into a physically smaller model
+  LoNAS searched  the same super-network searched (NSGA-II, validation accuracy vs total parameters,
+                  --trials on --search-limit validation examples), the most accurate trial within --budget
+                  of the maximal parameters (strictly) extracted and merged
+Reported per model: test accuracy (a suite: the macro average) with its 95% bootstrap interval,
+parameters, MACs per token (linear + attention at 128 positions), CPU prefill and greedy-decode
+latency (min over --repeats interleaved rounds), and paired differences against LoRA on the same
+examples. --widths-only measures the untrained base's sub-networks (each checked against the
+width-sliced full model, logits within 1e-4).
 """
 
 from __future__ import annotations
@@ -48,16 +63,8 @@ def measure(models: dict, ids, decode: int, repeats: int) -> dict[str, dict]:
             for k, v in times.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prefill", type=int, default=64, help="prompt tokens of the prefill measurement")
-    ap.add_argument("--decode", type=int, default=8, help="greedy tokens of the decode measurement")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def widths_only(args) -> None:
+    """Size and speed of the base model's full, median and minimal width sub-networks (no training)."""
     net, _ = load_model(args.model)
     net.eval()
     space = SearchSpace(width_dimensions(net, ["mlp", "heads"]))
@@ -91,6 +98,36 @@ def main() -> None:
               f"({full['decode_ms_per_token'] / r['decode_ms_per_token']:.2f}x) |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--task", default="suite:commonsense-evals")
+    ap.add_argument("--seed", type=int, default=42, help="training seed (the split seed is the task's: 0)")
+    ap.add_argument("--max-steps", type=int, default=200, help="optimizer steps of the LoRA and the super-network")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--trials", type=int, default=16, help="search trials (NSGA-II; maximal, median, minimal first)")
+    ap.add_argument("--search-limit", type=int, default=200, help="validation examples each search trial scores")
+    ap.add_argument("--budget", type=float, default=0.85, help="the searched pick: at most this share of the "
+                                                               "maximal total parameters")
+    ap.add_argument("--limit", type=int, default=None, help="score the first N test examples (default: all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefill", type=int, default=64, help="prompt tokens of the prefill measurement")
+    ap.add_argument("--decode", type=int, default=8, help="greedy tokens of the decode measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep", default=None, help="artifact directory (default: a temp dir); finished artifacts are reused")
+    ap.add_argument("--quick", action="store_true", help="tiny random Llama, short runs")
+    ap.add_argument("--widths-only", action="store_true", help="no training: the base's width sub-networks")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.widths_only:
+        widths_only(args)
+    else:
+        from lonas_accuracy import compare
+
+        compare(args)
 
 
 if __name__ == "__main__":
