@@ -82,7 +82,7 @@ def lettered_options(text: str) -> tuple[str, list[tuple[str, str]]]:
     starts = [m for m in _INLINE_OPTION.finditer(text) if m.group(1) == "A"]
     if starts:
         head, tail = text[:starts[-1].start()], text[starts[-1].start():]
-        parts = [p for p in re.split(r";\s+(?=[A-Z]:\s)", tail.strip().rstrip("."))]
+        parts = re.split(r";\s+(?=[A-Z]:\s)", tail.strip().rstrip("."))
         options = [(p[0], p[2:].strip()) for p in parts if re.match(r"[A-Z]:\s", p)]
         if len(options) == len(parts) >= 2:
             return head, options
