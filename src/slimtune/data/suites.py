@@ -90,29 +90,27 @@ def _member(spec: str, seed: int, **options) -> Task:
     return task.with_spec(spec, seed, options)
 
 
-def _multiple_choice_suite(name: str, specs: tuple[str, ...], seed: int, caps: dict[str, int],
-                          description: str) -> Task:
+def _commonsense_suite(name: str, specs: tuple[str, ...], source: str, seed: int, caps: dict[str, int]) -> Task:
     _check_caps(name, caps)
     members = {spec: _member(spec, seed) for spec in specs}
-    return build_suite(name, members, seed, caps["train_per_task"], caps["validation_per_task"],
-                       caps["test_per_task"], description=f"{description} (up to {caps['test_per_task']} test "
-                                                           f"examples each)")
+    listed = ", ".join(spec.split(":", 1)[1] for spec in specs)
+    return build_suite(name, members, seed, caps["train_per_task"], caps["validation_per_task"], caps["test_per_task"],
+                       description=f"Commonsense suite: {listed} ({source}; up to {caps['test_per_task']} test "
+                                   "examples each)")
 
 
 def load_commonsense(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
                      test_per_task: int = MAX_TEST) -> Task:
     """suite:commonsense: six multiple-choice BIG-bench tasks (see the module docstring)."""
-    caps = {"train_per_task": train_per_task, "validation_per_task": validation_per_task, "test_per_task": test_per_task}
-    return _multiple_choice_suite("suite:commonsense", COMMONSENSE, seed, caps, "Commonsense suite: " + ", ".join(
-        s.removeprefix("bigbench:") for s in COMMONSENSE) + " (BIG-bench)")
+    return _commonsense_suite("suite:commonsense", COMMONSENSE, "BIG-bench", seed, {
+        "train_per_task": train_per_task, "validation_per_task": validation_per_task, "test_per_task": test_per_task})
 
 
 def load_commonsense_evals(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
                            test_per_task: int = MAX_TEST) -> Task:
     """suite:commonsense-evals: four multiple-choice data sets of OpenAI's evals registry (module docstring)."""
-    caps = {"train_per_task": train_per_task, "validation_per_task": validation_per_task, "test_per_task": test_per_task}
-    return _multiple_choice_suite("suite:commonsense-evals", COMMONSENSE_EVALS, seed, caps, "Commonsense suite: "
-                                  + ", ".join(s.removeprefix("evals:") for s in COMMONSENSE_EVALS) + " (OpenAI evals)")
+    return _commonsense_suite("suite:commonsense-evals", COMMONSENSE_EVALS, "OpenAI evals", seed, {
+        "train_per_task": train_per_task, "validation_per_task": validation_per_task, "test_per_task": test_per_task})
 
 
 def load_math(seed: int = 0, train_per_task: int = 1000, validation_per_task: int = 100,
