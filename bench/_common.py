@@ -1,6 +1,7 @@
-"""Pieces shared by the benchmarks that compare slimtune with llm-compressor (bench/sparsify.py,
-bench/quantize.py): the llm-compressor venv, the worker environment and result parsing, the one
-evaluator (slimtune's perplexity on the Wikipedia excerpt) and table formatting.
+"""Pieces shared by the benchmarks: for those that compare slimtune with llm-compressor (bench/sparsify.py,
+bench/quantize.py) the llm-compressor venv, the worker environment and result parsing, the one
+evaluator (slimtune's perplexity on the Wikipedia excerpt) and table formatting; for the pipelines
+(bench/sqft.py, eftnas.py, lonas.py) the reusable stage runner.
 
 The bench scripts run as `python bench/X.py`, so this directory is sys.path[0] and they import
 this module as `_common` (each script also puts its own directory on sys.path, for other ways in).
@@ -14,11 +15,26 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENV = Path.home() / ".cache" / "slimtune" / "bench-venvs" / "llmcompressor-0.14"
 LLMC_REQS = ["torch==2.13.0", "llmcompressor==0.14.*"]
+
+
+def stage_runner(work: Path):
+    """stage(name, make) -> work/name, made by make(path) unless it exists: a re-run with the same --keep
+    reuses every finished artifact (slimtune writes them atomically, so one that exists is complete)."""
+    def stage(name: str, make) -> Path:
+        path = work / name
+        if not path.exists():
+            t0 = time.time()
+            make(path)
+            print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
+        return path
+
+    return stage
 
 
 def add_common_args(ap, models_kept: str) -> None:

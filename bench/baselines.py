@@ -1,9 +1,9 @@
 """The related methods as baselines on a sparse INT4 base (issue 19): NLS (Shears/SQFT) vs AdaLoRA vs PaCA
 vs LoRA, every one merged into a sparse INT4 model, on held-out examples with intervals over seeds.
 
-    python bench/baselines.py                            # suite:commonsense, seeds 42,43,44
+    python bench/baselines.py                            # suite:commonsense-evals, seeds 42,43,44
     python bench/baselines.py --seeds 42 --limit 1000 --max-steps 100 --keep /tmp/sqft
-    python bench/baselines.py --task evals:quartz        # without BIG-bench's files (or suite:commonsense-evals)
+    python bench/baselines.py --task evals:quartz        # one task of it
     python bench/baselines.py --quick                    # tiny random Llama: a smoke test
 
 This is bench/sqft.py with the baselines' method list: the same Wanda 50% + GPTQ INT4 base, schedule,

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import stage_runner  # noqa: E402
 
 TASKS = "bigbench:hyperbaton,bigbench:strategyqa"
 PICKS = (0.5, 0.25)
@@ -167,13 +169,7 @@ def main(argv=None) -> int:
                  save_steps=100000, logging_steps=50, seed=args.seed, progress=False)
     seq_len = 128  # the MACs' attention products (the space stage's default)
 
-    def stage(name, make):
-        path = work / name
-        if not path.exists():
-            t0 = time.time()
-            make(path)
-            print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
-        return path
+    stage = stage_runner(work)
 
     def scored(path, task):
         """The held-out evaluation of one model, cached beside its artifact."""

@@ -1,10 +1,10 @@
 """Multiple-choice evaluation speed: packed scoring vs the forward floor vs one forward per pair,
 and what an INT4 (QuantLinear) model pays at evaluation time.
 
-    python bench/evaluate.py                              # default model; strategyqa + polarity, 100 examples
-    python bench/evaluate.py --tasks bigbench:social_iqa --limit 30
+    python bench/evaluate.py                              # default model; socialiqa + polarity, 100 examples
+    python bench/evaluate.py --tasks bigbench:strategyqa polarity   # the earlier default (needs BIG-bench's files)
     python bench/evaluate.py --quick                      # tiny random Llama, seconds
-    python bench/evaluate.py --suite suite:commonsense --dense DIR --int4 DIR   # time a whole suite
+    python bench/evaluate.py --suite suite:commonsense-evals --dense DIR --int4 DIR   # time a whole suite
 
 Per task (the test split's first --limit examples, tokenized once, as lm-eval does):
   packed    slimtune's scorer: one row per example (prompt once, then every choice; 4D mask,
@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_TASKS = ["bigbench:strategyqa", "polarity"]
+DEFAULT_TASKS = ["evals:socialiqa", "polarity"]
 
 
 def _batches(plan, batch_size):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ def _accuracy(result: dict) -> tuple[float, list[float]]:
 
 
 def compare(args) -> None:
+    from _common import stage_runner
     from lonas import measure
     from slimtune import api
     from slimtune.artifacts import write_json_atomic
@@ -43,13 +43,7 @@ def compare(args) -> None:
         train.update(max_steps=4, max_length=64)
     common = dict(task=task, seed=args.seed, alpha=64.0, dropout=0.1, targets=TARGETS, **train)
 
-    def stage(name, make):
-        path = work / name
-        if not path.exists():
-            t0 = time.time()
-            make(path)
-            print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
-        return path
+    stage = stage_runner(work)
 
     print(f"model {args.model}, task {task} (split seed 0), seed {args.seed}, {train['max_steps']} steps, lr {args.lr:g}, "
           f"search {trials} trials on {search_limit} validation examples, budget {args.budget:g}", flush=True)

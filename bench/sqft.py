@@ -1,10 +1,10 @@
 """SQFT's comparison on the default model, held out, with intervals: which way of fine-tuning a sparse
 (INT4) base gives an accurate model that is still sparse and still INT4?
 
-    python bench/sqft.py                                 # suite:commonsense, seeds 42,43,44, every method
+    python bench/sqft.py                                 # suite:commonsense-evals, seeds 42,43,44, every method
+    python bench/sqft.py --task suite:commonsense        # BIG-bench's suite (needs SLIMTUNE_BIGBENCH_DIR)
     python bench/sqft.py --task bigbench:social_iqa --seeds 42 --methods qa-float,lora-gptq --nls off
-    python bench/sqft.py --task evals:quartz --methods qa-float,lora-gptq --nls on   # without BIG-bench's files
-    python bench/sqft.py --task suite:commonsense-evals --limit 1000   # the suite a fresh machine can fetch
+    python bench/sqft.py --task evals:quartz --methods qa-float,lora-gptq --nls on   # one member, QuaRTz
     python bench/sqft.py --methods none                  # the bases only (dense, Wanda 50%, sparse-INT4)
     python bench/sqft.py --keep /tmp/sqft                # keep the artifacts; a re-run reuses finished ones
     python bench/sqft.py --quick                         # tiny random Llama, a minute: a smoke test
@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import stage_runner  # noqa: E402
 
 
 METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized", "adalora", "paca")
@@ -88,7 +89,7 @@ def _summary(result: dict) -> tuple[float, list[float]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--task", default="suite:commonsense")
+    ap.add_argument("--task", default="suite:commonsense-evals")
     ap.add_argument("--seeds", default="42,43,44", help="training seeds (the split seed is the task's: 0)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}, or none")
     ap.add_argument("--nls", default="both", choices=["off", "on", "both"], help="fixed-rank adapters, NLS, or both")
@@ -142,13 +143,7 @@ def main(argv=None) -> int:
         evaluation.update(seq_len=64, max_windows=2, limit=args.limit or 40)
         space, fixed_rank = [8, 6, 4], 6
 
-    def stage(name, make):
-        path = work / name
-        if not path.exists():
-            t0 = time.time()
-            make(path)
-            print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
-        return path
+    stage = stage_runner(work)
 
     print(f"model {args.model}, task {args.task} (split seed 0), seeds {seeds}, methods {methods or 'none'}, NLS "
           f"{args.nls} {space} (fixed rank {fixed_rank}), alpha {args.alpha:g}, INT4 g{args.group_size} "
