@@ -15,10 +15,9 @@ ROWS = [("base", "dense base, untuned"), ("lora", "LoRA r32, merged"), ("heurist
 
 
 def _accuracy(result: dict) -> tuple[float, list[float]]:
-    from slimtune.evaluate.intervals import grouped, macro_ci, mean_ci
-
-    r = macro_ci(grouped(result["scores"], result["members"])) if result.get("members") else mean_ci(result["scores"])
-    return r["mean"], r["ci"]
+    """The headline evaluate reported: a suite's macro average, else the accuracy, with its interval."""
+    key = "average" if result.get("members") else "acc"
+    return result[key], result[f"{key}_ci"]
 
 
 def compare(args) -> None:

@@ -15,6 +15,7 @@ check the change before pasting it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -99,6 +100,7 @@ def run_case(model_dir, text: str, case: str) -> str:
     return _digest(model, report)
 
 
+@functools.cache
 def linalg_fingerprint() -> str:
     """Bits of a fixed SparseGPT/GPTQ-style computation (a Hessian, its damped inverse Cholesky factor,
     an error propagation): equal where those methods' linear algebra rounds the same way."""

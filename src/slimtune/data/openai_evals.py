@@ -89,6 +89,12 @@ def lettered_options(text: str) -> tuple[str, list[tuple[str, str]]]:
     return text, []
 
 
+def _ideal(row) -> object:
+    """The row's answer: 'ideal', unwrapped when it is a one-element list."""
+    ideal = row.get("ideal") if isinstance(row, dict) else None
+    return ideal[0] if isinstance(ideal, list) and len(ideal) == 1 else ideal
+
+
 def _prompt(question: str) -> str:
     question = question.strip()
     return question if question.endswith("Answer:") else qa_prompt(question)
@@ -97,9 +103,7 @@ def _prompt(question: str) -> str:
 def row_example(row: dict, where: str, source: str = "evals", labels: tuple[str, ...] | None = None) -> Example:
     """One row as an Example (module docstring); `labels` are the data set's answer words, for rows
     without lettered options; `where` names the row in errors."""
-    text = question_text(row, where)
-    ideal = row.get("ideal")
-    ideal = ideal[0] if isinstance(ideal, list) and len(ideal) == 1 else ideal
+    text, ideal = question_text(row, where), _ideal(row)
     question, options = lettered_options(text)
     if options:
         letters = [letter for letter, _ in options]
@@ -123,8 +127,7 @@ def answer_labels(rows: list[tuple[str, dict]]) -> tuple[str, ...] | None:
     MAX_LABELS short strings; else None (rows must then be lettered)."""
     ideals = set()
     for where, row in rows:
-        ideal = row.get("ideal") if isinstance(row, dict) else None
-        ideal = ideal[0] if isinstance(ideal, list) and len(ideal) == 1 else ideal
+        ideal = _ideal(row)
         if not isinstance(ideal, str) or len(ideal.split()) > 3 or lettered_options(question_text(row, where))[1]:
             return None
         ideals.add(ideal)
