@@ -156,10 +156,13 @@ def _add_inspect(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a model as GGUF (llama.cpp) or compressed-tensors with smaller embeddings",
+    p = sub.add_parser("export", help="write a model as GGUF (llama.cpp), compressed-tensors with smaller embeddings, or "
+                                      "slimtune's compact form",
                        description="gguf: OUT/model.gguf; a 4-bit grid with groups of a multiple of 32 is carried over "
                                    "exactly (symmetric -> Q4_0, asymmetric -> Q4_1), other grids are refused unless "
-                                   "--requantize. compressed-tensors: a packed model re-written with --embeddings.")
+                                   "--requantize. compressed-tensors: a packed model re-written with --embeddings. compact: "
+                                   "the same codes, non-zero ones behind a bitmask, --embeddings float or int8 / int4 "
+                                   "(slimtune loads it).")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output artifact directory")
     add_overwrite(p)

@@ -295,9 +295,10 @@ class IntrudersConfig(Config):
 class ExportConfig(Config):
     """Export of a model artifact (deploy/export.py)."""
 
-    format: Literal["gguf", "compressed-tensors"] = Field(
+    format: Literal["gguf", "compressed-tensors", "compact"] = Field(
         "gguf", description="gguf: OUT/model.gguf for llama.cpp; compressed-tensors: a packed model written again "
-                            "with smaller embeddings")
+                            "with smaller embeddings; compact: slimtune's smallest form (non-zero INT4 codes behind a "
+                            "bitmask, quantized embeddings), read by slimtune only")
     float_type: Literal["f16", "bf16", "q8_0", "f32"] = Field("f16", description="gguf: type of float (not "
                                                                                  "quantized) linear weights")
     embed_type: Literal["q8_0", "f16", "bf16", "f32"] = Field("q8_0", description="gguf: type of the token "
@@ -307,14 +308,19 @@ class ExportConfig(Config):
                                                                                  "whose grid GGUF cannot carry (off "
                                                                                  "by default)")
     tokenizer_pre: str | None = Field(None, description="gguf: llama.cpp pre-tokenizer name (default: detected)")
-    embeddings: Literal["float16", "bfloat16"] | None = Field(None, description="compressed-tensors: dtype of the "
-                                                                                "stored embedding / LM head")
+    embeddings: Literal["float16", "bfloat16", "int8", "int4"] | None = Field(
+        None, description="compressed-tensors: dtype of the stored embedding / LM head (float16, bfloat16); compact: "
+                          "that or a quantized grid (int8 per row, int4 in asymmetric groups of 32)")
 
     @model_validator(mode="after")
     def _embeddings_given(self):
-        if self.format == "compressed-tensors" and self.embeddings is None:
-            raise ValueError("a compressed-tensors export re-writes a packed model; set embeddings to float16 or "
-                             "bfloat16 (the quantize stage already writes the float32 form)")
+        if self.format in ("compressed-tensors", "compact") and self.embeddings is None:
+            raise ValueError(f"a {self.format} export re-writes a packed model; set embeddings to float16 or bfloat16"
+                             f"{' (or int8 / int4)' if self.format == 'compact' else ''}: the quantize stage already "
+                             "writes the float32 form")
+        if self.format == "compressed-tensors" and self.embeddings in ("int8", "int4"):
+            raise ValueError(f"embeddings {self.embeddings}: a compressed-tensors export stores them as float16 or "
+                             "bfloat16; quantized embeddings need format compact")
         return self
 
 

@@ -2,7 +2,8 @@
 
 sparsify 50% (Wanda) -> quantize INT4 (GPTQ, g64 asym) -> QA-SparsePEFT + NLS fine-tuning ->
 sub-adapter selection (NNCF's candidates on validation examples) -> merge onto the INT4 grid ->
-export for deployment (the same INT4 codes, the embedding / LM head stored in float16) -> evaluation
+export for deployment (the same INT4 codes, the pruned ones behind a bitmask, the tied embedding / LM head
+quantized INT4: slimtune's compact format, under 40% of the merged model's size) -> evaluation
 of the dense base, the sparse-INT4 base, the final model and its deployed form on the task's held-out test
 split (965 QuaRTz questions: one question is 0.10 points), with 95% bootstrap intervals and the
 paired differences between the models. Each stage writes its artifact under the run directory;
@@ -39,14 +40,14 @@ def demo_recipe(model: str = "smollm2-135m", task: str = TASK, epochs: float | N
          "sparse_adapter": True, "quant_aware": True, "train": train},
         {"name": "sub-adapter", "stage": "extract", "select": "nncf", "limit": SELECT_ON},
         {"name": "final", "stage": "merge"},
-        {"name": "deployed", "stage": "export", "format": "compressed-tensors", "embeddings": "float16"},
+        {"name": "deployed", "stage": "export", "format": "compact", "embeddings": "int4"},
         {"name": "eval", "stage": "evaluate", "models": ["model", "sparse-int4", "final", "deployed"],
          "max_windows": max_windows},
     ]}
 
 
 LABELS = {"model": "dense base", "sparse-int4": "sparse-INT4 base (Wanda 50% + GPTQ)",
-          "final": "final: QA-SparsePEFT + NLS, merged", "deployed": "final, deployed (float16 embedding)"}
+          "final": "final: QA-SparsePEFT + NLS, merged", "deployed": "final, deployed (compact, INT4 embedding)"}
 
 
 def run_demo(out: str | Path = "slimtune-demo", *, model: str = "smollm2-135m", task: str = TASK,

@@ -112,8 +112,9 @@ class EvaluateStage(_Stage, EvaluateConfig):
 
 
 class ExportStage(_Stage, ExportConfig):
-    """compressed-tensors re-writes a packed model with a half-precision embedding / LM head (a model that
-    later stages evaluate); gguf writes a file for llama.cpp (read by no later stage)."""
+    """compressed-tensors re-writes a packed model with a half-precision embedding / LM head, compact in slimtune's
+    smallest form (both: a model that later stages evaluate); gguf writes a file for llama.cpp (read by no later
+    stage)."""
 
     stage: Literal["export"]
 
@@ -245,9 +246,9 @@ def plan(recipe: Recipe) -> dict[str, str]:
             if base is not None and base.stage == "finetune" and base.adapter != "nls":
                 raise ConfigError(f"{where}: {st.stage} needs an elastic super-adapter; set adapter: nls in stage "
                                   f"{base.name!r}")
-        if st.stage == "export" and st.format == "compressed-tensors" and not (
+        if st.stage == "export" and st.format in ("compressed-tensors", "compact") and not (
                 _derives_from(source, "quantize", seen, inputs) if source != "model" else _model_is_quantized(recipe.model)):
-            raise ConfigError(f"{where}.format: compressed-tensors re-writes a packed INT4 model and its input "
+            raise ConfigError(f"{where}.format: {st.format} re-writes a packed INT4 model and its input "
                               f"{source!r} is not quantized; add a quantize stage before it (or use format: gguf)")
         if st.stage == "extract":
             from_search = seen[inputs[st.name]].stage == "search"
@@ -273,10 +274,10 @@ def _derives_from(source: str, kind: str, seen: dict, inputs: dict) -> bool:
 
 
 def _model_is_quantized(model: str) -> bool:
-    from .models import is_packed_quantized, resolve_model
+    from .models import is_compact, is_packed_quantized, resolve_model
 
     try:
-        return is_packed_quantized(resolve_model(model))
+        return is_packed_quantized(resolve_model(model)) or is_compact(resolve_model(model))
     except Exception:  # an unresolvable model is reported by the first stage that loads it
         return False
 

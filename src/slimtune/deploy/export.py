@@ -21,7 +21,9 @@ def export(model: str | Path, *, out: str | Path, config: ExportConfig | dict | 
 
     gguf: `out/model.gguf` (deploy.gguf_export: the INT4 grid carried over as Q4_0 / Q4_1, floats in
     float_type, the embedding in embed_type; requantize only when asked). compressed-tensors: a
-    packed model written again with its embedding / LM head in `embeddings` ("float16" or "bfloat16")."""
+    packed model written again with its embedding / LM head in `embeddings` ("float16" or "bfloat16").
+    compact: quant/compact.py (the same codes and grids, non-zero codes behind a bitmask; the embedding
+    in float16 / bfloat16 or quantized int8 / int4), loaded by slimtune only."""
     started = time.time()
     cfg = ExportConfig.build(config, options)
     format, float_type, embed_type, requantize = cfg.format, cfg.float_type, cfg.embed_type, cfg.requantize
@@ -38,12 +40,19 @@ def export(model: str | Path, *, out: str | Path, config: ExportConfig | dict | 
             metrics["file"] = GGUF_FILE
             config.update(float_type=float_type, embed_type=embed_type, requantize=requantize,
                           tokenizer_pre=metrics["tokenizer"]["pre"])
+        elif format == "compact":
+            from ..quant.compact import write_compact
+
+            metrics = {"bytes_by_part": write_compact(net, tmp, tokenizer, embeddings=embeddings)}
+            config.update(embeddings=embeddings)
         else:
             from ..quant.formats import write_quantized
 
             write_quantized(net, tmp, tokenizer, embeddings=embeddings)
-            metrics = {"bytes": sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())}
+            metrics = {}
             config.update(embeddings=embeddings)
+        if format != "gguf":
+            metrics["bytes"] = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
         write_manifest(tmp, stage="export", method=format, config=config,
                        inputs={"model": model} if Path(str(model)).exists() else None, metrics=metrics,
                        started=started, lineage=lineage.of(model))

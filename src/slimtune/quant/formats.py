@@ -43,6 +43,7 @@ from .params import QuantParams
 WEIGHTS_FILE = "model.safetensors"
 CT_FORMAT = "pack-quantized"
 _LEAVES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
+_COMPACT_LEAVES = ("weight_mask", "weight_values")  # compact.py's sparse form of weight_packed
 
 
 def _scheme(m: QuantLinear) -> dict:
@@ -94,6 +95,15 @@ def _embedding_ptrs(model: nn.Module) -> set[int]:
     mods = [model.get_input_embeddings()] if hasattr(model, "get_input_embeddings") else []
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {m.weight.data_ptr() for m in mods + ([head] if head is not None else []) if m is not None}
+
+
+def embedding_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the token embedding and the LM head as _state_dict keeps them (a tied pair: one key)."""
+    ptrs, keys = _embedding_ptrs(model), {}
+    for key, t in model.state_dict().items():
+        if t.data_ptr() in ptrs:
+            keys.setdefault(t.data_ptr(), key)
+    return list(keys.values())
 
 
 def _state_dict(model: nn.Module, embeddings: str | None = None) -> dict[str, torch.Tensor]:
@@ -164,7 +174,8 @@ def _weight_args(qcfg: dict, name: str) -> dict:
     raise ArtifactError(f"no quantization scheme for {name} in the checkpoint's config")
 
 
-def _params_from_tensors(args: dict, tensors: dict, name: str) -> tuple[QuantParams, torch.Tensor]:
+def grid_from_tensors(args: dict, tensors: dict, name: str) -> QuantParams:
+    """The QuantParams of packed linear `name` from its compressed-tensors leaves (all but the codes)."""
     bits, sym = int(args["num_bits"]), bool(args["symmetric"])
     out, cols = (int(v) for v in tensors[f"{name}.weight_shape"].tolist())
     scales = tensors[f"{name}.weight_scale"]
@@ -186,10 +197,16 @@ def _params_from_tensors(args: dict, tensors: dict, name: str) -> tuple[QuantPar
         zeros = tensors[f"{name}.weight_zero_point"].to(torch.int32) + off
     else:  # int32 packed along the output dimension (the group/channel layout llm-compressor writes)
         zeros = unpack(tensors[f"{name}.weight_zero_point"].t().contiguous(), bits, out).t().to(torch.int32)
-    codes = unpack(tensors[f"{name}.weight_packed"], bits, cols)
+    return QuantParams(bits, group_size, sym, scales, zeros, tensors.get(f"{name}.weight_g_idx"))
+
+
+def _params_from_tensors(args: dict, tensors: dict, name: str) -> tuple[QuantParams, torch.Tensor]:
+    params = grid_from_tensors(args, tensors, name)
+    out, cols = (int(v) for v in tensors[f"{name}.weight_shape"].tolist())
+    codes = unpack(tensors[f"{name}.weight_packed"], params.bits, cols)
     if codes.shape[0] != out:
         raise ArtifactError(f"{name}: packed weight has {codes.shape[0]} rows, expected {out}")
-    return QuantParams(bits, group_size, sym, scales, zeros, tensors.get(f"{name}.weight_g_idx")), codes
+    return params, codes
 
 
 def read_packed_layers(model_dir: str | os.PathLike):
@@ -211,8 +228,7 @@ def read_packed_layers(model_dir: str | os.PathLike):
 def load_quantized(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """(model, tokenizer or None) with QuantLinear modules restored exactly from save_quantized's output."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    from transformers.initialization import no_init_weights
+    from transformers import AutoConfig
 
     path = Path(model_dir)
     if not (path / "config.json").is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -224,29 +240,40 @@ def load_quantized(model_dir: str | os.PathLike, dtype: torch.dtype = torch.floa
         raise ArtifactError(f"{path} holds no {CT_FORMAT} compressed-tensors quantization config")
     del config.quantization_config
     tensors = load_file(str(path / WEIGHTS_FILE))
+    names = sorted({k[:-len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")})
+    layers = {name: _params_from_tensors(_weight_args(qcfg, name), tensors, name) for name in names}
+    return build_quantized(path, config, layers, tensors, dtype), read_tokenizer(path)
+
+
+def build_quantized(path: Path, config, layers: dict[str, tuple[QuantParams, torch.Tensor]],
+                    tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """The model of `config` with a QuantLinear per entry of `layers` (name -> (grid, codes)) and every other
+    weight from `tensors` (the layers' own leaves in it are skipped); a mismatch is named."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
     with no_init_weights():
         cls = AutoModelForCausalLM if is_causal_config(config) else AutoModel
         model = cls.from_config(config, dtype=dtype)
-    names = sorted({k[:-len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")})
-    for name in names:
-        params, codes = _params_from_tensors(_weight_args(qcfg, name), tensors, name)
-        old = model.get_submodule(name)
+    tensors = dict(tensors)
+    for name, (params, codes) in layers.items():
         bias = tensors.pop(f"{name}.bias", None)
         _set_module(model, name, QuantLinear.from_codes(params, codes, bias))
-        for leaf in _LEAVES:
+        for leaf in _LEAVES + _COMPACT_LEAVES:
             tensors.pop(f"{name}.{leaf}", None)
-        del old
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    quant = set(names)
-    missing = [k for k in missing if k.rpartition(".")[0] not in quant]
+    missing = [k for k in missing if k.rpartition(".")[0] not in layers]
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
         missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise ArtifactError(f"{path}: checkpoint does not match the model: missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]}")
-    model.eval()
-    tokenizer = None
-    if (path / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    return model.eval()
+
+
+def read_tokenizer(path: Path):
+    """The directory's tokenizer, or None when it holds none."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
