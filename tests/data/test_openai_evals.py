@@ -85,7 +85,8 @@ def test_quartz_held_out_split():
     assert {e.id for e in load_task("evals:quartz", seed=1).test} != ids[2]  # the split seed moves the split
 
 
-@pytest.mark.parametrize("name,size,choices", [("socialiqa", 2224, 3), ("pararule-plus", 2000, 2), ("crepe", 1520, 3)])
+@pytest.mark.parametrize("name,size,choices", [("socialiqa", 2224, 3), ("pararule-plus", 2000, 2), ("crepe", 1520, 3),
+                                               ("sarcasm", 28614, 2)])
 def test_the_other_data_sets_parse_whole(name, size, choices):
     task = _load_or_skip(f"evals:{name}")
     examples = task.train + task.validation + task.test

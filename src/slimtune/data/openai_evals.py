@@ -31,13 +31,16 @@ from .tasks import Example, Task, multiple_choice_task
 
 DIST, VERSION = "evals", "3.0.1.post1"
 DATA_DIR = "evals/registry/data"
-# name -> file under DATA_DIR; these are unpacked together (one fetch), and suite:commonsense-evals uses them
+# name -> file under DATA_DIR; these are unpacked together (one fetch); suite:commonsense-evals uses the first four
 DATA_SETS = {
     "quartz": "quartz/samples.jsonl",  # QuaRTz: qualitative relationships in science, 2 options, 3,860 rows
     "socialiqa": "theory_of_mind/socialiqa/test.jsonl",  # Social IQa's questions, 3 options, 2,224 rows
     "pararule-plus": "pararule-plus-multi-step-deductive-reasoning/"  # rules and facts, true/false, 2,000 rows
                      "pararule-plus-multi-step-deductive-reasoning.jsonl",
     "crepe": "crepe/samples.jsonl",  # CREPE: how a step changes an outcome's likelihood, 3 answers, 1,520 rows
+    # news headlines, sarcastic (1) or not (0), 28,614 rows, 52% "0": a classification task for encoders
+    # (the instruction is in the system message, which the prompt leaves out)
+    "sarcasm": "sarcasm/samples.jsonl",
 }
 MAX_LABELS = 5
 _LINE_OPTION = re.compile(r"^\s*([A-Z])\s*[:.)]\s*(.+?)\s*$")
