@@ -3,6 +3,7 @@ untrained width sub-networks' size and speed.
 
     python bench/lonas.py --task suite:commonsense-evals --limit 1000 --keep /tmp/lonas   # the comparison
     python bench/lonas.py --quick                        # tiny random Llama, short runs: a smoke test
+    python bench/lonas.py --task evals:quartz --width-order magnitude --sampler sandwich --keep /tmp/lonas  # variants
     python bench/lonas.py --widths-only [--prefill 64 --decode 8 --repeats 3]   # no training: base weights
 
 The comparison (split seed 0, held-out test examples, the lineage check refuses any overlap with
@@ -119,6 +120,10 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="artifact directory (default: a temp dir); finished artifacts are reused")
     ap.add_argument("--quick", action="store_true", help="tiny random Llama, short runs")
     ap.add_argument("--widths-only", action="store_true", help="no training: the base's width sub-networks")
+    ap.add_argument("--width-order", default="original", choices=["original", "magnitude"],
+                    help="super-network channels / heads in their order (LoNAS') or largest-norm first")
+    ap.add_argument("--sampler", default="uniform", choices=["uniform", "sandwich"],
+                    help="super-network configurations per step: one random (LoNAS') or maximal + random + minimal")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

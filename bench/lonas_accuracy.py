@@ -43,23 +43,27 @@ def compare(args) -> None:
     common = dict(task=task, seed=args.seed, alpha=64.0, dropout=0.1, targets=TARGETS, **train)
 
     stage = stage_runner(work)
+    # super-network variants keep their own artifacts under one --keep (LoRA and the base are shared)
+    tag = "".join(f"-{v}" for v, default in ((args.width_order, "original"), (args.sampler, "uniform")) if v != default)
 
     print(f"model {args.model}, task {task} (split seed 0), seed {args.seed}, {train['max_steps']} steps, lr {args.lr:g}, "
-          f"search {trials} trials on {search_limit} validation examples, budget {args.budget:g}", flush=True)
+          f"super-network widths {args.width_order} order, {args.sampler} sampler, search {trials} trials on "
+          f"{search_limit} validation examples, budget {args.budget:g}", flush=True)
     lora = stage("lora", lambda p: api.finetune(model, out=p, adapter="lora", rank=32, **common))
-    supernet = stage("lonas-super", lambda p: api.finetune(model, out=p, adapter="nls", rank_space=[32, 28],
-                                                           groups="shears", widths=["mlp", "heads"], **common))
-    heuristic = stage("lonas-median", lambda p: api.extract(supernet, out=p, select="median", progress=False))
-    search = stage("lonas-search", lambda p: api.search(supernet, out=p, objectives=["accuracy", "total_params"],
-                                                        trials=trials, limit=search_limit, progress=False))
-    searched = stage("lonas-searched", lambda p: api.extract(out=p, from_search=search,
-                                                             pick=f"budget={args.budget}:0", progress=False))
+    supernet = stage(f"lonas-super{tag}", lambda p: api.finetune(
+        model, out=p, adapter="nls", rank_space=[32, 28], groups="shears", widths=["mlp", "heads"],
+        width_order=args.width_order, sampler=args.sampler, **common))
+    heuristic = stage(f"lonas-median{tag}", lambda p: api.extract(supernet, out=p, select="median", progress=False))
+    search = stage(f"lonas-search{tag}", lambda p: api.search(supernet, out=p, objectives=["accuracy", "total_params"],
+                                                              trials=trials, limit=search_limit, progress=False))
+    searched = stage(f"lonas-searched{tag}", lambda p: api.extract(out=p, from_search=search,
+                                                                   pick=f"budget={args.budget}:0", progress=False))
     models = {"base": model}
     for key, adapter in (("lora", lora), ("heuristic", heuristic), ("searched", searched)):
-        models[key] = str(stage(f"{key}-merged", lambda p, a=adapter: api.merge(a, out=p)))
+        models[key] = str(stage(f"{key}-merged{'' if key == 'lora' else tag}", lambda p, a=adapter: api.merge(a, out=p)))
 
     def scored(key):
-        cache = work / f"{key}.eval.json"
+        cache = work / f"{key}{'' if key in ('base', 'lora') else tag}.eval.json"
         settings = {"task": task, "limit": limit}
         if cache.exists() and json.loads(cache.read_text())["settings"] == settings:
             return json.loads(cache.read_text())["result"]
