@@ -148,3 +148,18 @@ def test_bad_options_and_damaged_directories_are_named(half_pruned, tiny_llama_d
     (tmp_path / COMPACT_META).write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="slimtune-compact v99 directory; this slimtune reads slimtune-compact v1"):
         load_compact(tmp_path)
+
+
+def test_a_packed_layer_the_config_does_not_have_is_named(half_pruned, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from slimtune.quant.formats import WEIGHTS_FILE, load_quantized, save_quantized
+
+    model, tok = half_pruned
+    save_quantized(model, tmp_path, tok)
+    tensors = load_file(tmp_path / WEIGHTS_FILE)
+    layer = "model.layers.1.mlp.down_proj"
+    renamed = {k.replace(layer, "model.layers.1.mlp.extra_proj"): v for k, v in tensors.items()}
+    save_file(renamed, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
+    with pytest.raises(ArtifactError, match="packed layer model.layers.1.mlp.extra_proj is not a module"):
+        load_quantized(tmp_path)

@@ -257,6 +257,10 @@ def build_quantized(path: Path, config, layers: dict[str, tuple[QuantParams, tor
         model = cls.from_config(config, dtype=dtype)
     tensors = dict(tensors)
     for name, (params, codes) in layers.items():
+        try:
+            model.get_submodule(name)
+        except AttributeError as e:
+            raise ArtifactError(f"{path}: packed layer {name} is not a module of the model its config describes") from e
         bias = tensors.pop(f"{name}.bias", None)
         _set_module(model, name, QuantLinear.from_codes(params, codes, bias))
         for leaf in _LEAVES + _COMPACT_LEAVES:
