@@ -15,10 +15,10 @@ the loaded QuantParams are byte-identical and QA-SparsePEFT's exact merge still 
   formats.py's dense `weight_packed`.
 The token embedding and the LM head (one tensor when tied), by `embeddings`:
   float16 / bfloat16  cast;
-  int8 / int4         round-to-nearest on a per-row symmetric grid (int8) or asymmetric groups of 32
-                      (int4): leaves `.codes`, `.scales`, `.zeros`. The scales are rounded up to float16
-                      before the codes are chosen, so storing them as float16 loses nothing: the loaded
-                      float32 weight is exactly scales * (codes - zeros), within half a step of the source. This one is lossy against the source
+  int8 / int4         round-to-nearest on a per-row symmetric min-max grid (int8) or asymmetric groups
+                      of 32 with the mse observer (int4): leaves `.codes`, `.scales`, `.zeros`. The scales
+                      are rounded up to float16 before the codes are chosen, so storing them as float16
+                      loses nothing: the loaded float32 weight is exactly scales * (codes - zeros). This one is lossy against the source
                       model (a quantized embedding and head): measure it (bench/RESULTS.md).
 Files: config.json without a quantization_config, COMPACT_META (format, version, the packed layers'
 compressed-tensors config, per layer its storage, the embedding grids), COMPACT_FILE, the tokenizer.
@@ -45,8 +45,10 @@ from .params import QuantParams, _group_index, compute_params
 COMPACT_FILE = "model.compact.safetensors"
 COMPACT_META = "slimtune_compact.json"
 FORMAT, VERSION = "slimtune-compact", 1
-# embeddings -> (bits, group size, symmetric) of the quantized forms
-EMBEDDING_GRIDS = {"int8": (8, -1, True), "int4": (4, 32, False)}
+# embeddings -> (bits, group size, symmetric, observer) of the quantized forms. INT4's min-max grid costs
+# perplexity that the mse observer (each group's range shrunk to its least squared error) wins back in part
+# (bench/RESULTS.md, the compact format); INT8's is already close to the float embedding.
+EMBEDDING_GRIDS = {"int8": (8, -1, True, "minmax"), "int4": (4, 32, False, "mse")}
 EMBEDDINGS = (*EMBEDDING_DTYPES, *EMBEDDING_GRIDS)
 
 
@@ -85,23 +87,19 @@ def _dense_codes(tensors: dict, params: QuantParams, name: str, shape: tuple[int
 
 
 def _quantized_embedding(weight: torch.Tensor, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The leaves and grid record of an embedding stored as `kind` ("int8" / "int4"): the min-max grid with
-    its scales rounded up to float16 (so the range still holds every weight: error at most half a step) and,
-    asymmetric, zero points fitted to the rounded scales."""
-    bits, group_size, symmetric = EMBEDDING_GRIDS[kind]
+    """The leaves and grid record of an embedding stored as `kind` ("int8" / "int4"): the grid's scales rounded
+    up to float16 (so that they are stored exactly and still span what they spanned), its zero points kept."""
+    bits, group_size, symmetric, observer = EMBEDDING_GRIDS[kind]
     w = weight.detach().float()
-    params = compute_params(w, bits, group_size, symmetric)
+    params = compute_params(w, bits, group_size, symmetric, observer)
     up = params.scales * (1 + 2.0 ** -10)  # float16 spacing is at most 2^-10 relative: nearest >= the scale
     half = up.to(torch.float16).clamp(min=torch.finfo(torch.float16).tiny)
-    zeros = params.zeros
-    if not symmetric:
-        groups = w.reshape(w.shape[0], half.shape[1], -1)
-        zeros = torch.round(-groups.amin(-1).clamp(max=0) / half.float()).clamp(0, params.maxq)
-    params = QuantParams(bits, group_size, symmetric, half.float(), zeros)
+    params = QuantParams(bits, group_size, symmetric, half.float(), params.zeros)
     leaves = {"codes": pack(params.quantize(w), bits).contiguous(), "scales": half.contiguous()}
     if not symmetric:
         leaves["zeros"] = pack(params.zeros.to(torch.uint8), bits).contiguous()
-    return leaves, {"bits": bits, "group_size": group_size, "symmetric": symmetric, "shape": list(w.shape)}
+    return leaves, {"bits": bits, "group_size": group_size, "symmetric": symmetric, "observer": observer,
+                    "shape": list(w.shape)}
 
 
 def _embedding_weight(tensors: dict, key: str, grid: dict) -> torch.Tensor:
