@@ -14,7 +14,9 @@ directory (`slimtune demo` writes one). Runtimes, each model in the ones that re
   llama.cpp       `slimtune export --format gguf` of the model (INT4 grid as Q4_1, embedding q8_0; the
                   dense model as f16), run by llama-cpp-python from --llama-python's environment (built
                   from its source distribution, bench/RESULTS.md says how; not a slimtune dependency);
-                  and the default model's original Q4_1 GGUF as a reference point.
+                  and the default model's original Q4_1 GGUF as a reference point. Its extra CPU weight
+                  buffers (AMX, repacked layouts) are off unless --llama-extra-bufts: with them, every Q4_1
+                  file segfaulted in llama-cpp-python 0.3.36 on this AMX Xeon (f16 ran).
 Each (model, runtime) runs in its own process with --threads threads: peak resident memory during
 inference (the process's high-water mark, reset after loading and a warm-up, minus its resident set before
 loading; `resident`: the resident set after the warm-up, the same way),
@@ -41,9 +43,17 @@ PROMPT = 128
 LLAMA_WORKER = r"""
 import json, statistics, sys, time
 import numpy as np
+import llama_cpp.llama as L
 from llama_cpp import Llama
 from pathlib import Path
 path, ids_file, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if not settings["extra_bufts"]:  # no AMX / repacked weight buffers (their Q4_1 path segfaults on some CPUs)
+    default_params = L.llama_cpp.llama_model_default_params
+    def without_extra_bufts():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+    L.llama_cpp.llama_model_default_params = without_extra_bufts
 def rss(key):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key):
@@ -135,6 +145,9 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
     ap.add_argument("--llama-python", help="python of an environment with llama-cpp-python (else no llama.cpp rows)")
+    ap.add_argument("--llama-extra-bufts", action="store_true",
+                    help="let llama.cpp use its extra CPU weight buffers (AMX, repacked Q4_0): llama.cpp 0.3.36's "
+                         "Q4_1 path through them segfaulted on an AMX Xeon, so they are off by default")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prefill", type=int, default=256)
     ap.add_argument("--decode", type=int, default=64)
@@ -197,7 +210,7 @@ def run(args) -> list[dict]:
     ids = tok(text[:200000], return_tensors="pt").input_ids[0]
     seqs = [ids[i * args.prefill:(i + 1) * args.prefill].tolist() for i in range(args.batch)]
     (work / "ids.json").write_text(json.dumps(seqs))
-    settings = {"threads": args.threads, "decode": args.decode, "rounds": args.rounds}
+    settings = {"threads": args.threads, "decode": args.decode, "rounds": args.rounds, "extra_bufts": args.llama_extra_bufts}
     rows = []
     for name in args.models.split(","):
         local = Path(resolve_model(str(paths[name])))
