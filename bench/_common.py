@@ -211,3 +211,19 @@ def evaluate(path, args) -> float:
 
 def _fmt(x, spec):
     return "-" if x is None else format(x, spec)
+
+
+def rss_mb(key: str = "VmRSS:") -> float:
+    """This process's resident set (VmRSS) or its high-water mark (VmHWM) in MB, after a gc and malloc_trim."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:  # hand freed heap pages back: what loading freed is not the model's memory
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -82,32 +82,18 @@ print(json.dumps({"resident_mb": resident, "peak_mb": rss("VmHWM:") - before, "p
 """ % PROMPT
 
 
-def _rss(key: str = "VmRSS:") -> float:
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:  # hand freed heap pages back: what loading freed is not the model's memory
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def torch_worker(args) -> dict:
     """One (model, runtime) measured in this process (slimtune or transformers)."""
     import torch
 
     import transformers  # noqa: F401 (imported before the baseline is taken)
+    from _common import rss_mb
     from slimtune.deploy.speed import _decode
     from slimtune.models import load_model
 
     torch.set_num_threads(args.threads)
     ids = torch.tensor(json.loads(Path(args.ids).read_text()))
-    before = _rss()
+    before = rss_mb()
     if args.runtime == "transformers":
         from transformers import AutoModelForCausalLM
 
@@ -125,11 +111,11 @@ def torch_worker(args) -> dict:
     with torch.no_grad():
         prefill()
         _decode(model, ids[:1, :PROMPT], 2)  # warm-up: caches, kernel packing
-        resident = _rss() - before
+        resident = rss_mb() - before
         Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on: inference only
         p = statistics.median(prefill() for _ in range(args.rounds))
         d = statistics.median(_decode(model, ids[:1, :PROMPT], args.decode) for _ in range(args.rounds))
-    return {"resident_mb": resident, "peak_mb": _rss("VmHWM:") - before, "prefill_tok_s": ids.numel() / p,
+    return {"resident_mb": resident, "peak_mb": rss_mb("VmHWM:") - before, "prefill_tok_s": ids.numel() / p,
             "decode_tok_s": args.decode / d}
 
 
@@ -195,7 +181,8 @@ def _paths(args, work: Path) -> dict[str, Path | str]:
 def run(args) -> list[dict]:
     from slimtune.assets import package_asset
     from slimtune.deploy.export import export
-    from slimtune.models import BUILTIN_MODELS, is_compact, resolve_model
+    from slimtune.models import BUILTIN_MODELS, resolve_model
+    from slimtune.quant.compact import is_compact
 
     work = Path(args.work or tempfile.mkdtemp(prefix="inference-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -26,21 +26,6 @@ import time
 from pathlib import Path
 
 
-def _rss_mb() -> float:
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:  # hand freed heap pages back (what loading freed is not the model's memory)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _seconds(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -51,18 +36,19 @@ def worker(args) -> dict:
     import torch
 
     import transformers  # noqa: F401 (imported before the baseline is taken)
+    from _common import rss_mb
     from slimtune.data.text import load_text
     from slimtune.models import load_model
 
     torch.set_num_threads(args.threads)
-    before = _rss_mb()
+    before = rss_mb()
     spec = args.model if args.variant == "dense" else args.packed
     model, tok = load_model(spec, int4="kernel" if args.variant.startswith("kernel") else "dequantize",
                             embeddings=args.embeddings if args.variant == "kernel-half" else None)
     ids = tok(load_text("wiki")[:20000], return_tensors="pt").input_ids[:, :args.prefill]
     with torch.no_grad():
         logits = model(ids).logits  # warm-up (builds the caches)
-        mem = _rss_mb() - before
+        mem = rss_mb() - before
         prefill = ids.shape[1] / statistics.median(_seconds(lambda: model(ids)) for _ in range(args.rounds))
         prompt = ids[:, :128]
         model.generate(prompt, max_new_tokens=2, do_sample=False)
@@ -71,7 +57,7 @@ def worker(args) -> dict:
             _seconds(lambda: model.generate(prompt, max_new_tokens=args.decode, min_new_tokens=args.decode,
                                             do_sample=False)) for _ in range(args.rounds))
     torch.save({"logits": logits[0].clone(), "ids": ids[0].clone()}, Path(args.out) / f"{args.variant}.pt")
-    return {"variant": args.variant, "memory_mb": round(mem, 1), "rss_mb": round(_rss_mb(), 1),
+    return {"variant": args.variant, "memory_mb": round(mem, 1), "rss_mb": round(rss_mb(), 1),
             "prefill_tok_s": round(prefill, 1), "decode_tok_s": round(decode, 2)}
 
 

@@ -102,7 +102,7 @@ def finetune_causal_full(model, *, out: Path, cfg: FinetuneConfig, train_overrid
         raise ConfigError("quant_aware trains an adapter through a quantized base's grid; full fine-tuning trains the "
                           "float weights themselves (drop --quant-aware, or use --adapter lora)")
     if is_packed_quantized(model):
-        raise _quantized_error(model, "packed INT4, compressed-tensors")
+        raise _quantized_error(model, "packed INT4")
     config = build_full_train_config(cfg.train, **train_overrides)
     task = lineage.task_split(cfg.task or DEFAULT_TASK, cfg.split_seed)
     if not task.train:

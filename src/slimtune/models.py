@@ -153,7 +153,7 @@ def _load_model(spec, dtype, trust_remote_code: bool, device: str | None, int4: 
     source = resolve_model(spec)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     _check_weight_files(spec, source)
-    if is_packed_quantized(source) or is_compact(source):
+    if is_packed_quantized(source):
         return _load_packed(spec, source, torch_dtype, device, int4)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -200,15 +200,13 @@ def _check_weight_files(spec, source) -> None:
             raise ModelLoadError(f"could not load model {spec}: {e}") from e
 
 
-def is_compact(source: str | os.PathLike) -> bool:
-    """A local directory in slimtune's compact deployment format (quant/compact.py)."""
-    from .quant.compact import is_compact as compact
-
-    return compact(source)
-
-
 def is_packed_quantized(source: str | os.PathLike) -> bool:
-    """A local directory whose config declares compressed-tensors pack-quantized weights."""
+    """A local directory of packed quantized weights that loads with exact QuantLinear grids: compressed-tensors
+    pack-quantized (its config says so) or slimtune's compact format (quant/compact.py)."""
+    from .quant.compact import is_compact
+
+    if is_compact(source):
+        return True
     config = Path(source) / "config.json"
     if not config.is_file():
         return False
@@ -222,7 +220,7 @@ def is_packed_quantized(source: str | os.PathLike) -> bool:
 def _load_packed(spec, source: str, dtype: torch.dtype, device: str | None, int4: str = "dequantize"):
     """Quantized directories (compressed-tensors or compact) load with slimtune's QuantLinear modules (exact
     QuantParams)."""
-    from .quant.compact import load_compact
+    from .quant.compact import is_compact, load_compact
     from .quant.formats import load_quantized
     from .quant.linear import set_inference
 

@@ -274,10 +274,10 @@ def _derives_from(source: str, kind: str, seen: dict, inputs: dict) -> bool:
 
 
 def _model_is_quantized(model: str) -> bool:
-    from .models import is_compact, is_packed_quantized, resolve_model
+    from .models import is_packed_quantized, resolve_model
 
     try:
-        return is_packed_quantized(resolve_model(model)) or is_compact(resolve_model(model))
+        return is_packed_quantized(resolve_model(model))
     except Exception:  # an unresolvable model is reported by the first stage that loads it
         return False
 

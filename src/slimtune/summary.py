@@ -16,7 +16,7 @@ from safetensors import safe_open
 from .adapters.peft_io import ELASTIC_CONFIG, peft_compatible
 from .artifacts import Artifact, check_safetensors
 from .errors import ArtifactError
-from .models import is_compact, is_packed_quantized
+from .models import is_packed_quantized
 
 _DENSE_BY_DEFAULT = ("embed", "lm_head", "wte", "wpe", "word_embeddings", "position_embeddings")
 
@@ -66,18 +66,18 @@ def summarize(path: str | Path) -> dict:
     summary["kind"] = "model"
     matrices, zeros, params = {}, 0, 0
     packed: set[str] = set()
-    if is_packed_quantized(directory) or is_compact(directory):
-        from .quant.compact import read_compact_embeddings, read_compact_layers
+    if is_packed_quantized(directory):
+        from .quant.compact import is_compact, read_compact_embeddings, read_compact_layers
         from .quant.formats import read_packed_layers
 
-        read = read_compact_layers if is_compact(directory) else read_packed_layers
-        for name, qp, codes in read(directory):
+        compact = is_compact(directory)
+        for name, qp, codes in (read_compact_layers if compact else read_packed_layers)(directory):
             z = int((qp.dequantize(codes) == 0).sum())
             matrices[f"{name}.weight"] = {"shape": list(codes.shape), "sparsity": z / codes.numel(), "prunable": True,
                                           "bits": qp.bits, "group_size": qp.group_size, "symmetric": qp.symmetric}
             zeros, params = zeros + z, params + codes.numel()
             packed.add(name)
-        for key, grid, weight in read_compact_embeddings(directory) if is_compact(directory) else ():
+        for key, grid, weight in read_compact_embeddings(directory) if compact else ():
             matrices[key] = {"shape": grid["shape"], "sparsity": float((weight == 0).float().mean()), "prunable": False,
                              **{k: grid[k] for k in ("bits", "group_size", "symmetric")}}
     for f in _weight_files(directory):

@@ -121,24 +121,21 @@ def write_compact(model: nn.Module, directory: str | os.PathLike, tokenizer=None
         raise ConfigError(f"embeddings={embeddings!r}: choose from {', '.join(EMBEDDINGS)}")
     qcfg = quantization_config(model)  # refuses a model without packed layers, or with a permuted g_idx
     tensors = _state_dict(model)
-    storage, sizes = {}, {"layers": 0, "embeddings": 0}
+    storage = {}
     for name, m in quant_linears(model).items():
         sparse = _sparse_codes(m.codes(), m.params)
         storage[name] = "dense" if sparse is None else "bitmask"
         if sparse is not None:
             del tensors[f"{name}.weight_packed"]
             tensors.update({f"{name}.{leaf}": t for leaf, t in sparse.items()})
-        sizes["layers"] += sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(name + ".weight_"))
-    grids = {}
-    for key in embedding_keys(model):
+    grids, embedded = {}, embedding_keys(model)
+    for key in embedded:
         weight = tensors.pop(key)
         if embeddings in EMBEDDING_DTYPES:
             tensors[key] = weight.to(EMBEDDING_DTYPES[embeddings])
-            leaves = {"": tensors[key]}
         else:
             leaves, grids[key] = _quantized_embedding(weight, embeddings)
             tensors.update({f"{key}.{leaf}": t for leaf, t in leaves.items()})
-        sizes["embeddings"] += sum(t.numel() * t.element_size() for t in leaves.values())
     directory = Path(directory)
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
@@ -152,9 +149,13 @@ def write_compact(model: nn.Module, directory: str | os.PathLike, tokenizer=None
     save_file(tensors, str(directory / COMPACT_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    return {**sizes, "other": total - sizes["layers"] - sizes["embeddings"],
-            "sparse_layers": sum(s == "bitmask" for s in storage.values()),
+    sizes = {"layers": 0, "embeddings": 0, "other": 0}
+    for key, t in tensors.items():
+        owner, _, leaf = key.rpartition(".")
+        part = "layers" if owner in storage and leaf.startswith("weight_") else \
+            "embeddings" if key in embedded or owner in embedded else "other"
+        sizes[part] += t.numel() * t.element_size()
+    return {**sizes, "sparse_layers": sum(s == "bitmask" for s in storage.values()),
             "dense_layers": sum(s == "dense" for s in storage.values())}
 
 
