@@ -31,7 +31,7 @@ from .tasks import Example, Task, multiple_choice_task
 
 DIST, VERSION = "evals", "3.0.1.post1"
 DATA_DIR = "evals/registry/data"
-# name -> file under DATA_DIR; these are unpacked together (one fetch); suite:commonsense-evals uses the first four
+# name -> file under DATA_DIR; these are unpacked together (one fetch); suite:commonsense-evals uses the first two
 DATA_SETS = {
     "quartz": "quartz/samples.jsonl",  # QuaRTz: qualitative relationships in science, 2 options, 3,860 rows
     "socialiqa": "theory_of_mind/socialiqa/test.jsonl",  # Social IQa's questions, 3 options, 2,224 rows
