@@ -23,9 +23,14 @@ VENV = Path.home() / ".cache" / "slimtune" / "bench-venvs" / "llmcompressor-0.14
 LLMC_REQS = ["torch==2.13.0", "llmcompressor==0.14.*"]
 
 
-def stage_runner(work: Path):
+def stage_runner(work: Path, tasks=()):
     """stage(name, make) -> work/name, made by make(path) unless it exists: a re-run with the same --keep
-    reuses every finished artifact (slimtune writes them atomically, so one that exists is complete)."""
+    reuses every finished artifact (slimtune writes them atomically, so one that exists is complete).
+    Artifacts and cached evaluations are known by name only, so the data of each task in `tasks` is
+    fingerprinted into work/tasks.json and a later run whose task of the same name holds other examples
+    (a suite whose members changed) is refused before anything stale is reused."""
+    _check_task_data(work, tasks)
+
     def stage(name: str, make) -> Path:
         path = work / name
         if not path.exists():
@@ -35,6 +40,29 @@ def stage_runner(work: Path):
         return path
 
     return stage
+
+
+def task_fingerprint(spec: str) -> str:
+    """A hash of the ids in each split of a task (split seed 0): it changes when the task's data does."""
+    from slimtune.data import load_task
+
+    task = load_task(spec)
+    ids = {split: [e.id for e in task.split(split)] for split in ("train", "validation", "test")}
+    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()
+
+
+def _check_task_data(work: Path, tasks) -> None:
+    from slimtune.artifacts import write_json_atomic
+
+    record = work / "tasks.json"
+    known = json.loads(record.read_text()) if record.exists() else {}
+    now = {spec: task_fingerprint(spec) for spec in tasks}
+    changed = sorted(spec for spec, fp in now.items() if known.get(spec, fp) != fp)
+    if changed:
+        raise SystemExit(f"{work} holds artifacts made from other data of {', '.join(changed)} (its examples changed "
+                         "since): give a new --keep directory")
+    if now.keys() - known.keys():
+        write_json_atomic(record, {**known, **now})
 
 
 def add_common_args(ap, models_kept: str) -> None:

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
                  save_steps=100000, logging_steps=50, seed=args.seed, progress=False)
     seq_len = 128  # the MACs' attention products (the space stage's default)
 
-    stage = stage_runner(work)
+    stage = stage_runner(work, tasks)
 
     def scored(path, task):
         """The held-out evaluation of one model, cached beside its artifact."""

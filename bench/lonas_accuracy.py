@@ -42,7 +42,7 @@ def compare(args) -> None:
         train.update(max_steps=4, max_length=64)
     common = dict(task=task, seed=args.seed, alpha=64.0, dropout=0.1, targets=TARGETS, **train)
 
-    stage = stage_runner(work)
+    stage = stage_runner(work, [task])
     # super-network variants keep their own artifacts under one --keep (LoRA and the base are shared)
     tag = "".join(f"-{v}" for v, default in ((args.width_order, "original"), (args.sampler, "uniform")) if v != default)
 

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         evaluation.update(seq_len=64, max_windows=2, limit=args.limit or 40)
         space, fixed_rank = [8, 6, 4], 6
 
-    stage = stage_runner(work)
+    stage = stage_runner(work, [args.task])
 
     print(f"model {args.model}, task {args.task} (split seed 0), seeds {seeds}, methods {methods or 'none'}, NLS "
           f"{args.nls} {space} (fixed rank {fixed_rank}), alpha {args.alpha:g}, INT4 g{args.group_size} "
