@@ -8,8 +8,11 @@ Models: the dense base (the run's model), the sparse-INT4 base (`sparse-int4`), 
 (`final`, compressed-tensors) and its deployed form (`deployed`, the compact export) of a demo run
 directory (`slimtune demo` writes one). Runtimes, each model in the ones that read it:
   slimtune        load_model(dir): the exact path (packed layers dequantized once into float32)
-  slimtune-int4   load_model(dir, int4="kernel", embeddings="float16"): torch's int4 matmul, only the
-                  kernel's packed copy of each weight, the embedding / LM head in float16
+  slimtune-int4   load_model(dir, int4="kernel", embeddings=...): torch's int4 matmul, only the kernel's
+                  packed copy of each weight; the embedding / LM head as INT4 codes (the head on the int4
+                  kernel) where the directory stores them so (the compact export), else in float16
+  slimtune-compiled  the same model (the dense one as loaded), decoded by deploy.decode.StaticDecoder: a
+                  static KV cache and a torch.compile'd one-token step (compiled in the warm-up, not timed)
   transformers    AutoModelForCausalLM.from_pretrained(dir) (compressed-tensors decompresses the weights)
   llama.cpp       `slimtune export --format gguf` of the model (INT4 grid as Q4_1, embedding q8_0; the
                   dense model as f16), run by llama-cpp-python from --llama-python's environment (built
@@ -37,7 +40,7 @@ import time
 from pathlib import Path
 
 MODELS = ("dense", "sparse-int4", "final", "deployed")
-RUNTIMES = ("slimtune", "slimtune-int4", "transformers", "llama.cpp")
+RUNTIMES = ("slimtune", "slimtune-int4", "slimtune-compiled", "transformers", "llama.cpp")
 PROMPT = 128
 
 LLAMA_WORKER = r"""
@@ -88,8 +91,9 @@ def torch_worker(args) -> dict:
 
     import transformers  # noqa: F401 (imported before the baseline is taken)
     from _common import rss_mb
+    from slimtune.deploy.decode import StaticDecoder
     from slimtune.deploy.speed import _decode
-    from slimtune.models import load_model
+    from slimtune.models import is_packed_quantized, load_model
 
     torch.set_num_threads(args.threads)
     ids = torch.tensor(json.loads(Path(args.ids).read_text()))
@@ -99,9 +103,20 @@ def torch_worker(args) -> dict:
 
         model = AutoModelForCausalLM.from_pretrained(args.path, dtype=torch.float32).eval()
     else:
-        kernel = args.runtime == "slimtune-int4"
-        model, _ = load_model(args.path, int4="kernel" if kernel else "dequantize",
-                              embeddings="float16" if kernel else None)
+        packed = is_packed_quantized(args.path)
+        kernel = args.runtime != "slimtune" and packed
+        embeddings = ("int4" if _int4_embedding(args.path) else "float16") if kernel else None
+        model, _ = load_model(args.path, int4="kernel" if kernel else "dequantize", embeddings=embeddings)
+    decode = _decode
+    if args.runtime == "slimtune-compiled":
+        decoder = StaticDecoder(model, max_length=PROMPT + args.decode + 1)
+
+        def decode(model, prompt, steps):  # as _decode: the steps after the prompt, timed alone
+            token = decoder.prefill(prompt)
+            t = time.perf_counter()
+            for i in range(steps):
+                token = decoder.step(token, prompt.shape[1] + i)
+            return time.perf_counter() - t
 
     def prefill() -> float:  # the next token's logits only, as generation (and llama.cpp) computes them
         t = time.perf_counter()
@@ -110,13 +125,20 @@ def torch_worker(args) -> dict:
 
     with torch.no_grad():
         prefill()
-        _decode(model, ids[:1, :PROMPT], 2)  # warm-up: caches, kernel packing
+        decode(model, ids[:1, :PROMPT], 2)  # warm-up: caches, kernel packing, compiling
         resident = rss_mb() - before
         Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on: inference only
         p = statistics.median(prefill() for _ in range(args.rounds))
-        d = statistics.median(_decode(model, ids[:1, :PROMPT], args.decode) for _ in range(args.rounds))
+        d = statistics.median(decode(model, ids[:1, :PROMPT], args.decode) for _ in range(args.rounds))
     return {"resident_mb": resident, "peak_mb": rss_mb("VmHWM:") - before, "prefill_tok_s": ids.numel() / p,
             "decode_tok_s": args.decode / d}
+
+
+def _int4_embedding(path) -> bool:
+    """Whether a model directory stores its embedding as INT4 (a compact export with embeddings=int4)."""
+    from slimtune.quant.compact import is_compact, read_meta
+
+    return is_compact(path) and any(g["bits"] == 4 for g in read_meta(Path(path))["embedding_grids"].values())
 
 
 def _weights_mb(path: Path) -> float:
@@ -260,7 +282,8 @@ def plot(rows: list[dict], path: str) -> None:
     for ax, key, title in zip(axes, ("peak_mb", "prefill_tok_s", "decode_tok_s"),
                               ("peak memory at inference (MB)", "prefill tokens/s", "decode tokens/s")):
         ax.barh(range(len(rows)), [r[key] for r in rows], color=[
-            {"slimtune": "tab:blue", "slimtune-int4": "tab:green", "transformers": "tab:orange",
+            {"slimtune": "tab:blue", "slimtune-int4": "tab:green", "slimtune-compiled": "tab:purple",
+             "transformers": "tab:orange",
              "llama.cpp": "tab:red"}[r["runtime"]] for r in rows])
         ax.set_yticks(range(len(rows)), labels if ax is axes[0] else [""] * len(rows), fontsize=7)
         ax.invert_yaxis()

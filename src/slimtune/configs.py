@@ -349,8 +349,9 @@ class EvaluateConfig(_Scoring):
         "dequantize", description="INT4 layers of a packed model: dequantize (exact, float32 weights cached) or "
                                   "kernel (torch's int4 matmul in bfloat16, weights stay packed; log-probabilities "
                                   "within ~0.1 nats of the exact path)")
-    embeddings: Literal["float16", "bfloat16"] | None = Field(None, description="hold the token embedding and LM "
-                                                                                "head in this dtype in memory")
+    embeddings: Literal["float16", "bfloat16", "int4"] | None = Field(
+        None, description="hold the token embedding and LM head in this dtype in memory; int4: as INT4 codes, the "
+                          "head on the int4 path (a compact export's stored grid, else quantized on loading)")
 
     @field_validator("task")
     @classmethod

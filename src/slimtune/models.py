@@ -115,6 +115,9 @@ def _gguf_to_hf(gguf: Path, cache_name: str | None = None) -> Path:
     return out
 
 
+EMBEDDINGS_IN_MEMORY = (None, "float16", "bfloat16", "int4")
+
+
 def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
                trust_remote_code: bool = False, device: str | None = None, int4: str = "dequantize",
                embeddings: str | None = None):
@@ -125,23 +128,34 @@ def load_model(spec: str | os.PathLike, *, dtype: str | torch.dtype = "float32",
     "dequantize" (exact; a float32 copy of each weight is cached) or "kernel" (torch's int4 matmul,
     only the kernel's packed copy held; within a tolerance of the exact path, see deploy/int4.py).
     embeddings: "float16" / "bfloat16" holds the token embedding and LM head (tied or not) in that
-    dtype in memory, the rest of the arithmetic unchanged (deploy/half.py); None keeps them as loaded."""
+    dtype in memory, the rest of the arithmetic unchanged (deploy/half.py); "int4" holds them as INT4
+    codes, the head on the `int4` path (quant/int4_embeddings.py: a compact export's stored INT4 grid, else
+    quantized on loading); None keeps them as loaded."""
+    if embeddings not in EMBEDDINGS_IN_MEMORY:
+        raise ConfigError(f"embeddings {embeddings!r}: choose from {', '.join(map(str, EMBEDDINGS_IN_MEMORY[1:]))} "
+                          "(or None to keep them as loaded)")
     model, tokenizer = _load_model(spec, dtype, trust_remote_code, device, int4)
-    if embeddings is not None:
+    _embeddings(model, int4, embeddings)
+    return model, tokenizer
+
+
+def _embeddings(model: nn.Module, int4: str, embeddings: str | None) -> None:
+    if embeddings == "int4":
+        from .quant.int4_embeddings import int4_embeddings
+
+        int4_embeddings(model, int4)
+    elif embeddings is not None:
         from .deploy.half import half_embeddings
 
         half_embeddings(model, embeddings)
-    return model, tokenizer
 
 
 def inference_options(model: nn.Module, int4: str = "dequantize", embeddings: str | None = None) -> None:
     """load_model's `int4` and `embeddings` for a model already loaded (e.g. an adapter on its base)."""
-    from .deploy.half import half_embeddings
     from .quant.linear import set_inference
 
     set_inference(model, int4)
-    if embeddings is not None:
-        half_embeddings(model, embeddings)
+    _embeddings(model, int4, embeddings)
 
 
 def _load_model(spec, dtype, trust_remote_code: bool, device: str | None, int4: str):

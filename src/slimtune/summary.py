@@ -77,8 +77,9 @@ def summarize(path: str | Path) -> dict:
                                           "bits": qp.bits, "group_size": qp.group_size, "symmetric": qp.symmetric}
             zeros, params = zeros + z, params + codes.numel()
             packed.add(name)
-        for key, grid, weight in read_compact_embeddings(directory) if compact else ():
-            matrices[key] = {"shape": grid["shape"], "sparsity": float((weight == 0).float().mean()), "prunable": False,
+        for key, grid, qp, codes in read_compact_embeddings(directory) if compact else ():
+            matrices[key] = {"shape": grid["shape"], "sparsity": float((qp.dequantize(codes) == 0).float().mean()),
+                             "prunable": False,
                              **{k: grid[k] for k in ("bits", "group_size", "symmetric")}}
     for f in _weight_files(directory):
         with safe_open(str(f), "pt") as st:

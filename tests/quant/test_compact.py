@@ -80,8 +80,9 @@ def test_quantized_embedding_is_its_stored_grid_exactly(half_pruned, tmp_path, k
     again, _ = load_compact(tmp_path)
     loaded = again.model.embed_tokens.weight.detach()
     assert again.lm_head.weight is again.model.embed_tokens.weight
-    [(key, grid, weight)] = list(read_compact_embeddings(tmp_path))
-    assert key == "model.embed_tokens.weight" and grid["bits"] == bits and torch.equal(weight, loaded)
+    [(key, grid, params, codes)] = list(read_compact_embeddings(tmp_path))
+    assert key == "model.embed_tokens.weight" and grid["bits"] == bits and params.bits == bits
+    assert torch.equal(params.dequantize(codes), loaded)
     error = (loaded - original).square().sum()
     assert 0 < error  # lossy against the float embedding, as documented
     minmax = compute_params(original, bits, group, symmetric)

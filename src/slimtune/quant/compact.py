@@ -86,30 +86,42 @@ def _dense_codes(tensors: dict, params: QuantParams, name: str, shape: tuple[int
     return codes
 
 
-def _quantized_embedding(weight: torch.Tensor, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The leaves and grid record of an embedding stored as `kind` ("int8" / "int4"): the grid's scales rounded
-    up to float16 (so that they are stored exactly and still span what they spanned), its zero points kept."""
+def embedding_grid(weight: torch.Tensor, kind: str) -> tuple[QuantParams, torch.Tensor]:
+    """(grid, uint8 codes) of an embedding quantized as `kind` ("int8" / "int4"): the grid's scales rounded up
+    to float16 (so that they are stored exactly and still span what they spanned), its zero points kept."""
     bits, group_size, symmetric, observer = EMBEDDING_GRIDS[kind]
     w = weight.detach().float()
     params = compute_params(w, bits, group_size, symmetric, observer)
     up = params.scales * (1 + 2.0 ** -10)  # float16 spacing is at most 2^-10 relative: nearest >= the scale
     half = up.to(torch.float16).clamp(min=torch.finfo(torch.float16).tiny)
     params = QuantParams(bits, group_size, symmetric, half.float(), params.zeros)
-    leaves = {"codes": pack(params.quantize(w), bits).contiguous(), "scales": half.contiguous()}
-    if not symmetric:
-        leaves["zeros"] = pack(params.zeros.to(torch.uint8), bits).contiguous()
-    return leaves, {"bits": bits, "group_size": group_size, "symmetric": symmetric, "observer": observer,
-                    "shape": list(w.shape)}
+    return params, params.quantize(w)
 
 
-def _embedding_weight(tensors: dict, key: str, grid: dict) -> torch.Tensor:
+def _quantized_embedding(weight: torch.Tensor, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The leaves and grid record of an embedding stored as `kind` (embedding_grid)."""
+    params, codes = embedding_grid(weight, kind)
+    leaves = {"codes": pack(codes, params.bits).contiguous(), "scales": params.scales.to(torch.float16).contiguous()}
+    if not params.symmetric:
+        leaves["zeros"] = pack(params.zeros.to(torch.uint8), params.bits).contiguous()
+    return leaves, {"bits": params.bits, "group_size": params.group_size, "symmetric": params.symmetric,
+                    "observer": EMBEDDING_GRIDS[kind][3], "shape": list(weight.shape)}
+
+
+def _stored_embedding(tensors: dict, key: str, grid: dict) -> tuple[QuantParams, torch.Tensor]:
+    """(grid, uint8 codes) of a stored quantized embedding; its leaves are taken out of `tensors`."""
     rows, cols = grid["shape"]
     bits, group_size = grid["bits"], grid["group_size"]
     scales = tensors.pop(f"{key}.scales").float()
     zeros = unpack(tensors.pop(f"{key}.zeros"), bits, scales.shape[1]).to(torch.int32) if not grid["symmetric"] \
         else torch.full(scales.shape, 1 << (bits - 1), dtype=torch.int32)
     params = QuantParams(bits, group_size, grid["symmetric"], scales, zeros)
-    return params.dequantize(unpack(tensors.pop(f"{key}.codes"), bits, cols))
+    return params, unpack(tensors.pop(f"{key}.codes"), bits, cols)
+
+
+def _embedding_weight(tensors: dict, key: str, grid: dict) -> torch.Tensor:
+    params, codes = _stored_embedding(tensors, key, grid)
+    return params.dequantize(codes)
 
 
 def write_compact(model: nn.Module, directory: str | os.PathLike, tokenizer=None, embeddings: str = "int4") -> dict:
@@ -194,7 +206,7 @@ def read_compact_layers(model_dir: str | os.PathLike):
 
 
 def read_compact_embeddings(model_dir: str | os.PathLike):
-    """Yield (key, grid record, float32 weight) per quantized embedding of a compact directory."""
+    """Yield (key, grid record, QuantParams, uint8 codes) per quantized embedding of a compact directory."""
     from safetensors import safe_open
 
     path = Path(model_dir)
@@ -202,7 +214,7 @@ def read_compact_embeddings(model_dir: str | os.PathLike):
         for key, grid in read_meta(path)["embedding_grids"].items():
             leaves = {f"{key}.{leaf}": st.get_tensor(f"{key}.{leaf}") for leaf in ("codes", "scales", "zeros")
                       if f"{key}.{leaf}" in st.keys()}
-            yield key, grid, _embedding_weight(leaves, key, grid)
+            yield key, grid, *_stored_embedding(leaves, key, grid)
 
 
 def load_compact(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):

@@ -204,11 +204,15 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        # under torch.compile the buffer-state keys cannot be traced: deploy.decode runs one eager forward
+        # (which builds the kernel weights and dequantized caches) before compiling, and the compiled step
+        # treats the model as frozen
+        frozen = torch.compiler.is_compiling()
         if self.inference == "kernel" and not (torch.is_grad_enabled() and x.requires_grad):
-            weight, _ = self._kernel_weight()
+            weight = self._kernel[1] if frozen and self._kernel else self._kernel_weight()[0]
             if weight is not None:
                 return int4.matmul(x, weight, bias)
-        return F.linear(x, self._cached_weight(x.dtype), bias)
+        return F.linear(x, self._cache[1] if frozen and self._cache else self._cached_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
