@@ -11,7 +11,7 @@ from . import lineage
 from .adapted import load_adapted  # noqa: F401 (public here)
 from .adapters import adapter_layers, merge_adapters, save_adapter
 from .adapters.peft_io import base_of_adapter
-from .api_extra import diagnose_intruders, refactor  # noqa: F401 (stages kept in api_extra.py, public here)
+from .api_extra import diagnose_intruders, generate, refactor  # noqa: F401 (stages kept in api_extra.py, public here)
 from .eftnas import importance, space, supernet  # noqa: F401 (EFTNAS stages, public here)
 from .finetuning import finetune  # noqa: F401 (the fine-tuning stage, public here)
 from .artifacts import Artifact, atomic_dir, check_output_dir, write_json_atomic, write_manifest

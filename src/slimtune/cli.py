@@ -7,7 +7,7 @@ import json
 import sys
 
 from .cli_args import add_config_arguments, add_overwrite, config_from_args
-from .cli_extra import add_diagnose, add_eftnas, add_refactor, run_extra
+from .cli_extra import add_diagnose, add_eftnas, add_generate, add_refactor, run_extra
 from .configs import STAGE_CONFIGS, InspectConfig
 from .errors import SlimtuneError
 from .guards import finite_float
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_merge, add_refactor, add_diagnose, add_eftnas, _add_inspect, _add_export, _add_run,
                 _add_report, _add_demo):
         add(sub)
+    add_generate(sub, MODEL_HELP, DEFAULT_MODEL)
     return parser
 
 
@@ -245,7 +246,7 @@ def _run(args: argparse.Namespace) -> None:
         from .report import build_report
 
         print(f"report written to {build_report(args.run_dir)}")
-    elif args.command in ("refactor", "diagnose", "importance", "space", "supernet"):
+    elif args.command in ("refactor", "diagnose", "importance", "space", "supernet", "generate"):
         run_extra(args)
     elif args.command == "merge":
         out = api.merge(args.adapter, out=args.out, model=args.model, overwrite=args.overwrite)

@@ -1,5 +1,5 @@
-"""`slimtune refactor`, `slimtune diagnose intruders`, `slimtune importance`, `slimtune space` and `slimtune
-supernet`: thin wrappers over slimtune.api (api_extra.py, eftnas.py), kept beside cli.py for its length."""
+"""`slimtune refactor`, `slimtune diagnose intruders`, `slimtune importance`, `slimtune space`, `slimtune
+supernet` and `slimtune generate`: thin wrappers over slimtune.api (api_extra.py, eftnas.py), kept beside cli.py for its length."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 
 from .cli_args import add_config_arguments, add_overwrite, config_from_args
-from .configs import ImportanceConfig, IntrudersConfig, RefactorConfig, SpaceConfig, SupernetConfig
+from .configs import GenerateConfig, ImportanceConfig, IntrudersConfig, RefactorConfig, SpaceConfig, SupernetConfig
 
 
 def add_refactor(sub) -> None:
@@ -75,6 +75,17 @@ def add_eftnas(sub) -> None:
     add_config_arguments(r, SupernetConfig)
 
 
+def add_generate(sub, model_help: str, default_model: str) -> None:
+    p = sub.add_parser("generate", help="greedy continuation of a prompt on the fast inference path",
+                       description="Greedy decoding, batch 1, from a static KV cache (deploy/decode.py): a packed "
+                                   "model runs its INT4 layers on torch's int4 kernel by default; --compile compiles "
+                                   "the one-token step. Prints the continuation (--json: with timings).")
+    p.add_argument("--model", default=default_model, help=model_help)
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--json", action="store_true", help="print JSON with the tokens and timings")
+    add_config_arguments(p, GenerateConfig)
+
+
 def run_extra(args: argparse.Namespace) -> None:
     from . import api
 
@@ -99,6 +110,9 @@ def run_extra(args: argparse.Namespace) -> None:
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
         print(f"adapter of {metrics['adapter_parameters']} parameters (from {metrics['source_parameters']}; "
               f"Frobenius error of the update {metrics['frobenius_error']:.4g}) written to {out}")
+    elif args.command == "generate":
+        result = api.generate(args.model, args.prompt, **config_from_args(GenerateConfig, args))
+        print(json.dumps(result, indent=1) if args.json else result["text"])
     elif args.command == "diagnose":
         from .diagnose import format_intruders
 

@@ -427,6 +427,19 @@ class InspectConfig(Config):
     threads: int | None = Field(None, ge=1, description="latency: CPU threads (default: torch's)")
 
 
+class GenerateConfig(Config):
+    """`generate`: a greedy continuation of a prompt, batch 1, on the fast inference path (deploy/decode.py)."""
+
+    max_new_tokens: int = Field(32, ge=1, description="new tokens at most (fewer when the model ends the text)")
+    int4: Literal["dequantize", "kernel"] = Field("kernel", description="INT4 layers of a packed model: kernel "
+                                                  "(torch's int4 matmul, weights stay packed) or dequantize (exact)")
+    embeddings: Literal["float16", "bfloat16", "int4"] | None = Field(None, description="hold the token embedding and "
+                                                                      "LM head in this form in memory (as evaluate)")
+    compile: bool = Field(False, description="torch.compile the one-token step (tens of seconds once; pays off "
+                                             "over many tokens)")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+
+
 STAGE_CONFIGS: dict[str, type[Config]] = {c.stage_name(): c for c in (
     SparsifyConfig, QuantizeConfig, FinetuneConfig, ExtractConfig, SearchConfig, MergeConfig, EvaluateConfig,
     CompareConfig, RefactorConfig, IntrudersConfig, ExportConfig, ImportanceConfig, SpaceConfig, SupernetConfig)}

@@ -46,3 +46,28 @@ def test_bad_requests_are_refused(tiny_llama):
         decoder.prefill(torch.zeros(1, 16, dtype=torch.long))
     with pytest.raises(ConfigError, match="max_length 1"):
         StaticDecoder(model, max_length=1)
+
+
+def test_generate_continues_a_prompt_as_transformers_greedy_does(tiny_llama_dir, capsys):
+    from slimtune import api
+    from slimtune.cli import main
+
+    net, tok = load_model(tiny_llama_dir)
+    result = api.generate(tiny_llama_dir, TEXT, max_new_tokens=10, int4="dequantize")
+    ids = torch.tensor([[tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+                        + tok.encode(TEXT, add_special_tokens=False)])
+    with torch.no_grad():
+        ref = net.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert result["tokens"] == ref[:result["new_tokens"]] and 1 <= result["new_tokens"] <= 10
+    assert result["text"] == tok.decode(ref[:result["new_tokens"]], skip_special_tokens=True)
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompt", TEXT, "--max-new-tokens", "10"]) in (0, None)
+    assert capsys.readouterr().out.strip() == result["text"].strip()
+
+
+def test_generate_refuses_bad_prompts(tiny_llama_dir):
+    from slimtune import api
+
+    with pytest.raises(ConfigError, match="the prompt is empty"):  # before the model is looked for
+        api.generate("no-such-model", "  ")
+    with pytest.raises(ConfigError, match="exceed the model's 512 positions"):
+        api.generate(tiny_llama_dir, TEXT * 60, max_new_tokens=8)
