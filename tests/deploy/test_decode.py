@@ -44,6 +44,8 @@ def test_bad_requests_are_refused(tiny_llama):
         decoder.generate(torch.zeros(2, 3, dtype=torch.long), 2)
     with pytest.raises(ConfigError, match="16 prompt tokens leave no room for a new one in max_length 16"):
         decoder.prefill(torch.zeros(1, 16, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"step before any prompt: call prefill\(ids\) first"):
+        StaticDecoder(model, max_length=16, compile=False).step(torch.zeros(1, 1, dtype=torch.long), 0)
     with pytest.raises(ConfigError, match="max_length 1"):
         StaticDecoder(model, max_length=1)
 

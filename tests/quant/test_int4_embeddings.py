@@ -65,3 +65,17 @@ def test_models_it_cannot_hold_are_named(tiny_llama):
         int4_embeddings(model)
     with pytest.raises(ConfigError, match="embeddings .int2.: choose from float16, bfloat16, int4"):
         load_model("no-such-model", embeddings="int2")  # refused before loading
+
+
+def test_gemma_keeps_its_embedding_scale(tmp_path):
+    """Gemma multiplies its looked-up rows by sqrt(hidden) inside the embedding module: kept."""
+    from slimtune.models import build_tiny_model
+
+    directory = build_tiny_model(tmp_path / "gemma3", arch="gemma3")
+    float_net, tok = load_model(directory)
+    net, _ = load_model(directory, embeddings="int4")
+    params, codes = embedding_grid(float_net.get_input_embeddings().weight, "int4")
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        float_net.get_input_embeddings().weight.copy_(params.dequantize(codes))  # tied: the head too
+        assert torch.equal(net(ids).logits, float_net(ids).logits)

@@ -39,6 +39,7 @@ class StaticDecoder:
         self.cache = StaticCache(config=model.config, max_cache_len=max_length)
         # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated)
         self._cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._prompted = False
         self._step = torch.compile(self._forward, dynamic=False, fullgraph=True) if compile else self._forward
 
     def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -55,11 +56,14 @@ class StaticDecoder:
             raise ConfigError(f"{ids.shape[1]} prompt tokens leave no room for a new one in max_length "
                               f"{self.max_length}: build the decoder with a larger max_length")
         self.cache.reset()
+        self._prompted = True
         return self._forward(ids, torch.arange(ids.shape[1], device=ids.device)).argmax(-1, keepdim=True)
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """The greedy token after `token` [1, 1] at cache position `position` (compiled)."""
+        if not self._prompted:  # the eager prompt also builds the kernel weights the compiled step reads
+            raise ConfigError("StaticDecoder.step before any prompt: call prefill(ids) first")
         # a fresh position tensor each step: the compiled graph reads its value, not a Python int
         return self._step(token, torch.tensor([position], device=token.device)).argmax(-1, keepdim=True)
 
