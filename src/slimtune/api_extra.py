@@ -78,12 +78,15 @@ def generate(model: str | Path, prompt: str, *, config=None, **options) -> dict:
 
     from .configs import GenerateConfig
     from .data.text import prefix_token_id
-    from .deploy.decode import StaticDecoder
+    from .deploy.decode import StaticDecoder, cpp_compiler
     from .models import load_model
 
     cfg = GenerateConfig.build(config, options)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError("the prompt is empty: give the text to continue (--prompt)")
+    if cfg.compile and cpp_compiler() is None:
+        raise ConfigError("--compile needs a C++ compiler (torch.compile builds its CPU kernels with g++ or clang++): "
+                          "install one, or generate without --compile")
     net, tokenizer = load_model(model, int4=cfg.int4, embeddings=cfg.embeddings)
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     prefix = prefix_token_id(tokenizer)

@@ -5,7 +5,7 @@ bad requests are refused before any work."""
 import pytest
 import torch
 
-from slimtune.deploy.decode import StaticDecoder
+from slimtune.deploy.decode import StaticDecoder, cpp_compiler
 from slimtune.errors import ConfigError
 from slimtune.models import load_model
 from slimtune.quant import quantize_model
@@ -23,6 +23,7 @@ def test_eager_static_decoding_equals_transformers_greedy(tiny_llama):
     assert got.shape == (1, 12) and torch.equal(got, ref)
 
 
+@pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on a CPU needs a C++ compiler")
 def test_the_compiled_step_equals_the_eager_one_on_the_int4_kernel(tiny_llama, tmp_path):
     model, tok = tiny_llama
     quantize_model(model, tok, "rtn", bits=4, group_size=32, symmetric=False, progress=False)
@@ -35,7 +36,7 @@ def test_the_compiled_step_equals_the_eager_one_on_the_int4_kernel(tiny_llama, t
     assert torch.equal(decoder.generate(ids[:, :5], 8), StaticDecoder(net, 48, compile=False).generate(ids[:, :5], 8))
 
 
-def test_bad_requests_are_refused(tiny_llama):
+def test_bad_requests_are_refused(tiny_llama, monkeypatch):
     model, tok = tiny_llama
     decoder = StaticDecoder(model, max_length=16, compile=False)
     with pytest.raises(ConfigError, match="do not fit max_length 16"):
@@ -48,6 +49,9 @@ def test_bad_requests_are_refused(tiny_llama):
         StaticDecoder(model, max_length=16, compile=False).step(torch.zeros(1, 1, dtype=torch.long), 0)
     with pytest.raises(ConfigError, match="max_length 1"):
         StaticDecoder(model, max_length=1)
+    monkeypatch.setattr("slimtune.deploy.decode.cpp_compiler", lambda: None)
+    with pytest.raises(ConfigError, match="needs a C.. compiler .* or decode without compile"):
+        StaticDecoder(model, max_length=16)
 
 
 def test_generate_continues_a_prompt_as_transformers_greedy_does(tiny_llama_dir, capsys):

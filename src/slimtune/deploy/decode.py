@@ -21,10 +21,21 @@ compares them on a tiny model.
 from __future__ import annotations
 
 import inspect
+import shutil
 
 import torch
 
 from ..errors import ConfigError
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile builds CPU kernels with, if this machine has it."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return shutil.which(get_cpp_compiler())
+    except Exception:  # no compiler configured or found
+        return None
 
 
 class StaticDecoder:
@@ -35,6 +46,10 @@ class StaticDecoder:
             raise ConfigError("StaticDecoder needs a causal LM with an LM head (this model has none)")
         if max_length < 2:
             raise ConfigError(f"max_length {max_length}: the cache must hold a prompt token and a new one")
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if compile and on_cpu and cpp_compiler() is None:
+            raise ConfigError("compiling the decode step on a CPU needs a C++ compiler (torch.compile builds its "
+                              "kernels with g++ or clang++): install one, or decode without compile")
         self.model, self.max_length = model.eval(), max_length
         self.cache = StaticCache(config=model.config, max_cache_len=max_length)
         # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated)
