@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .compact import EMBEDDING_GRIDS, embedding_grid, is_compact, read_compact_embeddings
-from .linear import QuantLinear
+from .linear import QuantLinear, set_inference
 from .packing import pack, unpack
 from .params import QuantParams
 
@@ -64,8 +64,6 @@ def _stored_grids(model: nn.Module) -> dict[str, tuple[QuantParams, torch.Tensor
 def int4_embeddings(model: nn.Module, inference: str = "dequantize") -> None:
     """Replace the input embedding and the LM head (tied or not) by their INT4 forms; `inference` is the
     head's QuantLinear path ("kernel" or "dequantize")."""
-    from .linear import set_inference
-
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(emb, nn.Embedding):
