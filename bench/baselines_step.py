@@ -29,19 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 METHODS = ("lora", "nls", "adalora", "paca")
 
 
-def options(method: str, space: list[int], steps: int, alpha: float) -> dict:
-    """finetune options of one method (bench/sqft.py's `built` for qa-float, qa-float-nls, adalora, paca)."""
+def options(method: str, space: list[int], steps: int, alpha: float, **mode) -> dict:
+    """finetune options of one adapter method at the benches' equal budget (bench/sqft.py and baselines.py
+    train with these): nls over `space` at `alpha`; lora and paca at the space's median rank, adalora from its
+    largest to its median rank, all at alpha scaled to that rank. `mode`: e.g. sparse_adapter, quant_aware."""
     fixed = space[(len(space) - 1) // 2]
     if method == "nls":
-        return dict(adapter="nls", rank_space=space, alpha=alpha, sparse_adapter=True, quant_aware=True,
-                    qa_weights="float")
-    common = dict(alpha=alpha * fixed / space[0], sparse_adapter=True)
-    if method == "lora":
-        return dict(adapter="lora", rank=fixed, quant_aware=True, qa_weights="float", **common)
+        return dict(adapter="nls", rank_space=space, alpha=alpha, **mode)
+    scaled = dict(alpha=alpha * fixed / space[0], **mode)
     if method == "adalora":
-        return dict(adapter="adalora", quant_aware=True, **common, adalora=dict(
+        return dict(adapter="adalora", **scaled, adalora=dict(
             init_r=space[0], target_r=fixed, tinit=steps // 10, tfinal=steps // 5, deltaT=max(1, steps // 20)))
-    return dict(adapter="paca", rank=fixed, **common)
+    return dict(adapter=method, rank=fixed, **scaled)
+
+
+# how the baselines bench trains each method on the sparse INT4 base
+QA = dict(sparse_adapter=True, quant_aware=True)
+MODES = {"lora": dict(QA, qa_weights="float"), "nls": dict(QA, qa_weights="float"), "adalora": QA,
+         "paca": dict(sparse_adapter=True)}
 
 
 def worker(args) -> dict:
@@ -57,7 +62,7 @@ def worker(args) -> dict:
         out = api.finetune(args.model, task=args.task, out=Path(tmp) / "a", max_steps=args.steps, learning_rate=5e-4,
                            batch_size=8, warmup_steps=0, max_length=args.max_length, save_steps=100000, seed=42,
                            progress=False, **options(args.worker, [int(r) for r in args.rank_space.split(",")],
-                                                     args.steps, 64.0))
+                                                     args.steps, 64.0, **MODES[args.worker]))
         metrics = json.loads((out / "slimtune.json").read_text())["metrics"]
     return {"s_per_step": metrics["runtime_s"] / metrics["steps"], "peak_mb": rss_mb("VmHWM:") - before,
             "trainable": metrics["adapter_parameters"]}

@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import stage_runner  # noqa: E402
+from baselines_step import MODES, QA, options as method_options  # noqa: E402
 
 
 METHODS = ("lora", "lora-gptq", "sparsepeft", "qa-float", "qa-quantized", "adalora", "paca")
@@ -154,10 +155,10 @@ def main(argv=None) -> int:
                                                     calibration=calibration, progress=False))
     int4 = stage("sparse-int4", lambda p: api.quantize(sparse, out=p, **quant))
 
-    def tune(name, base, nls, seed, adapter=None, **kw):
-        adapter = adapter or (dict(adapter="nls", rank_space=space) if nls else dict(adapter="lora", rank=fixed_rank))
-        sup = stage(name, lambda p: api.finetune(base, task=args.task, out=p, alpha=args.alpha * (
-            1 if nls else fixed_rank / space[0]), seed=seed, **adapter, **kw, **train))
+    def tune(name, base, seed, method, nls=False, **mode):
+        """An adapter of `method` (bench/baselines_step.options) trained on `base`; NLS: its median sub-adapter."""
+        kw = method_options("nls" if nls else method, space, train["max_steps"], args.alpha, **mode)
+        sup = stage(name, lambda p: api.finetune(base, task=args.task, out=p, seed=seed, **kw, **train))
         if not nls:
             return sup
         return stage(name + "-sub", lambda p: api.extract(sup, out=p, select=args.select, progress=False))
@@ -180,25 +181,18 @@ def main(argv=None) -> int:
         """(model dir, adapter or None, the base it trained on) of one method, trained with one seed."""
         tag = f"{method}{'-nls' if nls else ''}-s{seed}"
         if method in ("lora", "lora-gptq"):
-            lora = tune(f"lora{'-nls' if nls else ''}-s{seed}", int4, nls, seed, dropout=0.0)
+            lora = tune(f"lora{'-nls' if nls else ''}-s{seed}", int4, seed, "lora", nls, dropout=0.0)
             if method == "lora":
                 return int4, lora, int4
             merged = stage(f"lora-merged{'-nls' if nls else ''}-s{seed}", lambda p: api.merge(lora, out=p))
             return stage(tag, lambda p: api.quantize(merged, out=p, **quant)), None, int4
         if method == "sparsepeft":
-            adapter = tune(tag + "-adapter", sparse, nls, seed, sparse_adapter=True)
+            adapter = tune(tag + "-adapter", sparse, seed, "lora", nls, sparse_adapter=True)
             return stage(tag, lambda p: api.merge(adapter, out=p)), None, sparse
-        if method == "adalora":
-            schedule = dict(init_r=space[0], target_r=fixed_rank, tinit=train["max_steps"] // 10,
-                            tfinal=train["max_steps"] // 5, deltaT=max(1, train["max_steps"] // 20))
-            adapter = tune(tag + "-adapter", int4, False, seed, sparse_adapter=True, quant_aware=True,
-                           adapter=dict(adapter="adalora", adalora=schedule))
-        elif method == "paca":
-            adapter = tune(tag + "-adapter", int4, False, seed, sparse_adapter=True,
-                           adapter=dict(adapter="paca", rank=fixed_rank))
+        if method in ("adalora", "paca"):
+            adapter = tune(tag + "-adapter", int4, seed, method, **MODES[method])
         else:
-            adapter = tune(tag + "-adapter", int4, nls, seed, sparse_adapter=True, quant_aware=True,
-                           qa_weights=method.split("-")[1])
+            adapter = tune(tag + "-adapter", int4, seed, "lora", nls, **QA, qa_weights=method.split("-")[1])
         return stage(tag, lambda p: api.merge(adapter, out=p)), None, int4
 
     def intruders(base, model_dir, adapter):
