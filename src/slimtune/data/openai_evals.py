@@ -31,8 +31,7 @@ from .tasks import Example, Task, multiple_choice_task
 
 DIST, VERSION = "evals", "3.0.1.post1"
 DATA_DIR = "evals/registry/data"
-# name -> file under DATA_DIR; all but UNPACKED_ALONE unpack together (one fetch); suite:commonsense-evals
-# uses the first two
+# name -> file under DATA_DIR; these are unpacked together (one fetch); suite:commonsense-evals uses the first two
 DATA_SETS = {
     "quartz": "quartz/samples.jsonl",  # QuaRTz: qualitative relationships in science, 2 options, 3,860 rows
     "socialiqa": "theory_of_mind/socialiqa/test.jsonl",  # Social IQa's questions, 3 options, 2,224 rows
@@ -42,11 +41,7 @@ DATA_SETS = {
     # news headlines, sarcastic (1) or not (0), 28,614 rows, 52% "0": a classification task for encoders
     # (the instruction is in the system message, which the prompt leaves out)
     "sarcasm": "sarcasm/samples.jsonl",
-    # boolean expressions ("(true or not false) and ...") to evaluate, true/false 50/50, 214,866 rows:
-    # a classification task for encoders whose answer no word of the text gives away
-    "formal-logic": "formal_logic/formal_logic_expressions.jsonl",
 }
-UNPACKED_ALONE = {"formal-logic"}  # 84 MB: unpacked only when asked for, into its own cache directory
 MAX_LABELS = 5
 _LINE_OPTION = re.compile(r"^\s*([A-Z])\s*[:.)]\s*(.+?)\s*$")
 _INLINE_OPTION = re.compile(r"(?:^|\s)([A-Z]):\s")
@@ -59,9 +54,7 @@ def samples_path(name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise DataError(f"evals data set name {name!r}: letters, digits, '_', '-' and '.' only (e.g. evals:quartz)")
     if name in DATA_SETS:
-        together = [n for n in DATA_SETS if n not in UNPACKED_ALONE]
-        member = f"{DATA_DIR}/{DATA_SETS[name]}"
-        only = tuple(f"*/{DATA_DIR}/{DATA_SETS[n]}" for n in ([name] if name in UNPACKED_ALONE else together))
+        member, only = f"{DATA_DIR}/{DATA_SETS[name]}", tuple(f"*/{DATA_DIR}/{f}" for f in DATA_SETS.values())
     else:
         member, only = f"{DATA_DIR}/{name}/samples.jsonl", (f"*/{DATA_DIR}/{name}/*",)
     try:
