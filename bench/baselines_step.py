@@ -5,8 +5,8 @@ bench/baselines.py trains them (issue 19): the same finetune options, base, task
     python bench/baselines_step.py --quick                                 # tiny random Llama: a smoke test
 
 Each method runs `api.finetune` for --steps optimizer steps in its own fresh process (--threads threads):
-time per step = the trainer's runtime / steps (the first --warmup steps' runs are not separated: the runtime
-covers all steps, so use enough of them); peak memory = the process's high-water mark minus its resident set
+time per step = the trainer's runtime / steps (the runtime covers every step, the first ones' warm-up
+included, so use enough of them); peak memory = the process's high-water mark minus its resident set
 before finetune was called (model, adapter, optimizer, activations). Methods, at the same trainable budget:
   lora      LoRA r (the median of the NLS space), masked and quantization-aware (QA-SparsePEFT, float W)
   nls       the NLS super-adapter over the space (r_max trains, a rank sampled per step), same mode

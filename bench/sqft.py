@@ -125,7 +125,6 @@ def main(argv=None) -> int:
     work = Path(args.keep) if args.keep else Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     space = [int(r) for r in args.rank_space.split(",")]
-    fixed_rank = space[(len(space) - 1) // 2]
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = [] if args.methods == "none" else args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
@@ -142,7 +141,8 @@ def main(argv=None) -> int:
         calibration = {"source": "news", "n_samples": 4, "seq_len": 64, "seed": 0}
         train.update(max_steps=4, max_length=64)
         evaluation.update(seq_len=64, max_windows=2, limit=args.limit or 40)
-        space, fixed_rank = [8, 6, 4], 6
+        space = [8, 6, 4]
+    fixed_rank = space[(len(space) - 1) // 2]  # LoRA's, PaCA's and AdaLoRA's target rank (baselines_step.options)
 
     stage = stage_runner(work, [args.task])
 
