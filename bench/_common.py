@@ -1,7 +1,7 @@
 """Pieces shared by the benchmarks: for those that compare slimtune with llm-compressor (bench/sparsify.py,
 bench/quantize.py) the llm-compressor venv, the worker environment and result parsing, the one
 evaluator (slimtune's perplexity on the Wikipedia excerpt) and table formatting; for the pipelines
-(bench/sqft.py, eftnas.py, lonas.py) the reusable stage runner.
+(bench/sqft.py, eftnas.py, lonas.py, svd_vs_nls.py) the reusable stage runner and cached evaluations.
 
 The bench scripts run as `python bench/X.py`, so this directory is sys.path[0] and they import
 this module as `_common` (each script also puts its own directory on sys.path, for other ways in).
@@ -40,6 +40,20 @@ def stage_runner(work: Path, tasks=()):
         return path
 
     return stage
+
+
+def cached_result(cache: Path | None, key: dict, compute) -> dict:
+    """compute()'s result (an evaluation, with its per-example scores), stored at `cache` with the settings
+    `key` it was made with and reused while they are the same; cache None: computed, not stored."""
+    from slimtune.artifacts import write_json_atomic
+
+    cached = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    if cached.get("key") == key:
+        return cached["result"]
+    result = compute()
+    if cache is not None:
+        write_json_atomic(cache, {"key": key, "result": result})
+    return result
 
 
 def task_fingerprint(spec: str) -> str:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import stage_runner  # noqa: E402
+from _common import cached_result, stage_runner  # noqa: E402
 
 TASKS = "evals:sarcasm"  # crepe: every model, teacher included, predicts its 76% majority (RESULTS.md)
 PICKS = (0.5, 0.25)
@@ -147,7 +147,6 @@ def main(argv=None) -> int:
     import torch
 
     from slimtune import api
-    from slimtune.artifacts import write_json_atomic
     from slimtune.evaluate.compare import paired_difference
     from slimtune.evaluate.intervals import mean_ci
     from slimtune.models import build_tiny_model, load_model
@@ -174,13 +173,9 @@ def main(argv=None) -> int:
 
     def scored(path, task):
         """The held-out evaluation of one model, cached beside its artifact."""
-        key = {"task": task, "limit": args.test_limit}
-        cache = work / f"{Path(path).relative_to(work).as_posix().replace('/', '__')}.eval.json"
-        if cache.exists() and json.loads(cache.read_text())["key"] == key:
-            return json.loads(cache.read_text())["result"]
-        r = api.evaluate(path, task=task, split="test", limit=args.test_limit, progress=False)
-        write_json_atomic(cache, {"key": key, "result": r})
-        return r
+        return cached_result(work / f"{Path(path).relative_to(work).as_posix().replace('/', '__')}.eval.json",
+                             {"task": task, "limit": args.test_limit},
+                             lambda: api.evaluate(path, task=task, split="test", limit=args.test_limit, progress=False))
 
     print(f"model {args.model if not args.quick else 'tiny BERT'}, tasks {tasks} (split seed 0), budgets {budgets}, "
           f"teacher {args.teacher_steps} steps, supernets / fine-tunes {args.supernet_steps} steps, batch "

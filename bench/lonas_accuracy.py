@@ -21,10 +21,9 @@ def _accuracy(result: dict) -> tuple[float, list[float]]:
 
 
 def compare(args) -> None:
-    from _common import stage_runner
+    from _common import cached_result, stage_runner
     from lonas import measure
     from slimtune import api
-    from slimtune.artifacts import write_json_atomic
     from slimtune.evaluate.compare import paired_difference
     from slimtune.models import build_tiny_model, load_model
     from slimtune.nas.cost import model_costs
@@ -63,13 +62,9 @@ def compare(args) -> None:
         models[key] = str(stage(f"{key}-merged{'' if key == 'lora' else tag}", lambda p, a=adapter: api.merge(a, out=p)))
 
     def scored(key):
-        cache = work / f"{key}{'' if key in ('base', 'lora') else tag}.eval.json"
-        settings = {"task": task, "limit": limit}
-        if cache.exists() and json.loads(cache.read_text())["settings"] == settings:
-            return json.loads(cache.read_text())["result"]
-        result = api.evaluate(models[key], task=task, limit=limit, progress=False)
-        write_json_atomic(cache, {"settings": settings, "result": result})
-        return result
+        return cached_result(work / f"{key}{'' if key in ('base', 'lora') else tag}.eval.json",
+                             {"task": task, "limit": limit},
+                             lambda: api.evaluate(models[key], task=task, limit=limit, progress=False))
 
     results = {key: scored(key) for key in models}
     nets = {key: load_model(path)[0].eval() for key, path in models.items()}

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import stage_runner  # noqa: E402
+from _common import cached_result, stage_runner  # noqa: E402
 from baselines_step import MODES, QA, options as method_options  # noqa: E402
 
 
@@ -165,17 +165,13 @@ def main(argv=None) -> int:
 
     def scored(model_dir, adapter=None):
         """The evaluation of one model, cached beside its artifact under --keep (same task and settings)."""
-        key = {"task": args.task, **evaluation}
-        cache = work / f"{Path(adapter or model_dir).name}.eval.json"
-        cached = json.loads(cache.read_text()) if args.keep and cache.exists() else {}
-        if cached.get("key") == key:
-            return cached["result"]
-        t0 = time.time()
-        r = api.evaluate(model_dir, task=args.task, adapter=adapter, **evaluation)
-        r["eval_s"] = round(time.time() - t0, 1)
-        if args.keep:
-            write_json_atomic(cache, {"key": key, "result": r})
-        return r
+        def timed():
+            t0 = time.time()
+            r = api.evaluate(model_dir, task=args.task, adapter=adapter, **evaluation)
+            return {**r, "eval_s": round(time.time() - t0, 1)}
+
+        return cached_result(work / f"{Path(adapter or model_dir).name}.eval.json" if args.keep else None,
+                             {"task": args.task, **evaluation}, timed)
 
     def built(method, nls, seed):
         """(model dir, adapter or None, the base it trained on) of one method, trained with one seed."""

@@ -26,7 +26,13 @@ HEURISTICS = ("maximal", "median", "minimal")
 
 
 def _evaluate(api, model, task, adapter, split, limit):
-    result = api.evaluate(model, task=task, adapter=adapter, split=split, limit=limit, progress=False)
+    """The adapter's evaluation (per-example scores included, so seeds can be pooled later), cached beside it."""
+    from _common import cached_result
+
+    result = cached_result(Path(f"{adapter}.eval.json"), {"model": str(model), "task": task, "split": split,
+                                                           "limit": limit},
+                           lambda: api.evaluate(model, task=task, adapter=adapter, split=split, limit=limit,
+                                                progress=False))
     metric = "acc" if "acc" in result else "accuracy"
     return result, api.task_score(result), result.get(f"{metric}_ci")
 
