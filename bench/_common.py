@@ -56,6 +56,24 @@ def cached_result(cache: Path | None, key: dict, compute) -> dict:
     return result
 
 
+def pooled_result(results: list[dict]) -> dict:
+    """Several runs' results on the same examples (one per seed) as one: per example the mean score."""
+    import numpy as np
+
+    ids = results[0]["ids"]
+    if any(r["ids"] != ids for r in results):
+        raise SystemExit("the seeds' results were scored on different examples")
+    return {**results[0], "scores": list(np.mean([r["scores"] for r in results], axis=0))}
+
+
+def score_with_ci(result: dict) -> tuple[float, list[float]]:
+    """(accuracy, 95% bootstrap interval) of a result's per-example scores (a suite: the macro average)."""
+    from slimtune.evaluate.intervals import grouped, macro_ci, mean_ci
+
+    r = macro_ci(grouped(result["scores"], result["members"])) if result.get("members") else mean_ci(result["scores"])
+    return r["mean"], r["ci"]
+
+
 def task_fingerprint(spec: str) -> str:
     """A hash of the ids in each split of a task (split seed 0): it changes when the task's data does."""
     from slimtune.data import load_task

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cached_result, stage_runner  # noqa: E402
+from _common import cached_result, pooled_result, score_with_ci, stage_runner  # noqa: E402
 from baselines_step import MODES, QA, options as method_options  # noqa: E402
 
 
@@ -62,29 +62,9 @@ LABELS = {"lora": "LoRA (unmerged)", "lora-gptq": "LoRA merged + GPTQ", "sparsep
           "paca": "PaCA merged onto the grid"}
 
 
-def _pooled(results: list[dict]) -> dict:
-    """A row's accuracy over seeds: per example the mean score over the seeds' results (same examples)."""
-    import numpy as np
-
-    ids = results[0]["ids"]
-    if any(r["ids"] != ids for r in results):
-        raise SystemExit("the seeds' results were scored on different examples")
-    return {**results[0], "scores": list(np.mean([r["scores"] for r in results], axis=0))}
-
-
 def _with_nls(key: str) -> str:
     """The NLS variant's row key of a question's member (bases and methods without NLS stay)."""
     return key if key.startswith("base:") or key.endswith("-nls") or key in WITHOUT_NLS else f"{key}-nls"
-
-
-def _summary(result: dict) -> tuple[float, list[float]]:
-    from slimtune.evaluate.intervals import grouped, macro_ci, mean_ci
-
-    if result.get("members"):
-        r = macro_ci(grouped(result["scores"], result["members"]))
-    else:
-        r = mean_ci(result["scores"])
-    return r["mean"], r["ci"]
 
 
 def main(argv=None) -> int:
@@ -210,13 +190,13 @@ def main(argv=None) -> int:
 
     def row(key, label, nls, runs, base=None):
         """runs: [(model dir, adapter, result)] over seeds; base: the model they trained on (tuned rows)."""
-        pooled = _pooled([r for _, _, r in runs])
-        acc, ci = _summary(pooled)
+        pooled = pooled_result([r for _, _, r in runs])
+        acc, ci = score_with_ci(pooled)
         model_dir, adapter, first = runs[0]
         facts = model_facts(model_dir)
         results[key] = pooled
         rows.append({"key": key, "method": label, "nls": nls, "acc": acc, "ci": ci,
-                     "per_seed": [_summary(r)[0] for _, _, r in runs], "ppl": first["perplexity"],
+                     "per_seed": [score_with_ci(r)[0] for _, _, r in runs], "ppl": first["perplexity"],
                      "sparsity": facts["sparsity"], "bits": facts["bits"],
                      "size_mb": facts["size_mb"] + (size_mb(Path(adapter)) if adapter else 0.0),
                      "eval_s": [r["eval_s"] for _, _, r in runs], "n": first["n"],

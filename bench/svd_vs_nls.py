@@ -3,6 +3,7 @@
     python bench/svd_vs_nls.py --super-adapter RUN/super --model BASE      # an existing NLS super-adapter
     python bench/svd_vs_nls.py                                             # trains one on polarity first
     python bench/svd_vs_nls.py --quick                                     # tiny random Llama, under a minute
+    python bench/svd_vs_nls.py --pool RUN42,RUN43,RUN44                    # earlier --keep runs, one per seed, pooled
 
 From one NLS super-adapter: its maximal, median and minimal sub-adapters (`slimtune extract`), and at
 each of their adapter-parameter counts two SVD re-factorizations of the maximal adapter (`slimtune
@@ -11,7 +12,9 @@ ranks allocated greedily by singular-value energy per parameter, within the same
 on the same examples of the task's held-out split (test by default; the lineage check refuses examples
 the super-adapter trained on), with 95% bootstrap intervals and each SVD variant's paired difference from
 the NLS sub-adapter of its size. Prints a table and draws accuracy vs adapter parameters in the style of
-the search's Pareto plot (pareto.png).
+the search's Pareto plot (pareto.png). Each evaluation is cached beside its adapter (ADAPTER.eval.json, with
+its per-example scores); --pool reads those of several run directories (one super-adapter per seed, the
+same examples) and reports each example's score averaged over the runs, with the pooled intervals.
 """
 
 from __future__ import annotations
@@ -25,16 +28,14 @@ from pathlib import Path
 HEURISTICS = ("maximal", "median", "minimal")
 
 
-def _evaluate(api, model, task, adapter, split, limit):
+def _evaluate(api, model, task, adapter, split, limit) -> dict:
     """The adapter's evaluation (per-example scores included, so seeds can be pooled later), cached beside it."""
     from _common import cached_result
 
-    result = cached_result(Path(f"{adapter}.eval.json"), {"model": str(model), "task": task, "split": split,
-                                                           "limit": limit},
-                           lambda: api.evaluate(model, task=task, adapter=adapter, split=split, limit=limit,
-                                                progress=False))
-    metric = "acc" if "acc" in result else "accuracy"
-    return result, api.task_score(result), result.get(f"{metric}_ci")
+    return cached_result(Path(f"{adapter}.eval.json"), {"model": str(model), "task": task, "split": split,
+                                                         "limit": limit},
+                         lambda: api.evaluate(model, task=task, adapter=adapter, split=split, limit=limit,
+                                              progress=False))
 
 
 def _uniform_rank(config: dict) -> int | None:
@@ -73,28 +74,20 @@ def plot(rows: list[dict], path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--super-adapter", help="an NLS super-adapter (default: train one on --task)")
-    ap.add_argument("--model", default=None, help="its base model (default: the one it records; smollm2-135m to train)")
-    ap.add_argument("--task", default=None, help="task (default: the super-adapter's training task, else polarity)")
-    ap.add_argument("--split", default="test", choices=["validation", "test"], help="held-out split scored (default test)")
-    ap.add_argument("--limit", type=int, default=None, help="score the first N examples of the split (default: all)")
-    ap.add_argument("--keep", help="run directory (default: a temp dir); finished parts are reused")
-    ap.add_argument("--quick", action="store_true", help="tiny random Llama, a few training steps (a smoke test)")
-    ap.add_argument("--json", help="also write the results to this JSON file")
-    ap.add_argument("--plot", help="accuracy vs adapter parameters PNG (default: svd_vs_nls.png in the run directory)")
-    args = ap.parse_args(argv)
+def _variants(work: Path, size: str) -> dict[str, Path]:
+    """The adapters of one size in a run directory: the NLS sub-adapter and the SVD variants present."""
+    names = {"nls": f"nls-{size}", "svd-uniform": f"svd-uniform-{size}", "svd-budget": f"svd-budget-{size}"}
+    return {m: work / n for m, n in names.items() if (work / n).exists()}
 
+
+def run(args, work: Path) -> tuple[dict, str, str, str]:
+    """Extract, refactor and score one super-adapter's sizes: ({(method, size): (result, adapter)}, task, model,
+    super-adapter)."""
     from slimtune import api
     from slimtune.adapters.peft_io import base_of_adapter
     from slimtune.artifacts import Artifact
-    from slimtune.evaluate.compare import paired_difference
     from slimtune.models import build_tiny_model
 
-    tmp = tempfile.TemporaryDirectory()
-    work = Path(args.keep) if args.keep else Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
     train = dict(epochs=4.0, learning_rate=5e-4, batch_size=8, warmup_steps=5, max_length=128, seed=42, progress=False)
     space = [32, 24, 16]
     if args.quick:
@@ -111,38 +104,86 @@ def main(argv=None) -> int:
                      alpha=2.0 * space[0], dropout=0.0, **train)
     model = args.model or base_of_adapter(sup)
     task = args.task or (Artifact.find(sup).task if Artifact.find(sup) else None) or "polarity"
-
-    rows, results = [], {}
+    results = {}
     for size in HEURISTICS:
         sub = work / f"nls-{size}"
         if not sub.exists():
             api.extract(sup, out=sub, select=size, model=model, progress=False)
         manifest = Artifact.load(sub)
-        params, ranks = manifest.metrics["adapter_parameters"], manifest.config["ranks"]
-        variants = {"nls": sub}
-        uniform = _uniform_rank(ranks)
-        if uniform is not None:
-            variants["svd-uniform"] = work / f"svd-uniform-{size}"
-            if not variants["svd-uniform"].exists():
-                api.refactor(sup, out=variants["svd-uniform"], rank=uniform, model=model)
-        variants["svd-budget"] = work / f"svd-budget-{size}"
-        if not variants["svd-budget"].exists():
-            api.refactor(sup, out=variants["svd-budget"], budget=params, model=model)
-        for method, adapter in variants.items():
-            result, acc, ci = _evaluate(api, model, task, adapter, args.split, args.limit)
-            n_params = Artifact.load(adapter).metrics["adapter_parameters"]
-            results[(method, size)] = result
-            row = {"method": method, "size": size, "params": n_params, "acc": acc, "ci": ci, "adapter": str(adapter)}
-            if method != "nls":
-                d = paired_difference(result, results[("nls", size)])
-                row["minus_nls"] = {"diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]}
-            rows.append(row)
-            print(f"{size:>8} {method:<12} params {n_params:>10,}  acc {acc:.3f}"
-                  + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-                  + (f"  vs nls {row['minus_nls']['diff']:+.3f} [{row['minus_nls']['ci'][0]:+.3f}, "
-                     f"{row['minus_nls']['ci'][1]:+.3f}]" if "minus_nls" in row else ""), flush=True)
+        uniform = _uniform_rank(manifest.config["ranks"])
+        if uniform is not None and not (work / f"svd-uniform-{size}").exists():
+            api.refactor(sup, out=work / f"svd-uniform-{size}", rank=uniform, model=model)
+        if not (work / f"svd-budget-{size}").exists():
+            api.refactor(sup, out=work / f"svd-budget-{size}", budget=manifest.metrics["adapter_parameters"], model=model)
+        for method, adapter in _variants(work, size).items():
+            results[(method, size)] = (_evaluate(api, model, task, adapter, args.split, args.limit), adapter)
+            print(f"{size:>8} {method:<12} scored", flush=True)
+    return results, task, str(model), str(sup)
 
-    n = results[("nls", "maximal")]["n"]
+
+def pooled(dirs: list[Path]) -> dict:
+    """{(method, size): (result, adapter)} of several run directories (one per seed) from their cached
+    evaluations: per example the mean score over the directories (same examples), adapters from the first."""
+    from _common import pooled_result
+
+    def cached(path: Path) -> dict:
+        if not path.exists():
+            raise SystemExit(f"{path}: no cached evaluation; score it first with --keep {path.parent}")
+        return json.loads(path.read_text())
+
+    out = {}
+    for size in HEURISTICS:
+        for method, adapter in _variants(dirs[0], size).items():
+            runs = [cached(d / f"{adapter.name}.eval.json") for d in dirs]
+            if any(r["key"] != runs[0]["key"] for r in runs):
+                raise SystemExit(f"{adapter.name}: the directories were scored with different settings "
+                                 f"({[r['key'] for r in runs]})")
+            out[(method, size)] = (pooled_result([r["result"] for r in runs]), adapter)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--super-adapter", help="an NLS super-adapter (default: train one on --task)")
+    ap.add_argument("--model", default=None, help="its base model (default: the one it records; smollm2-135m to train)")
+    ap.add_argument("--task", default=None, help="task (default: the super-adapter's training task, else polarity)")
+    ap.add_argument("--split", default="test", choices=["validation", "test"], help="held-out split scored (default test)")
+    ap.add_argument("--limit", type=int, default=None, help="score the first N examples of the split (default: all)")
+    ap.add_argument("--keep", help="run directory (default: a temp dir); finished parts are reused")
+    ap.add_argument("--pool", help="comma-separated run directories of earlier --keep runs (one per seed): report "
+                                   "their cached evaluations pooled, each example's score averaged over the runs")
+    ap.add_argument("--quick", action="store_true", help="tiny random Llama, a few training steps (a smoke test)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--plot", help="accuracy vs adapter parameters PNG (default: svd_vs_nls.png in the run directory; pooled: svd_vs_nls-pooled.png in the first)")
+    args = ap.parse_args(argv)
+
+    from _common import score_with_ci
+    from slimtune import api
+    from slimtune.artifacts import Artifact
+    from slimtune.evaluate.compare import paired_difference
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.pool:
+        dirs = [Path(d) for d in args.pool.split(",")]
+        results, work = pooled(dirs), dirs[0]
+        first = next(iter(results.values()))[0]
+        task, model, sup = first["task"], first["model"], f"{len(dirs)} runs pooled: {args.pool}"
+    else:
+        work = Path(args.keep) if args.keep else Path(tmp.name)
+        work.mkdir(parents=True, exist_ok=True)
+        results, task, model, sup = run(args, work)
+    rows = []
+    for (method, size), (result, adapter) in results.items():
+        n_params = Artifact.load(adapter).metrics["adapter_parameters"]
+        acc, ci = (score_with_ci(result) if args.pool else  # a pooled result's interval, from its scores
+                   (api.task_score(result), result.get(f"{'acc' if 'acc' in result else 'accuracy'}_ci")))
+        row = {"method": method, "size": size, "params": n_params, "acc": acc, "ci": ci, "adapter": str(adapter)}
+        if method != "nls":
+            d = paired_difference(result, results[("nls", size)][0])
+            row["minus_nls"] = {"diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]}
+        rows.append(row)
+
+    n = results[("nls", "maximal")][0]["n"]
     print(f"\n{task}, {args.split} split, n = {n}; super-adapter {sup} on {model}")
     print("| size | method | adapter params | accuracy [95% CI] | minus NLS [95% CI] |")
     print("|---|---|---:|---|---|")
@@ -151,13 +192,13 @@ def main(argv=None) -> int:
         diff = (f"{r['minus_nls']['diff']:+.3f} [{r['minus_nls']['ci'][0]:+.3f}, {r['minus_nls']['ci'][1]:+.3f}]"
                 if "minus_nls" in r else "")
         print(f"| {r['size']} | {r['method']} | {r['params']:,} | {r['acc']:.3f}{ci} | {diff} |")
-    path = Path(args.plot) if args.plot else work / "svd_vs_nls.png"
+    path = Path(args.plot) if args.plot else work / f"svd_vs_nls{'-pooled' if args.pool else ''}.png"
     plot(rows, path, f"SVD truncation vs NLS sub-adapters: {task} {args.split} (n = {n})")
     print(f"plot: {path}")
     if args.json:
         Path(args.json).write_text(json.dumps({"task": task, "split": args.split, "n": n, "model": str(model),
                                                "super_adapter": str(sup), "rows": rows}, indent=2))
-    if not args.keep:
+    if not args.keep and not args.pool:
         print("(run directory removed; pass --keep DIR to keep the adapters)")
     return 0
 
