@@ -37,6 +37,25 @@ def test_views_refused_or_reordered():
     assert classification_view(perm, ["no", "yes"]).label_ids(perm.train) == [1, 0]
 
 
+def test_long_prompts_lose_their_start_not_the_question(tiny_bert_dir):
+    """Training and evaluation both cut a prompt over max_length at its start: the question at its end is read."""
+    from slimtune.classify.data import ClassificationDataset
+    from slimtune.evaluate.classification import classifier_logits
+
+    net, tok = load_classifier(tiny_bert_dir, ("no", "yes"), seed=0)
+    common = " ".join(["so"] * 40)  # the last tokens of all three, beyond 16 of them
+    texts = [f"{'fact ' * 300}{common} Question: is it true?", f"{'rule ' * 300}{common} Question: is it true?",
+             f"{'fact ' * 300}{common} Question: is it false?"]
+    task = Task("t", "multiple_choice", [Example(t, ("no", "yes"), 0) for t in texts], [], [])
+    items = ClassificationDataset(classification_view(task), task.train, tok, max_length=16).items
+    ends = [i["input_ids"] for i in items]
+    assert [len(e) for e in ends] == [16] * 3 and tok.decode(ends[0]).endswith("Question: is it true?")
+    assert ends[0] == ends[1] and ends[0] != ends[2]
+    assert tok.truncation_side == "right"  # restored
+    logits = classifier_logits(net.eval(), tok, texts, max_length=16)
+    assert torch.allclose(logits[0], logits[1], atol=1e-6) and not torch.allclose(logits[0], logits[2], atol=1e-4)
+
+
 def test_distillation_loss_for_classifier_logits():
     s, t = torch.randn(4, 3), torch.randn(4, 3)
     ce = torch.nn.functional.cross_entropy(s, torch.tensor([0, 1, 2, 0]))

@@ -4,6 +4,7 @@ is the example's prompt (polarity: "Review: ...\\nSentiment:")."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -61,14 +62,28 @@ def classification_view(task: Task, labels: Sequence[str] | None = None) -> Clas
     return ClassificationView(task, tuple(seen))
 
 
+@contextmanager
+def truncating_start(tokenizer):
+    """The tokenizer, cutting a text longer than max_length at its start instead of its end: a classification
+    prompt ends with what is asked ("Passage: ... Question: ...\nAnswer:"), so it is kept, as the trainer
+    keeps a decoder example's completion. Special tokens ([CLS] ... [SEP]) stay."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.truncation_side = side
+
+
 class ClassificationDataset(torch.utils.data.Dataset):
-    """Tokenized texts (truncated to max_length) with their label ids; `items` as train.ExampleDataset's."""
+    """Tokenized texts (their start cut to max_length) with their label ids; `items` as train.ExampleDataset's."""
 
     def __init__(self, view: ClassificationView, examples: Sequence[Example], tokenizer, max_length: int):
         self.items = []
-        for ex in examples:
-            ids = tokenizer(ex.prompt, truncation=True, max_length=max_length)["input_ids"]
-            self.items.append({"input_ids": ids, "labels": view.label_id(ex)})
+        with truncating_start(tokenizer):
+            for ex in examples:
+                ids = tokenizer(ex.prompt, truncation=True, max_length=max_length)["input_ids"]
+                self.items.append({"input_ids": ids, "labels": view.label_id(ex)})
 
     def __len__(self) -> int:
         return len(self.items)

@@ -16,13 +16,15 @@ def is_sequence_classifier(model) -> bool:
 
 @torch.no_grad()
 def classifier_logits(model, tokenizer, texts, batch_size: int = 32, max_length: int = 256) -> torch.Tensor:
+    from ..classify.data import truncating_start
     from ._common import model_device
 
     device = model_device(model)
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
+        with truncating_start(tokenizer):  # as the classifier trained
+            enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         out.append(model(**enc).logits.float().cpu())
     logits = torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
