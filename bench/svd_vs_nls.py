@@ -168,6 +168,7 @@ def main(argv=None) -> int:
         results, work = pooled(dirs), dirs[0]
         first = next(iter(results.values()))[0]
         task, model, sup = first["task"], first["model"], f"{len(dirs)} runs pooled: {args.pool}"
+        args.split = first["split"]
     else:
         work = Path(args.keep) if args.keep else Path(tmp.name)
         work.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def classification_view(task: Task, labels: Sequence[str] | None = None) -> Clas
 @contextmanager
 def truncating_start(tokenizer):
     """The tokenizer, cutting a text longer than max_length at its start instead of its end: a classification
-    prompt ends with what is asked ("Passage: ... Question: ...\nAnswer:"), so it is kept, as the trainer
+    prompt ends with what is asked ("Passage: ... Question: ...\\nAnswer:"), so it is kept, as the trainer
     keeps a decoder example's completion. Special tokens ([CLS] ... [SEP]) stay."""
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"
