@@ -105,7 +105,7 @@ def run(args, work: Path) -> tuple[dict, str, str, str]:
     model = args.model or base_of_adapter(sup)
     task = args.task or (Artifact.find(sup).task if Artifact.find(sup) else None) or "polarity"
     results = {}
-    for size in HEURISTICS:
+    for size in args.sizes.split(","):
         sub = work / f"nls-{size}"
         if not sub.exists():
             api.extract(sup, out=sub, select=size, model=model, progress=False)
@@ -121,7 +121,7 @@ def run(args, work: Path) -> tuple[dict, str, str, str]:
     return results, task, str(model), str(sup)
 
 
-def pooled(dirs: list[Path]) -> dict:
+def pooled(dirs: list[Path], sizes: list[str]) -> dict:
     """{(method, size): (result, adapter)} of several run directories (one per seed) from their cached
     evaluations: per example the mean score over the directories (same examples), adapters from the first."""
     from _common import pooled_result
@@ -132,7 +132,7 @@ def pooled(dirs: list[Path]) -> dict:
         return json.loads(path.read_text())
 
     out = {}
-    for size in HEURISTICS:
+    for size in sizes:
         for method, adapter in _variants(dirs[0], size).items():
             runs = [cached(d / f"{adapter.name}.eval.json") for d in dirs]
             if any(r["key"] != runs[0]["key"] for r in runs):
@@ -152,10 +152,14 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", help="run directory (default: a temp dir); finished parts are reused")
     ap.add_argument("--pool", help="comma-separated run directories of earlier --keep runs (one per seed): report "
                                    "their cached evaluations pooled, each example's score averaged over the runs")
+    ap.add_argument("--sizes", default=",".join(HEURISTICS), help="comma-separated sub-adapter sizes to compare "
+                                                                  f"(default {','.join(HEURISTICS)})")
     ap.add_argument("--quick", action="store_true", help="tiny random Llama, a few training steps (a smoke test)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--plot", help="accuracy vs adapter parameters PNG (default: svd_vs_nls.png in the run directory; pooled: svd_vs_nls-pooled.png in the first)")
     args = ap.parse_args(argv)
+    if not set(args.sizes.split(",")) <= set(HEURISTICS):
+        raise SystemExit(f"--sizes {args.sizes!r}: choose among {', '.join(HEURISTICS)}")
 
     from _common import score_with_ci
     from slimtune import api
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory()
     if args.pool:
         dirs = [Path(d) for d in args.pool.split(",")]
-        results, work = pooled(dirs), dirs[0]
+        results, work = pooled(dirs, args.sizes.split(",")), dirs[0]
         first = next(iter(results.values()))[0]
         task, model, sup = first["task"], first["model"], f"{len(dirs)} runs pooled: {args.pool}"
         args.split = first["split"]
@@ -184,7 +188,7 @@ def main(argv=None) -> int:
             row["minus_nls"] = {"diff": d["diff"], "ci": d["ci"], "excludes_zero": d["excludes_zero"]}
         rows.append(row)
 
-    n = results[("nls", "maximal")][0]["n"]
+    n = next(iter(results.values()))[0]["n"]
     print(f"\n{task}, {args.split} split, n = {n}; super-adapter {sup} on {model}")
     print("| size | method | adapter params | accuracy [95% CI] | minus NLS [95% CI] |")
     print("|---|---|---:|---|---|")
