@@ -21,12 +21,12 @@ def classifier_logits(model, tokenizer, texts, batch_size: int = 32, max_length:
 
     device = model_device(model)
     out = []
-    for i in range(0, len(texts), batch_size):
-        with truncating_start(tokenizer):  # as the classifier trained
+    with truncating_start(tokenizer):  # as the classifier trained
+        for i in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length, padding=True,
                             return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out.append(model(**enc).logits.float().cpu())
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            out.append(model(**enc).logits.float().cpu())
     logits = torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
     if not torch.isfinite(logits).all():
         raise NonFiniteError("the classifier's logits are not finite (nan or inf): its weights hold nan or inf "
