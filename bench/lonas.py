@@ -16,6 +16,8 @@ lr 3e-4, q/k/v/gate/up/down adapted), the same steps and data for every run:
   LoNAS searched  the same super-network searched (NSGA-II, validation accuracy vs total parameters,
                   --trials on --search-limit validation examples), the most accurate trial within --budget
                   of the maximal parameters (strictly) extracted and merged
+  --distill       (beyond LoNAS) the super-network's sampled sub-networks learn the merged LoRA's next-token
+                  distributions, 0.1 CE + 0.9 T^2 KL at T = 2 (finetune --teacher), instead of the labels alone
 Reported per model: test accuracy (a suite: the macro average) with its 95% bootstrap interval,
 parameters, MACs per token (linear + attention at 128 positions), CPU prefill and greedy-decode
 latency (min over --repeats interleaved rounds), and paired differences against LoRA on the same
@@ -124,6 +126,8 @@ def main() -> None:
                     help="super-network channels / heads in their order (LoNAS') or largest-norm first")
     ap.add_argument("--sampler", default="uniform", choices=["uniform", "sandwich"],
                     help="super-network configurations per step: one random (LoNAS') or maximal + random + minimal")
+    ap.add_argument("--distill", action="store_true", help="the super-network learns the merged LoRA's next-token "
+                    "distributions (finetune --teacher: 0.1 CE + 0.9 T^2 KL at T = 2)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

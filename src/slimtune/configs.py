@@ -31,6 +31,7 @@ from .quant.params import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from .sparsity import SPARSIFIERS
 from .data import DEFAULT_TASK, Task
 from .diagnose.intruders import DEFAULT_EPSILON, DEFAULT_K
+from .distill import DistillOptions
 from .train import TrainConfig
 from .adapters.adalora import AdaLoraOptions
 from .adapters.paca import PacaOptions
@@ -163,6 +164,7 @@ class FinetuneConfig(Config):
     sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("uniform", description="nls: configurations per optimizer step: "
                                                                      "uniform (one random) or sandwich (maximal, "
                                                                      "random, minimal)")
+    distill: DistillOptions = Field(default_factory=DistillOptions, description="distillation from a teacher")
     importance: bool = Field(False, description="write importance.json, first-order scores of heads and FFN "
                                                 "neurons (EFTNAS), summed over training (adapter full), or for an "
                                                 "encoder with lora over the training split after the merge")
@@ -182,6 +184,8 @@ class FinetuneConfig(Config):
             raise ValueError("qa_weights / float_base only apply to quantization-aware adapters (quant_aware)")
         if self.adapter == "lora" and self.rank_space is not None:
             raise ValueError("a rank space makes the adapter elastic: use adapter nls with rank_space")
+        if self.distill != DistillOptions() and (self.adapter not in ("lora", "nls") or self.distill.teacher is None):
+            raise ValueError("distillation options need a teacher and adapter lora or nls")
         if self.adapter != "nls" and (self.widths or self.sampler != "uniform"):
             raise ValueError("elastic widths and the sampler belong to an elastic super-network: use adapter nls")
         if (self.mlp_fractions and "mlp" not in (self.widths or [])) or (

@@ -144,13 +144,10 @@ def _train_decoder_supernet(space_dir, teacher, task, config, checkpoints, progr
     from .nas import ElasticSampler, SearchSpace
     from .train import Objective, train
 
+    from .distill import load_teacher
+
     net, tokenizer = load_model(space_dir)
-    teacher_net, _ = load_model(teacher)
-    if teacher_net.config.vocab_size != net.config.vocab_size:
-        raise ConfigError(f"teacher {teacher} has a vocabulary of {teacher_net.config.vocab_size} tokens, the "
-                          f"super-network {net.config.vocab_size}: distillation needs the same vocabulary")
-    for p in teacher_net.parameters():
-        p.requires_grad_(False)
+    teacher_net = load_teacher(teacher, net)
     space = SearchSpace.load(space_dir)
     for p in net.parameters():
         p.requires_grad_(True)

@@ -56,6 +56,9 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     if is_encoder_spec(model):  # an encoder: a sequence classifier with a trainable head (classify/stage.py)
         from .classify.stage import finetune_classifier
 
+        if cfg.distill.teacher:
+            raise ConfigError("finetune's teacher distils a causal LM's adapter; an encoder classifier learns from "
+                              "its teacher in EFTNAS' supernet stage (`slimtune supernet --teacher`)")
         return finetune_classifier(model, out=out, cfg=cfg, train_overrides=train_overrides, overwrite=overwrite,
                                    progress=progress, started=started)
     if cfg.adapter == "full":  # every weight of a causal LM (full_finetune.py): EFTNAS' decoder teacher
@@ -95,6 +98,11 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     zeros = zero_fraction(net, names)
     check_sparse_base(zeros, sparse_adapter, model)
     qa = float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
+    teacher = None
+    if cfg.distill.teacher:  # loaded (and its vocabulary checked) before any training
+        from .distill import load_teacher
+
+        teacher = load_teacher(cfg.distill.teacher, net)
     callbacks, elastic, setup = [], None, None
     if adapter in ("adalora", "paca"):  # baselines: adapter_methods builds them
         from .adapter_methods import setup_adapter
@@ -111,10 +119,15 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
 
         elastic = build_space(net, names, space, groups, width_dims)
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed, rule=cfg.sampler))
+    objective = setup.objective if setup else None
+    if teacher is not None:
+        from .train import Objective
+
+        objective = Objective(teacher=teacher, alpha=cfg.distill.distill_alpha, temperature=cfg.distill.temperature)
     checkpoints = out.parent / f".{out.name}.checkpoints"
     metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
-                    add_eos=task_obj.kind == "generation", progress=progress, run_key={"model": str(model)},
-                    objective=setup.objective if setup else None)
+                    add_eos=task_obj.kind == "generation", progress=progress,
+                    run_key={"model": str(model), "distill": cfg.distill.model_dump() if teacher else None}, objective=objective)
     if setup is not None:
         metrics.update(setup.metrics())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -143,11 +156,12 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
                     "rank_space": space, "groups": groups if space else None, "dropout": dropout,
                     "sparse": sparse_adapter, "qa_weights": qa_weights,
                     "float_base": str(float_base) if float_base else None, "train": config.model_dump()},
-            inputs={"model": model} if Path(str(model)).exists() else None,
+            inputs={k: v for k, v in (("model", model), ("teacher", cfg.distill.teacher)) if v and Path(str(v)).exists()}
+            or None,
             metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(adapter_layers(net)),
                      "base_zero_fraction": zeros},
             started=started, seed=config.seed,
-            lineage=lineage.combine(lineage.of(model),
+            lineage=lineage.combine(lineage.of(model), lineage.of(cfg.distill.teacher),
                                     [lineage.record("finetune", "train", task_obj, "train", task_obj.train, out)]),
         )
     shutil.rmtree(checkpoints, ignore_errors=True)
