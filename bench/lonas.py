@@ -4,6 +4,7 @@ untrained width sub-networks' size and speed.
     python bench/lonas.py --task suite:commonsense-evals --limit 1000 --keep /tmp/lonas   # the comparison
     python bench/lonas.py --quick                        # tiny random Llama, short runs: a smoke test
     python bench/lonas.py --task evals:quartz --width-order magnitude --sampler sandwich --keep /tmp/lonas  # variants
+    python bench/lonas.py --widths mlp --distill --keep /tmp/lonas       # MLP widths only; distilled from the LoRA
     python bench/lonas.py --widths-only [--prefill 64 --decode 8 --repeats 3]   # no training: base weights
 
 The comparison (split seed 0, held-out test examples, the lineage check refuses any overlap with
@@ -126,6 +127,8 @@ def main() -> None:
                     help="super-network channels / heads in their order (LoNAS') or largest-norm first")
     ap.add_argument("--sampler", default="uniform", choices=["uniform", "sandwich"],
                     help="super-network configurations per step: one random (LoNAS') or maximal + random + minimal")
+    ap.add_argument("--widths", default="mlp,heads", choices=["mlp,heads", "mlp", "heads"],
+                    help="elastic base widths of the super-network (LoNAS' LLaMA setting: mlp)")
     ap.add_argument("--distill", action="store_true", help="the super-network learns the merged LoRA's next-token "
                     "distributions (finetune --teacher: 0.1 CE + 0.9 T^2 KL at T = 2)")
     ap.add_argument("--json", default=None)

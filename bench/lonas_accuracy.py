@@ -43,18 +43,18 @@ def compare(args) -> None:
 
     stage = stage_runner(work, [task])
     # super-network variants keep their own artifacts under one --keep (LoRA and the base are shared)
-    tag = "".join(f"-{v}" for v, default in ((args.width_order, "original"), (args.sampler, "uniform")) if v != default)
-    tag += "-distill" if args.distill else ""
+    variants = ((args.width_order, "original"), (args.sampler, "uniform"), (args.widths.replace(",", "-"), "mlp-heads"))
+    tag = "".join(f"-{v}" for v, default in variants if v != default) + ("-distill" if args.distill else "")
 
     print(f"model {args.model}, task {task} (split seed 0), seed {args.seed}, {train['max_steps']} steps, lr {args.lr:g}, "
           f"super-network widths {args.width_order} order, {args.sampler} sampler, search {trials} trials on "
-          f"{search_limit} validation examples, budget {args.budget:g}"
+          f"{search_limit} validation examples, budget {args.budget:g}, elastic widths {args.widths}"
           f"{', distilled from the merged LoRA' if args.distill else ''}", flush=True)
     lora = stage("lora", lambda p: api.finetune(model, out=p, adapter="lora", rank=32, **common))
     models = {"base": model, "lora": str(stage("lora-merged", lambda p: api.merge(lora, out=p)))}
     distill = {"teacher": models["lora"]} if args.distill else {}
     supernet = stage(f"lonas-super{tag}", lambda p: api.finetune(
-        model, out=p, adapter="nls", rank_space=[32, 28], groups="shears", widths=["mlp", "heads"],
+        model, out=p, adapter="nls", rank_space=[32, 28], groups="shears", widths=args.widths.split(","),
         width_order=args.width_order, sampler=args.sampler, distill=distill, **common))
     heuristic = stage(f"lonas-median{tag}", lambda p: api.extract(supernet, out=p, select="median", progress=False))
     search = stage(f"lonas-search{tag}", lambda p: api.search(supernet, out=p, objectives=["accuracy", "total_params"],
