@@ -141,10 +141,9 @@ def _training_task(history: list[dict]) -> str:
 def _train_decoder_supernet(space_dir, teacher, task, config, checkpoints, progress, cfg: SupernetConfig):
     """The causal-LM form of classify.supernet.train_supernet: every weight, the sampler's configurations per
     step, distillation on the completion tokens' next-token distributions."""
+    from .distill import load_teacher
     from .nas import ElasticSampler, SearchSpace
     from .train import Objective, train
-
-    from .distill import load_teacher
 
     net, tokenizer = load_model(space_dir)
     teacher_net = load_teacher(teacher, net)

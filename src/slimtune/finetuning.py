@@ -98,18 +98,20 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     zeros = zero_fraction(net, names)
     check_sparse_base(zeros, sparse_adapter, model)
     qa = float_weights(float_base, names) if quant_aware and qa_weights == "float" else None
-    teacher = None
-    if cfg.distill.teacher:  # loaded (and its vocabulary checked) before any training
+    objective, distill = None, cfg.distill
+    if distill.teacher:  # loaded (and its vocabulary checked) before any training; lora and nls only (configs)
         from .distill import load_teacher
+        from .train import Objective
 
-        teacher = load_teacher(cfg.distill.teacher, net)
+        objective = Objective(teacher=load_teacher(distill.teacher, net), alpha=distill.distill_alpha,
+                              temperature=distill.temperature)
     callbacks, elastic, setup = [], None, None
     if adapter in ("adalora", "paca"):  # baselines: adapter_methods builds them
         from .adapter_methods import setup_adapter
 
         setup = setup_adapter(adapter, net, names, cfg, rank=r_max, alpha=alpha, dropout=dropout, seed=config.seed,
                               qa_weights=qa, tokenizer=tokenizer, examples=task_obj.train, max_length=config.max_length)
-        callbacks = list(setup.callbacks)
+        callbacks, objective = list(setup.callbacks), setup.objective
     else:
         add_lora(net, names, r=r_max, alpha=alpha, dropout=dropout, seed=config.seed, rank_space=space,
                  sparse=sparse_adapter, quant_aware=quant_aware, qa_weights=qa)
@@ -119,15 +121,11 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
 
         elastic = build_space(net, names, space, groups, width_dims)
         callbacks.append(ElasticSampler(net, elastic, seed=config.seed, rule=cfg.sampler))
-    objective = setup.objective if setup else None
-    if teacher is not None:
-        from .train import Objective
-
-        objective = Objective(teacher=teacher, alpha=cfg.distill.distill_alpha, temperature=cfg.distill.temperature)
     checkpoints = out.parent / f".{out.name}.checkpoints"
     metrics = train(net, tokenizer, task_obj.train, config, checkpoints, callbacks=callbacks, fresh=overwrite,
                     add_eos=task_obj.kind == "generation", progress=progress,
-                    run_key={"model": str(model), "distill": cfg.distill.model_dump() if teacher else None}, objective=objective)
+                    run_key={"model": str(model), "distill": distill.model_dump() if distill.teacher else None},
+                    objective=objective)
     if setup is not None:
         metrics.update(setup.metrics())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -156,12 +154,12 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
                     "rank_space": space, "groups": groups if space else None, "dropout": dropout,
                     "sparse": sparse_adapter, "qa_weights": qa_weights,
                     "float_base": str(float_base) if float_base else None, "train": config.model_dump()},
-            inputs={k: v for k, v in (("model", model), ("teacher", cfg.distill.teacher)) if v and Path(str(v)).exists()}
+            inputs={k: v for k, v in (("model", model), ("teacher", distill.teacher)) if v and Path(str(v)).exists()}
             or None,
             metrics={**metrics, "adapter_parameters": trainable, "adapted_modules": len(adapter_layers(net)),
                      "base_zero_fraction": zeros},
             started=started, seed=config.seed,
-            lineage=lineage.combine(lineage.of(model), lineage.of(cfg.distill.teacher),
+            lineage=lineage.combine(lineage.of(model), lineage.of(distill.teacher),
                                     [lineage.record("finetune", "train", task_obj, "train", task_obj.train, out)]),
         )
     shutil.rmtree(checkpoints, ignore_errors=True)
