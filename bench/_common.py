@@ -66,6 +66,19 @@ def pooled_result(results: list[dict]) -> dict:
     return {**results[0], "scores": list(np.mean([r["scores"] for r in results], axis=0))}
 
 
+def pooled_cache(paths: list[Path]) -> dict:
+    """The `cached_result` files of several runs (one per seed) of the same evaluation, pooled (`pooled_result`);
+    refused when one is missing or they were made with different settings."""
+    runs = []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no cached evaluation; run the bench with --keep {path.parent} first")
+        runs.append(json.loads(path.read_text()))
+    if any(r["key"] != runs[0]["key"] for r in runs):
+        raise SystemExit(f"{paths[0].name}: the runs were scored with different settings ({[r['key'] for r in runs]})")
+    return pooled_result([r["result"] for r in runs])
+
+
 def score_with_ci(result: dict) -> tuple[float, list[float]]:
     """(accuracy, 95% bootstrap interval) of a result's per-example scores (a suite: the macro average)."""
     from slimtune.evaluate.intervals import grouped, macro_ci, mean_ci

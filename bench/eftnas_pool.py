@@ -11,24 +11,16 @@ evaluations were made with other settings are refused.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import pooled_result, score_with_ci  # noqa: E402
+from _common import pooled_cache, score_with_ci  # noqa: E402
 
 MODELS = {"teacher": "teacher (full fine-tune)", "eftnas": "EFTNAS (supernet + search)",
           "magft": "(a) magnitude-pruned + fine-tuned", "lonas": "(b) LoNAS end-dropping supernet"}
 PICKS = ("0.5", "0.25")
-
-
-def cached(run: Path, task: str, name: str) -> dict:
-    path = run / f"{task.replace(':', '_')}__{name}.eval.json"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: run bench/eftnas.py --tasks {task} --keep {run} first")
-    return json.loads(path.read_text())
 
 
 def main() -> None:
@@ -40,17 +32,14 @@ def main() -> None:
     args = ap.parse_args()
     runs = [Path(r) for r in args.runs]
     names = ["teacher"] + [f"{m}-{b}" for b in PICKS for m in ("eftnas", "magft", "lonas")]
-    loaded = {n: [cached(r, args.task, n) for r in runs] for n in names}
-    keys = {json.dumps(c["key"], sort_keys=True) for runs_ in loaded.values() for c in runs_}
-    if len(keys) != 1:
-        raise SystemExit(f"the runs' evaluations were made with different settings: {sorted(keys)}")
-    pooled = {n: pooled_result([c["result"] for c in cs]) for n, cs in loaded.items()}
+    paths = {n: [r / f"{args.task.replace(':', '_')}__{n}.eval.json" for r in runs] for n in names}
+    pooled = {n: pooled_cache(ps) for n, ps in paths.items()}
     print(f"{args.task}: {len(runs)} runs pooled ({', '.join(map(str, runs))}), n = {len(pooled['teacher']['scores'])}")
     print("\n| model | budget | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | pooled [95% CI] |")
     print("|---|---:|" + "---:|" * len(runs) + "---|")
     for n in names:
         kind, _, budget = n.partition("-")
-        per_run = " | ".join(f"{score_with_ci(c['result'])[0]:.3f}" for c in loaded[n])
+        per_run = " | ".join(f"{score_with_ci(pooled_cache([p]))[0]:.3f}" for p in paths[n])
         acc, ci = score_with_ci(pooled[n])
         print(f"| {MODELS[kind]} | {budget or 1} | {per_run} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |")
     print("\n| budget | EFTNAS − | pooled difference | 95% CI | a result? |\n|---:|---|---:|---|---|")

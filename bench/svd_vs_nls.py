@@ -124,22 +124,10 @@ def run(args, work: Path) -> tuple[dict, str, str, str]:
 def pooled(dirs: list[Path], sizes: list[str]) -> dict:
     """{(method, size): (result, adapter)} of several run directories (one per seed) from their cached
     evaluations: per example the mean score over the directories (same examples), adapters from the first."""
-    from _common import pooled_result
+    from _common import pooled_cache
 
-    def cached(path: Path) -> dict:
-        if not path.exists():
-            raise SystemExit(f"{path}: no cached evaluation; score it first with --keep {path.parent}")
-        return json.loads(path.read_text())
-
-    out = {}
-    for size in sizes:
-        for method, adapter in _variants(dirs[0], size).items():
-            runs = [cached(d / f"{adapter.name}.eval.json") for d in dirs]
-            if any(r["key"] != runs[0]["key"] for r in runs):
-                raise SystemExit(f"{adapter.name}: the directories were scored with different settings "
-                                 f"({[r['key'] for r in runs]})")
-            out[(method, size)] = (pooled_result([r["result"] for r in runs]), adapter)
-    return out
+    return {(method, size): (pooled_cache([d / f"{adapter.name}.eval.json" for d in dirs]), adapter)
+            for size in sizes for method, adapter in _variants(dirs[0], size).items()}
 
 
 def main(argv=None) -> int:
