@@ -300,3 +300,17 @@ def rss_mb(key: str = "VmRSS:") -> float:
         if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# Python run inside llama-cpp-python's own environment before a model loads: llama.cpp's extra CPU weight
+# buffers (AMX, repacked layouts) off, since its Q4_0 and Q4_1 paths through them segfaulted in llama-cpp-python
+# 0.3.36 on this AMX Xeon.
+LLAMA_PLAIN_BUFFERS = """
+import llama_cpp.llama as _L
+_default_params = _L.llama_cpp.llama_model_default_params
+def _plain_buffers():
+    p = _default_params()
+    p.use_extra_bufts = False
+    return p
+_L.llama_cpp.llama_model_default_params = _plain_buffers
+"""

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import LLAMA_PLAIN_BUFFERS
+
 MODELS = ("dense", "sparse-int4", "final", "deployed")
 RUNTIMES = ("slimtune", "slimtune-int4", "slimtune-compiled", "transformers", "llama.cpp")
 PROMPT = 128
@@ -46,17 +48,11 @@ PROMPT = 128
 LLAMA_WORKER = r"""
 import json, statistics, sys, time
 import numpy as np
-import llama_cpp.llama as L
 from llama_cpp import Llama
 from pathlib import Path
 path, ids_file, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-if not settings["extra_bufts"]:  # no AMX / repacked weight buffers (their Q4_1 path segfaults on some CPUs)
-    default_params = L.llama_cpp.llama_model_default_params
-    def without_extra_bufts():
-        p = default_params()
-        p.use_extra_bufts = False
-        return p
-    L.llama_cpp.llama_model_default_params = without_extra_bufts
+if not settings["extra_bufts"]:
+    exec(settings["plain_buffers"])
 def rss(key):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key):
@@ -219,7 +215,8 @@ def run(args) -> list[dict]:
     ids = tok(text[:200000], return_tensors="pt").input_ids[0]
     seqs = [ids[i * args.prefill:(i + 1) * args.prefill].tolist() for i in range(args.batch)]
     (work / "ids.json").write_text(json.dumps(seqs))
-    settings = {"threads": args.threads, "decode": args.decode, "rounds": args.rounds, "extra_bufts": args.llama_extra_bufts}
+    settings = {"threads": args.threads, "decode": args.decode, "rounds": args.rounds, "extra_bufts": args.llama_extra_bufts,
+                "plain_buffers": LLAMA_PLAIN_BUFFERS}
     rows = []
     for name in args.models.split(","):
         local = Path(resolve_model(str(paths[name])))
