@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--embed-types", default="f32,q8_0")
     ap.add_argument("--work", help="working directory (default: a temporary one)")
-    ap.add_argument("--emulate", action="store_true", help="also score each Q4 file's own weights in torch, "
+    ap.add_argument("--emulate", action="store_true", help="also score each quantized file's own weights in torch, "
                     "with and without ggml's 8-bit activations emulated")
     args = ap.parse_args()
     import torch
