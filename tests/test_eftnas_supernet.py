@@ -179,6 +179,23 @@ def test_pick_budget():
         pick(records, records, ["accuracy"], "budget=0.5")
 
 
+def test_pick_budget_treats_noise_as_a_tie():
+    """A cheaper trial ahead by less than one standard error of a validation slice does not win the budget."""
+    records = [{"trial": 0, "heuristic": "maximal", "objectives": {"accuracy": 0.80, "macs": 100.0}},
+               {"trial": 1, "heuristic": None, "objectives": {"accuracy": 0.895, "macs": 50.2}},
+               {"trial": 2, "heuristic": None, "objectives": {"accuracy": 0.91, "macs": 24.8}},
+               {"trial": 3, "heuristic": None, "objectives": {"accuracy": 0.86, "macs": 40.0}}]
+    objectives = ["accuracy", "macs"]
+    assert pick(records, records, objectives, "budget=0.5")["trial"] == 2  # unknown slice size: the most accurate
+    # 200 examples: one standard error at 0.91 is 0.020, so 0.895 ties 0.91 and the costlier trial takes the budget
+    assert pick(records, records, objectives, "budget=0.5", scored=200)["trial"] == 1
+    assert pick(records, records, objectives, "budget=0.5", scored=5000)["trial"] == 2  # 0.004: a real lead
+    assert pick(records, records, objectives, "budget=0.3", scored=200)["trial"] == 2
+    loss = [{**r, "objectives": {"loss": 1 - r["objectives"]["accuracy"], "macs": r["objectives"]["macs"]}}
+            for r in records]
+    assert pick(loss, loss, ["loss", "macs"], "budget=0.5", scored=200)["trial"] == 2  # no interval for a loss
+
+
 def test_search_on_measured_prefill_latency(run, tmp_path):
     out = api.search(run["super"], out=tmp_path / "s", objectives=["accuracy", "latency_prefill"], trials=2, limit=4,
                      population=2, latency_seq_len=16, latency_repeats=1, progress=False)

@@ -44,6 +44,7 @@ def test_search_writes_trials_front_and_plot_starting_from_the_heuristics(super_
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "slimtune.json").read_text())
     assert manifest["metrics"]["completed_trials"] == 7 and 0 <= manifest["metrics"]["median_overhead_fraction"] < 1
+    assert manifest["metrics"]["validation_examples"] == 4  # what a budget pick reads as its noise (search.pick_budget)
     # the same seed gives the same trials
     again = _records(api.search(super_adapter, out=tmp_path / "again", trials=7, limit=4, population=4, progress=False))
     assert [r["config"] for r in again] == [r["config"] for r in records]

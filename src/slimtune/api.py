@@ -339,6 +339,7 @@ def search(adapter: str | Path, *, out: str | Path, model: str | Path | None = N
                                                                 "storage": storage},
                    inputs={"adapter": adapter},
                    metrics={"completed_trials": len(records), "pareto_size": len(front),
+                            "validation_examples": len(task_obj.validation[:limit]) if task_obj is not None else None,
                             "this_worker_trials": len(searcher.ran),
                             "median_overhead_fraction": sorted(fractions)[len(fractions) // 2] if fractions else None},
                    started=started, seed=seed, lineage=history)

@@ -212,9 +212,9 @@ class ExtractConfig(Config):
                                                                "configurations) | a JSON object {group: rank}, groups "
                                                                "as in elastic_config.json")
     pick: str | None = Field(None, description="from a search: best-accuracy | smallest | knee (of the Pareto "
-                                               "front) | trial=N | budget=F (the most accurate trial costing at "
-                                               "most F of the maximal one, +1%; budget=F:T for a tolerance T) "
-                                               "(default knee)")
+                                               "front) | trial=N | budget=F (the most accurate trial costing at most "
+                                               "F of the maximal one, +1% (budget=F:T: tolerance T); accuracies within "
+                                               "one standard error of the best tie, the costlier wins) (default knee)")
     task: str | Task | None = Field(None, description="nncf: task whose validation split scores the candidates (default: "
                                                "the training task)")
     limit: int | None = Field(None, ge=1, description="nncf: score on the first N validation examples")

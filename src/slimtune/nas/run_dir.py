@@ -84,6 +84,9 @@ def picked_trial(search_dir: str | Path, choice: str | None) -> tuple[str, dict,
     records = [json.loads(line) for line in trials_path.read_text().splitlines() if line.strip()]
     if not records:
         raise ArtifactError(f"{trials_path} holds no completed trials")
-    chosen = pick(records, pareto_front(records, settings["objectives"]), settings["objectives"], choice)
-    adapter = recorded_path(search_dir, "adapter") if (search_dir / MANIFEST).is_file() else settings["adapter"]
+    finished = (search_dir / MANIFEST).is_file()
+    scored = json.loads((search_dir / MANIFEST).read_text()).get("metrics", {}).get("validation_examples") \
+        if finished else None
+    chosen = pick(records, pareto_front(records, settings["objectives"]), settings["objectives"], choice, scored)
+    adapter = recorded_path(search_dir, "adapter") if finished else settings["adapter"]
     return adapter, chosen["config"], chosen

@@ -219,10 +219,12 @@ def knee(front: list[dict], objectives: list[str]) -> dict:
 BUDGET_TOLERANCE = 0.01  # budget=F picks: the cost may exceed F of the maximal configuration's by this much
 
 
-def pick_budget(records: list[dict], objectives: list[str], how: str) -> dict:
+def pick_budget(records: list[dict], objectives: list[str], how: str, scored: int | None = None) -> dict:
     """budget=F[:T]: among the trials costing at most F·(1 + T) of the maximal configuration's cost (the first
-    cost objective; T default BUDGET_TOLERANCE), the most accurate; ties (common on a small validation slice)
-    go to the costlier one, which uses more of the budget, then to the earlier trial."""
+    cost objective; T default BUDGET_TOLERANCE), the most accurate; ties go to the costlier one, which uses more
+    of the budget, then to the earlier trial. With `scored` (validation examples per trial) an accuracy within
+    one standard error of the best, sqrt(p(1 - p) / scored), counts as a tie: on a small slice, noise larger
+    than the sub-networks' differences otherwise picks a far smaller model (bench/RESULTS.md, EFTNAS)."""
     size = next((o for o in objectives if o in SIZES), None)
     if size is None:
         raise ConfigError(f"{how}: a budget needs a cost objective ({', '.join(SIZES)}) in the search")
@@ -246,13 +248,19 @@ def pick_budget(records: list[dict], objectives: list[str], how: str) -> dict:
     if quality is None:
         return min(within, key=lambda r: (-r["objectives"][size], r["trial"]))
     sign = -1.0 if OBJECTIVES[quality] == "maximize" else 1.0
+    if quality == "accuracy" and scored:
+        best = max(r["objectives"]["accuracy"] for r in within)
+        noise = math.sqrt(best * (1.0 - best) / scored)
+        within = [r for r in within if r["objectives"]["accuracy"] >= best - noise - 1e-12]
+        return min(within, key=lambda r: (-r["objectives"][size], -r["objectives"]["accuracy"], r["trial"]))
     return min(within, key=lambda r: (sign * r["objectives"][quality], -r["objectives"][size], r["trial"]))
 
 
-def pick(records: list[dict], front: list[dict], objectives: list[str], how: str) -> dict:
-    """best-accuracy | smallest | knee | trial=N | budget=F[:T] (pick_budget)."""
+def pick(records: list[dict], front: list[dict], objectives: list[str], how: str, scored: int | None = None) -> dict:
+    """best-accuracy | smallest | knee | trial=N | budget=F[:T] (pick_budget; `scored`: validation examples per
+    trial, for its noise)."""
     if how.startswith("budget="):
-        return pick_budget(records, objectives, how)
+        return pick_budget(records, objectives, how, scored)
     if how.startswith("trial="):
         try:
             number = int(how.split("=", 1)[1])
