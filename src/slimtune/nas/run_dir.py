@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..artifacts import MANIFEST, recorded_path, write_json_atomic, write_text_atomic
+from ..artifacts import MANIFEST, read_manifest, recorded_path, write_json_atomic, write_text_atomic
 from ..errors import ArtifactError, ConfigError
 from .search import completed_trials, pareto_front, pick, plot_front
 
@@ -84,9 +84,8 @@ def picked_trial(search_dir: str | Path, choice: str | None) -> tuple[str, dict,
     records = [json.loads(line) for line in trials_path.read_text().splitlines() if line.strip()]
     if not records:
         raise ArtifactError(f"{trials_path} holds no completed trials")
-    finished = (search_dir / MANIFEST).is_file()
-    scored = json.loads((search_dir / MANIFEST).read_text()).get("metrics", {}).get("validation_examples") \
-        if finished else None
+    manifest = read_manifest(search_dir) if (search_dir / MANIFEST).is_file() else None
+    scored = (manifest or {}).get("metrics", {}).get("validation_examples")
     chosen = pick(records, pareto_front(records, settings["objectives"]), settings["objectives"], choice, scored)
-    adapter = recorded_path(search_dir, "adapter") if finished else settings["adapter"]
+    adapter = recorded_path(search_dir, "adapter", manifest) if manifest else settings["adapter"]
     return adapter, chosen["config"], chosen

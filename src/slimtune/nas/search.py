@@ -247,12 +247,12 @@ def pick_budget(records: list[dict], objectives: list[str], how: str, scored: in
     quality = next((o for o in objectives if o in ("accuracy", "loss")), None)
     if quality is None:
         return min(within, key=lambda r: (-r["objectives"][size], r["trial"]))
-    sign = -1.0 if OBJECTIVES[quality] == "maximize" else 1.0
     if quality == "accuracy" and scored:
         best = max(r["objectives"]["accuracy"] for r in within)
         noise = math.sqrt(best * (1.0 - best) / scored)
-        within = [r for r in within if r["objectives"]["accuracy"] >= best - noise - 1e-12]
-        return min(within, key=lambda r: (-r["objectives"][size], -r["objectives"]["accuracy"], r["trial"]))
+        tied = [r for r in within if r["objectives"]["accuracy"] >= best - noise - 1e-12]
+        return min(tied, key=lambda r: (-r["objectives"][size], -r["objectives"]["accuracy"], r["trial"]))
+    sign = -1.0 if OBJECTIVES[quality] == "maximize" else 1.0
     return min(within, key=lambda r: (sign * r["objectives"][quality], -r["objectives"][size], r["trial"]))
 
 
