@@ -1,6 +1,6 @@
 """Text corpora and downstream tasks.
 
-Tasks: `load_task(spec, seed=0, **options)` with a registered name (TASKS: polarity, gsm_symbolic,
+Tasks: `load_task(spec, seed=0, **options)` with a registered name (TASKS: polarity, bbc-news, gsm_symbolic,
 bigbench:...), "bigbench:<task>[:<subtask>]", "hf:<name>[:<config>]" / "hf:<local path>", or a
 .jsonl/.json/.csv file. Text: `load_text("news" | "wiki" | path)`.
 """

@@ -1,7 +1,7 @@
 """Task specs to Tasks: the registry of named tasks and the dispatch on spec forms.
 
-Loaders live in their own modules (tasks.py: polarity; gsm.py; bigbench.py; openai_evals.py; suites.py;
-files.py)
+Loaders live in their own modules (tasks.py: polarity; gsm.py; bigbench.py; openai_evals.py; bbc_news.py;
+suites.py; files.py)
 and never import this one; it imports them all and assembles TASKS.
 """
 
@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
-from . import bigbench, gsm, openai_evals, suites
+from . import bbc_news, bigbench, gsm, openai_evals, suites
 from .files import FILE_SUFFIXES, load_file_task, load_hf_task
 from .tasks import Task, load_polarity
 
 # Named tasks: name -> loader(seed=..., **options) -> Task.
 TASKS: dict[str, Callable[..., Task]] = {
     "polarity": load_polarity,
+    "bbc-news": bbc_news.load_bbc_news,
     gsm.NAME: gsm.load_gsm_symbolic,
     **{f"bigbench:{name}": functools.partial(bigbench.load_bigbench, name) for name in bigbench.FEATURED},
     **{f"evals:{name}": functools.partial(openai_evals.load_openai_evals, name) for name in openai_evals.DATA_SETS},
