@@ -2,6 +2,7 @@
 of its MACs, against two baselines at the same MACs, held out, with intervals.
 
     python bench/eftnas.py                                   # minilm-l6 on sarcasm (evals data)
+    python bench/eftnas.py --tasks bbc-news --max-length 32 --supernet-steps 300   # BBC News headlines, 5 topics
     python bench/eftnas.py --tasks evals:pararule-plus --max-length 256 --supernet-steps 300 --test-limit 500
     python bench/eftnas.py --tasks bigbench:hyperbaton,bigbench:strategyqa   # needs SLIMTUNE_BIGBENCH_DIR
     python bench/eftnas.py --tasks bigbench:strategyqa --supernet-steps 300 --trials 24

@@ -37,3 +37,21 @@ def test_bbc_news_headlines_and_leads():
     assert all(e.prompt.startswith("Text: ") and e.prompt.count("\n") == 2 for e in leads.test)
     with pytest.raises(DataError, match="text='body'; choose one of headline, lead"):
         load_task("bbc-news", text="body")
+
+
+def test_bbc_news_refuses_a_corpus_with_other_topics(tmp_path, monkeypatch):
+    import slimtune.assets
+
+    (tmp_path / "weather").mkdir()
+    (tmp_path / "weather" / "001.txt").write_text("Rain again\n\nIt rained.")
+    monkeypatch.setattr(slimtune.assets, "package_asset", lambda *a, **k: tmp_path)
+    with pytest.raises(DataError, match="expected the topic folders business, .*found weather"):
+        bbc_news.articles()
+
+
+def test_article_text_is_the_title_or_the_title_and_first_paragraph():
+    article = "Title here\n\nFirst paragraph.\n\nSecond paragraph.\n"
+    assert bbc_news.article_text(article, "headline") == "Title here"
+    assert bbc_news.article_text(article, "lead") == "Title here\nFirst paragraph."
+    with pytest.raises(DataError, match="empty article"):
+        bbc_news.article_text("\n\n", "headline")

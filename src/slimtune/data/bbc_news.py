@@ -42,7 +42,7 @@ def articles() -> list[tuple[str, str]]:
         root = package_asset(DIST, VERSION, DATA_DIR, only=f"{DATA_DIR}/*")
     except ModelLoadError as e:
         raise DataError(f"bbc-news is not available: {e}") from e
-    found = sorted(p for p in root.glob("*/*.txt"))
+    found = sorted(root.glob("*/*.txt"))
     unknown = sorted({p.parent.name for p in found} - set(_FOLDERS))
     if unknown or not found:
         raise DataError(f"{root}: expected the topic folders {', '.join(_FOLDERS)}, found "
