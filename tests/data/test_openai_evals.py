@@ -6,6 +6,8 @@ from slimtune.data import TASKS, load_task
 from slimtune.data.openai_evals import answer_labels, row_example
 from slimtune.errors import DataError
 
+from registry_data import load_or_skip
+
 SYSTEM = {"role": "system", "content": "Answer with the letter of the option."}
 
 
@@ -65,19 +67,9 @@ def test_bad_name_is_refused_before_any_fetch(name):
         load_task(f"evals:{name}")
 
 
-def _load_or_skip(spec, **options):
-    """The real data, fetched from the package registry once (about 44 MB, then cached)."""
-    try:
-        return load_task(spec, **options)
-    except DataError as e:
-        if "is not available" in str(e):
-            pytest.skip(f"the package registry does not serve it here: {e}")
-        raise
-
-
 def test_quartz_held_out_split():
     assert "evals:quartz" in TASKS
-    task = _load_or_skip("evals:quartz")
+    task = load_or_skip("evals:quartz")
     assert task.kind == "multiple_choice" and task.sizes() == {"train": 2314, "validation": 581, "test": 965}
     assert all(len(e.choices) == 2 for e in task.test) and 0.4 < sum(e.label for e in task.test) / 965 < 0.6
     ids = [{e.id for e in task.split(s)} for s in ("train", "validation", "test")]
@@ -88,14 +80,14 @@ def test_quartz_held_out_split():
 @pytest.mark.parametrize("name,size,choices", [("socialiqa", 2224, 3), ("pararule-plus", 2000, 2), ("crepe", 1520, 3),
                                                ("sarcasm", 28614, 2)])
 def test_the_other_data_sets_parse_whole(name, size, choices):
-    task = _load_or_skip(f"evals:{name}")
+    task = load_or_skip(f"evals:{name}")
     examples = task.train + task.validation + task.test
     assert len(examples) == size and {len(e.choices) for e in examples} == {choices}
     assert len({e.label for e in examples}) == choices  # every answer occurs
 
 
 def test_commonsense_evals_suite_holds_every_member_disjoint():
-    suite = _load_or_skip("suite:commonsense-evals", train_per_task=100, validation_per_task=20)
+    suite = load_or_skip("suite:commonsense-evals", train_per_task=100, validation_per_task=20)
     assert suite.members == ("evals:quartz", "evals:socialiqa")
     assert suite.sizes() == {"train": 200, "validation": 40, "test": 1000}  # 500 test questions each
     ids = [{e.id for e in suite.split(s)} for s in ("train", "validation", "test")]
