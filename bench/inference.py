@@ -168,9 +168,9 @@ def main() -> None:
         print(json.dumps(torch_worker(args)))
         return
     rows = run(args)
-    table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    table(rows)
     if args.plot:
         plot(rows, args.plot)
 
@@ -255,17 +255,22 @@ def run(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> None:
-    ref = next(r for r in rows if r["runtime"] == "slimtune" and r["model"] == "dense")
+    """The rows side by side; the "vs dense" ratios need the dense model on slimtune's path (else "-")."""
+    ref = next((r for r in rows if r["runtime"] == "slimtune" and r["model"] == "dense"), None)
     llama = {r["model"]: r for r in rows if r["runtime"] == "llama.cpp"}
+
+    def vs(value: float, base: dict | None, key: str) -> str:
+        return "-" if base is None else f"{value / base[key]:.2f}"
+
     print("\n| model | runtime | weights MB | resident MB | peak MB | vs dense | prefill tok/s | vs dense | decode tok/s "
           "| vs dense | decode vs llama.cpp |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        same = llama.get(r["model"])
-        vs_llama = "-" if same is None or r["runtime"] == "llama.cpp" else f"{r['decode_tok_s'] / same['decode_tok_s']:.2f}"
+        same = None if r["runtime"] == "llama.cpp" else llama.get(r["model"])
         print(f"| {r['model']} | {r['runtime']} | {r['weights_mb']:.1f} | {r['resident_mb']:.0f} | {r['peak_mb']:.0f} | "
-              f"{r['peak_mb'] / ref['peak_mb']:.2f} | {r['prefill_tok_s']:.0f} | {r['prefill_tok_s'] / ref['prefill_tok_s']:.2f} "
-              f"| {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / ref['decode_tok_s']:.2f} | {vs_llama} |")
+              f"{vs(r['peak_mb'], ref, 'peak_mb')} | {r['prefill_tok_s']:.0f} | {vs(r['prefill_tok_s'], ref, 'prefill_tok_s')} "
+              f"| {r['decode_tok_s']:.1f} | {vs(r['decode_tok_s'], ref, 'decode_tok_s')} | "
+              f"{vs(r['decode_tok_s'], same, 'decode_tok_s')} |")
 
 
 def plot(rows: list[dict], path: str) -> None:
