@@ -23,6 +23,9 @@ refuses any overlap with training or selection):
   magnitude-FT   baseline (a): the teacher's heads / neurons ranked by weight L2 norm (LoNAS' magnitude
                  order), cut to the same per-layer widths as the EFTNAS sub-network of that budget, then
                  fully fine-tuned on the task with cross-entropy (no distillation) for --supernet-steps steps
+  magnitude-own  baseline (a'): as (a), but with the per-layer widths that the magnitude scores themselves give
+                 each budget (the space stage's threshold bisection on weight norms), so neither EFTNAS'
+                 importance nor its search chooses them: magnitude pruning + fine-tuning on its own
   LoNAS-ends     baseline (b): no importance and no reordering, uniform widths: every layer keeps its first
                  round(F x heads) heads and the first MLP neurons that bring the MACs to F (within 1%); a
                  super-network over {full, 0.75, 0.5, 0.25} trained exactly as EFTNAS' (sandwich +
@@ -51,7 +54,8 @@ from _common import cached_result, stage_runner  # noqa: E402
 TASKS = "evals:sarcasm"  # crepe: every model, teacher included, predicts its 76% majority (RESULTS.md)
 PICKS = (0.5, 0.25)
 ROWS = [("teacher", "teacher (full fine-tune)"), ("eftnas", "EFTNAS (supernet + search)"),
-        ("magft", "(a) magnitude-pruned + fine-tuned"), ("lonas", "(b) LoNAS end-dropping supernet"),
+        ("magft", "(a) magnitude-pruned + fine-tuned"),
+        ("magown", "(a') magnitude-pruned, own widths, + fine-tuned"), ("lonas", "(b) LoNAS end-dropping supernet"),
         ("imp0", "importance-pruned, untrained"), ("mag0", "magnitude-pruned, untrained")]
 
 
@@ -98,6 +102,13 @@ def relative_error(net, widths: dict[str, int], fraction: float, seq_len: int) -
 
     costs = cost_model(net, structure_dimensions(net), "macs", seq_len)
     return costs.cost(widths) / (fraction * costs.total) - 1
+
+
+def budget_widths(path: Path) -> dict[float, dict[str, int]]:
+    """The widths a space stage chose for each of its budgets (fraction -> widths)."""
+    from slimtune.nas.elastic_model import SPACE_FILE
+
+    return {b["fraction"]: b["widths"] for b in json.loads((Path(path) / SPACE_FILE).read_text())["budgets"]}
 
 
 def with_space(path: Path, widths_per_budget: dict[float, dict[str, int]]) -> None:
@@ -227,6 +238,14 @@ def main(argv=None) -> int:
             models[("mag0", f)] = cut
             models[("magft", f)] = stage(f"{d}/magft-{f}", lambda p: api.finetune(
                 cut, out=p, task=task, adapter="full", max_steps=args.supernet_steps, **train))
+        # (a') magnitude order and the widths its own space gives each budget (no EFTNAS search), fine-tuned
+        own_space = stage(f"{d}/magnitude-own-space", lambda p: api.space(
+            teacher, out=p, importance=mag_imp, budgets=budgets, metric="macs", seq_len=seq_len))
+        own, own_cuts = budget_widths(own_space), {}
+        for f in PICKS:
+            cut = own_cuts[f] = stage(f"{d}/magown0-{f}", lambda p: api.extract(own_space, out=p, select=own[f]))
+            models[("magown", f)] = stage(f"{d}/magown-{f}", lambda p: api.finetune(
+                cut, out=p, task=task, adapter="full", max_steps=args.supernet_steps, **train))
         # (b) LoNAS-style: first channels / heads, uniform widths, the same super-network training
         teacher_net, _ = load_model(teacher)
         uniform = uniform_widths(teacher_net, [f for f in budgets if f < 1], seq_len)
@@ -251,7 +270,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             r = scored(path, task)
             results[(kind, f)] = r
-            source = models[("mag0", f)] if kind == "magft" else path
+            source = {"magft": models.get(("mag0", f)), "magown": own_cuts.get(f)}.get(kind) or path
             facts = _manifest(source)["metrics"]
             ci = mean_ci(r["scores"])
             full_macs = _manifest(models[("eftnas", PICKS[0])])["metrics"]["full_macs"]
@@ -263,12 +282,12 @@ def main(argv=None) -> int:
             print(f"  {kind} {f:g}: acc {ci['mean']:.3f} [{ci['ci'][0]:.3f}, {ci['ci'][1]:.3f}] on {r['n']}, MACs "
                   f"{macs / full_macs:.3f}, params {params:,} ({time.time() - t0:.0f} s)", flush=True)
         for f in PICKS:
-            for kind in ("teacher", "magft", "lonas", "imp0"):
+            for kind in ("teacher", "magft", "magown", "lonas", "imp0"):
                 other = results[(kind, 1.0 if kind == "teacher" else f)]
                 dif = paired_difference(results[("eftnas", f)], other)
                 all_comparisons.append({"task": task, "budget": f, "a": "eftnas", "b": kind, "diff": dif["diff"],
                                         "ci": dif["ci"], "excludes_zero": dif["excludes_zero"]})
-            for kind in ("magft", "lonas"):
+            for kind in ("magft", "magown", "lonas"):
                 dif = paired_difference(results[(kind, f)], results[("teacher", 1.0)])
                 all_comparisons.append({"task": task, "budget": f, "a": kind, "b": "teacher", "diff": dif["diff"],
                                         "ci": dif["ci"], "excludes_zero": dif["excludes_zero"]})
@@ -315,7 +334,7 @@ def draw(rows: list[dict], path: Path) -> None:
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    style = {"teacher": ("k", "*"), "eftnas": ("C0", "o"), "magft": ("C1", "s"), "lonas": ("C2", "^"),
+    style = {"teacher": ("k", "*"), "eftnas": ("C0", "o"), "magft": ("C1", "s"), "magown": ("C3", "D"), "lonas": ("C2", "^"),
              "imp0": ("C0", "x"), "mag0": ("C1", "x")}
     for ax, task in zip(axes[0], tasks):
         teacher = [r for r in rows if r["task"] == task and r["kind"] == "teacher"]

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import pooled_cache, score_with_ci  # noqa: E402
 
 MODELS = {"teacher": "teacher (full fine-tune)", "eftnas": "EFTNAS (supernet + search)",
-          "magft": "(a) magnitude-pruned + fine-tuned", "lonas": "(b) LoNAS end-dropping supernet"}
+          "magft": "(a) magnitude-pruned + fine-tuned", "magown": "(a') magnitude-pruned, own widths, + fine-tuned",
+          "lonas": "(b) LoNAS end-dropping supernet"}
 PICKS = ("0.5", "0.25")
 
 
@@ -31,8 +32,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="bench/eftnas.py --keep directories, one per seed")
     args = ap.parse_args()
     runs = [Path(r) for r in args.runs]
-    names = ["teacher"] + [f"{m}-{b}" for b in PICKS for m in ("eftnas", "magft", "lonas")]
+    names = ["teacher"] + [f"{m}-{b}" for b in PICKS for m in ("eftnas", "magft", "magown", "lonas")]
     paths = {n: [r / f"{args.task.replace(':', '_')}__{n}.eval.json" for r in runs] for n in names}
+    older = [n for n in names if n.startswith("magown") and not all(p.is_file() for p in paths[n])]
+    if older:  # runs made before baseline (a') existed
+        print(f"(a') left out: not every run has it ({', '.join(older)}); re-run the bench with the same --keep to add it")
+        names = [n for n in names if n not in older]
     pooled = {n: pooled_cache(ps) for n, ps in paths.items()}
     print(f"{args.task}: {len(runs)} runs pooled ({', '.join(map(str, runs))}), n = {len(pooled['teacher']['scores'])}")
     print("\n| model | budget | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | pooled [95% CI] |")
@@ -44,7 +49,7 @@ def main() -> None:
         print(f"| {MODELS[kind]} | {budget or 1} | {per_run} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |")
     print("\n| budget | EFTNAS − | pooled difference | 95% CI | a result? |\n|---:|---|---:|---|---|")
     for b in PICKS:
-        for other in ("teacher", f"magft-{b}", f"lonas-{b}"):
+        for other in (o for o in ("teacher", f"magft-{b}", f"magown-{b}", f"lonas-{b}") if o in names):
             d = paired_difference(pooled[f"eftnas-{b}"], pooled[other])
             print(f"| {b} | {MODELS[other.partition('-')[0]]} | {d['diff']:+.3f} | [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
                   f"| {'yes' if d['excludes_zero'] else 'no: the interval holds 0'} |")
