@@ -1,5 +1,5 @@
 """EFTNAS on an encoder (issue 17): MiniLM-L6 fine-tuned per task (the teacher), compressed to 50% and 25%
-of its MACs, against two baselines at the same MACs, held out, with intervals.
+of its MACs, against three baselines at the same MACs, held out, with intervals.
 
     python bench/eftnas.py                                   # minilm-l6 on sarcasm (evals data)
     python bench/eftnas.py --tasks bbc-news --max-length 32 --supernet-steps 300   # BBC News headlines, 5 topics
@@ -334,8 +334,8 @@ def draw(rows: list[dict], path: Path) -> None:
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    style = {"teacher": ("k", "*"), "eftnas": ("C0", "o"), "magft": ("C1", "s"), "magown": ("C3", "D"), "lonas": ("C2", "^"),
-             "imp0": ("C0", "x"), "mag0": ("C1", "x")}
+    style = {"teacher": ("k", "*"), "eftnas": ("C0", "o"), "magft": ("C1", "s"), "magown": ("C3", "D"),
+             "lonas": ("C2", "^"), "imp0": ("C0", "x"), "mag0": ("C1", "x")}
     for ax, task in zip(axes[0], tasks):
         teacher = [r for r in rows if r["task"] == task and r["kind"] == "teacher"]
         if teacher:
