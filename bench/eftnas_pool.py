@@ -38,7 +38,7 @@ def main() -> None:
     if older:  # runs made before baseline (a') existed
         print(f"(a') left out: not every run has it ({', '.join(older)}); re-run the bench with the same --keep to add it")
         names = [n for n in names if n not in older]
-    pooled = {n: pooled_cache(ps) for n, ps in paths.items()}
+    pooled = {n: pooled_cache(paths[n]) for n in names}
     print(f"{args.task}: {len(runs)} runs pooled ({', '.join(map(str, runs))}), n = {len(pooled['teacher']['scores'])}")
     print("\n| model | budget | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | pooled [95% CI] |")
     print("|---|---:|" + "---:|" * len(runs) + "---|")
