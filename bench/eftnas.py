@@ -7,6 +7,8 @@ of its MACs, against three baselines at the same MACs, held out, with intervals.
     python bench/eftnas.py --tasks bigbench:hyperbaton,bigbench:strategyqa   # needs SLIMTUNE_BIGBENCH_DIR
     python bench/eftnas.py --tasks bigbench:strategyqa --supernet-steps 300 --trials 24
     python bench/eftnas.py --keep /tmp/eftnas --json r.json  # keep the artifacts; a re-run reuses finished ones
+    python bench/eftnas.py --keep /tmp/eftnas --sampler budgets  # both super-networks with the budgets rule; in
+                             # the same --keep, the stages that do not depend on the sampler are reused
     python bench/eftnas.py --quick                           # tiny random BERT on polarity, about a minute
 
 Per task (split seed 0; every model is scored on the same held-out test examples, and the lineage check
@@ -16,7 +18,8 @@ refuses any overlap with training or selection):
                  --importance passes, over --importance-limit training examples of the fine-tuned
                  teacher: the importance stage, markedly worse here, see RESULTS.md) -> space
                  (MAC budgets --budgets, each met within 1%, model reordered by importance) -> supernet
-                 (sandwich: maximal, random, minimal widths per step; 0.1 CE + 0.9 T^2 KL from the teacher,
+                 (sandwich: maximal, random, minimal widths per step, or --sampler budgets: the middle one of
+                 the space's 50% and 75% budgets' widths; 0.1 CE + 0.9 T^2 KL from the teacher,
                  T = 2; --supernet-steps) -> search (NSGA-II, validation accuracy vs MACs, --trials on
                  --search-limit validation examples; the space's budget widths are first trials) ->
                  extract --pick budget=F for F in 0.5, 0.25
@@ -137,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--supernet-steps", type=int, default=120, help="steps of each super-network and of baseline (a)'s "
                                                                       "fine-tune")
+    ap.add_argument("--sampler", choices=["sandwich", "budgets"], default="sandwich",
+                    help="both super-networks' sampling rule (supernet --sampler); budgets names its stages X+budgets")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -185,6 +190,7 @@ def main(argv=None) -> int:
     seq_len = 128  # the MACs' attention products (the space stage's default)
 
     stage = stage_runner(work, tasks)
+    v = "" if args.sampler == "sandwich" else f"+{args.sampler}"  # on the stages that depend on the sampler
 
     def scored(path, task):
         """The held-out evaluation of one model, cached beside its artifact."""
@@ -193,7 +199,7 @@ def main(argv=None) -> int:
                              lambda: api.evaluate(path, task=task, split="test", limit=args.test_limit, progress=False))
 
     print(f"model {args.model if not args.quick else 'tiny BERT'}, tasks {tasks} (split seed 0), budgets {budgets}, "
-          f"teacher {args.teacher_steps} steps, supernets / fine-tunes {args.supernet_steps} steps, batch "
+          f"teacher {args.teacher_steps} steps, supernets ({args.sampler}) / fine-tunes {args.supernet_steps} steps, batch "
           f"{args.batch_size}, max length {args.max_length}, importance {args.importance}, search {args.trials} trials x {args.search_limit} "
           f"validation examples, test limit {args.test_limit}, threads {args.threads}", flush=True)
     all_rows, all_comparisons, all_spaces = [], [], []
@@ -213,18 +219,18 @@ def main(argv=None) -> int:
         for b in space_metrics["budgets"]:
             all_spaces.append({"task": task, "space": "EFTNAS (importance)", "fraction": b["fraction"],
                                "relative_error": b["relative_error"]})
-        supernet = stage(f"{d}/supernet", lambda p: api.supernet(space, out=p, task=task,
-                                                                 max_steps=args.supernet_steps, **train))
-        search = stage(f"{d}/search", lambda p: api.search(supernet, out=p, objectives=["accuracy", "macs"],
+        supernet = stage(f"{d}/supernet{v}", lambda p: api.supernet(space, out=p, task=task, sampler=args.sampler,
+                                                                    max_steps=args.supernet_steps, **train))
+        search = stage(f"{d}/search{v}", lambda p: api.search(supernet, out=p, objectives=["accuracy", "macs"],
                                                            trials=args.trials, limit=args.search_limit,
                                                            progress=False))
         models = {("teacher", 1.0): teacher}
         chosen = {}
         for f in PICKS:
-            sub = stage(f"{d}/eftnas-{f}", lambda p: api.extract(out=p, from_search=search, pick=f"budget={f}"))
+            sub = stage(f"{d}/eftnas{v}-{f}", lambda p: api.extract(out=p, from_search=search, pick=f"budget={f}"))
             models[("eftnas", f)] = sub
             chosen[f] = _manifest(sub)["config"]["widths"]
-            models[("imp0", f)] = stage(f"{d}/imp0-{f}", lambda p: api.extract(space, out=p, select=chosen[f]))
+            models[("imp0", f)] = stage(f"{d}/imp0{v}-{f}", lambda p: api.extract(space, out=p, select=chosen[f]))
         # (a) magnitude order, the same widths, fine-tuned
         mag_imp = stage(f"{d}/magnitude-importance", lambda p: (p.mkdir(parents=True), magnitude_importance(teacher, p)))
 
@@ -232,11 +238,11 @@ def main(argv=None) -> int:
             api.space(teacher, out=p, importance=mag_imp, budgets=budgets, metric="macs", seq_len=seq_len)
             with_space(p, chosen)
 
-        mspace = stage(f"{d}/magnitude-space", mag_space)
+        mspace = stage(f"{d}/magnitude-space{v}", mag_space)
         for f in PICKS:
-            cut = stage(f"{d}/mag0-{f}", lambda p: api.extract(mspace, out=p, select=chosen[f]))
+            cut = stage(f"{d}/mag0{v}-{f}", lambda p: api.extract(mspace, out=p, select=chosen[f]))
             models[("mag0", f)] = cut
-            models[("magft", f)] = stage(f"{d}/magft-{f}", lambda p: api.finetune(
+            models[("magft", f)] = stage(f"{d}/magft{v}-{f}", lambda p: api.finetune(
                 cut, out=p, task=task, adapter="full", max_steps=args.supernet_steps, **train))
         # (a') magnitude order and the widths its own space gives each budget (no EFTNAS search), fine-tuned
         own_space = stage(f"{d}/magnitude-own-space", lambda p: api.space(
@@ -259,11 +265,10 @@ def main(argv=None) -> int:
             with_space(p, uniform)
 
         lspace = stage(f"{d}/lonas-space", lonas_space)
-        lsuper = stage(f"{d}/lonas-supernet", lambda p: api.supernet(lspace, out=p, task=task, teacher=teacher,
-                                                                     max_steps=args.supernet_steps,
-                                                                     **train))
+        lsuper = stage(f"{d}/lonas-supernet{v}", lambda p: api.supernet(
+            lspace, out=p, task=task, teacher=teacher, sampler=args.sampler, max_steps=args.supernet_steps, **train))
         for f in PICKS:
-            models[("lonas", f)] = stage(f"{d}/lonas-{f}", lambda p: api.extract(lsuper, out=p, select=uniform[f]))
+            models[("lonas", f)] = stage(f"{d}/lonas{v}-{f}", lambda p: api.extract(lsuper, out=p, select=uniform[f]))
 
         results = {}
         for (kind, f), path in models.items():

@@ -3,6 +3,8 @@ each test example's score averaged over the runs, then EFTNAS minus the teacher 
 at each extracted budget, paired on the same examples with 95% bootstrap intervals.
 
     python bench/eftnas_pool.py --task evals:sarcasm /work/eft-sarcasm2/keep /work/eft-sarcasm-s43/keep ...
+    python bench/eftnas_pool.py --task bbc-news --sampler budgets RUN ...   # the runs' --sampler budgets models,
+                                        # and EFTNAS with it against EFTNAS with the sandwich rule where both ran
 
 Every run must have scored the same test examples (same --test-limit, split seed 0); runs whose cached
 evaluations were made with other settings are refused.
@@ -29,14 +31,21 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, help="the task the runs were made on (one of their --tasks)")
+    ap.add_argument("--sampler", choices=["sandwich", "budgets"], default="sandwich",
+                    help="the super-networks' sampling rule of the runs to pool (bench/eftnas.py --sampler)")
     ap.add_argument("runs", nargs="+", help="bench/eftnas.py --keep directories, one per seed")
     args = ap.parse_args()
     runs = [Path(r) for r in args.runs]
-    names = ["teacher"] + [f"{m}-{b}" for b in PICKS for m in ("eftnas", "magft", "magown", "lonas")]
+    v = "" if args.sampler == "sandwich" else f"+{args.sampler}"  # as bench/eftnas.py names the stages
+    names = ["teacher"] + [f"{m}{'' if m == 'magown' else v}-{b}" for b in PICKS
+                           for m in ("eftnas", "magft", "magown", "lonas")]
+    if v:  # EFTNAS with the sandwich rule, to compare the samplers
+        names += [f"eftnas-{b}" for b in PICKS]
     paths = {n: [r / f"{args.task.replace(':', '_')}__{n}.eval.json" for r in runs] for n in names}
-    older = [n for n in names if n.startswith("magown") and not all(p.is_file() for p in paths[n])]
-    if older:  # runs made before baseline (a') existed
-        print(f"(a') left out: not every run has it ({', '.join(older)}); re-run the bench with the same --keep to add it")
+    older = [n for n in names if (n.startswith("magown") or v and n.startswith("eftnas-"))
+             and not all(p.is_file() for p in paths[n])]
+    if older:  # runs made before baseline (a') existed, or without the sandwich super-network
+        print(f"left out, not in every run: {', '.join(older)}; re-run the bench with the same --keep to add them")
         names = [n for n in names if n not in older]
     pooled = {n: pooled_cache(paths[n]) for n in names}
     print(f"{args.task}: {len(runs)} runs pooled ({', '.join(map(str, runs))}), n = {len(pooled['teacher']['scores'])}")
@@ -44,14 +53,19 @@ def main() -> None:
     print("|---|---:|" + "---:|" * len(runs) + "---|")
     for n in names:
         kind, _, budget = n.partition("-")
+        kind, _, rule = kind.partition("+")
+        label = MODELS[kind] + (f", {rule}" if rule else ", sandwich" if v and kind in ("eftnas", "lonas") else "")
         per_run = " | ".join(f"{score_with_ci(pooled_cache([p]))[0]:.3f}" for p in paths[n])
         acc, ci = score_with_ci(pooled[n])
-        print(f"| {MODELS[kind]} | {budget or 1} | {per_run} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |")
-    print("\n| budget | EFTNAS − | pooled difference | 95% CI | a result? |\n|---:|---|---:|---|---|")
+        print(f"| {label} | {budget or 1} | {per_run} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |")
+    print(f"\n| budget | EFTNAS{v} − | pooled difference | 95% CI | a result? |\n|---:|---|---:|---|---|")
     for b in PICKS:
-        for other in (o for o in ("teacher", f"magft-{b}", f"magown-{b}", f"lonas-{b}") if o in names):
-            d = paired_difference(pooled[f"eftnas-{b}"], pooled[other])
-            print(f"| {b} | {MODELS[other.partition('-')[0]]} | {d['diff']:+.3f} | [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
+        others = ("teacher", f"magft{v}-{b}", f"magown-{b}", f"lonas{v}-{b}", *([f"eftnas-{b}"] if v else []))
+        for other in (o for o in others if o in names):
+            d = paired_difference(pooled[f"eftnas{v}-{b}"], pooled[other])
+            kind = other.partition("-")[0].partition("+")[0]
+            label = "EFTNAS, sandwich" if v and other.startswith("eftnas-") else MODELS[kind]
+            print(f"| {b} | {label} | {d['diff']:+.3f} | [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] "
                   f"| {'yes' if d['excludes_zero'] else 'no: the interval holds 0'} |")
 
 

@@ -72,6 +72,26 @@ def test_supernet_artifact_trains_sandwich_with_lineage(run):
         assert (net(**_batch(tok)).logits - teacher(**_batch(tok)).logits).abs().max() > 1e-6
 
 
+def test_budgets_sampler_trains_the_spaces_intermediate_budget(run, tmp_path):
+    budgets = run["result"]["budgets"]  # 0.4, 0.7, 1.0: one budget between the smallest and the full
+    middle = next(b["widths"] for b in budgets if b["fraction"] == 0.7)
+    out = api.supernet(run["space"], out=tmp_path / "super", sampler="budgets", progress=False, **FAST)
+    m = _manifest(out)
+    assert m["method"] == "eftnas-budgets" and m["config"]["sampler"] == "budgets"
+    space = SearchSpace.load(out)
+    history = json.loads((out / "elastic_history.json").read_text())
+    assert [h["config"] for h in history] == [space.maximal(), space.check(middle), space.minimal()] * 3
+    # a space recording no budget between its ends is refused before any work
+    two = tmp_path / "two-budgets"
+    shutil.copytree(run["space"], two)
+    record = json.loads((two / "eftnas_space.json").read_text())
+    record["budgets"] = [b for b in record["budgets"] if b["fraction"] != 0.7]
+    (two / "eftnas_space.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="records none .* build the space with three or more budgets"):
+        api.supernet(two, out=tmp_path / "refused", sampler="budgets", **FAST)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_search_and_extract_per_budget(run):
     root, full = run["root"], _manifest(run["super"])["metrics"]["parameters"]
     trials = [json.loads(line) for line in (run["search"] / "trials.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ from slimtune.data import load_task
 from slimtune.errors import ConfigError
 from slimtune.models import load_model, target_modules
 from slimtune.nas import ElasticSampler, ElasticSpace, sandwich, uniform
+from slimtune.nas.sampling import budgets
 from slimtune.train import ExampleDataset, Objective, PadCollator, TrainConfig, distillation_loss, train
 
 
@@ -67,6 +68,26 @@ def test_uniform_keeps_its_random_sequence_and_sandwich_adds_max_and_min():
         assert sandwich(space, seed, step) == [space.maximal(), old, space.minimal()]
     with pytest.raises(ConfigError, match="unknown sampling rule"):
         ElasticSampler(None, space, rule="bogus")
+
+
+def test_budgets_rule_draws_the_middle_configuration_from_its_targets():
+    names = [f"model.layers.{i}.mlp.down_proj" for i in range(3)]
+    space = ElasticSpace.build(names, [8, 6, 4, 2], "module")
+    targets = [{names[0]: 6, names[1]: 6, names[2]: 4}, {names[0]: 4}]
+    sampler = ElasticSampler(None, space, seed=5, rule="budgets", targets=targets)
+    assert sampler.configs_per_step == 3
+    drawn = [sampler.sample(step) for step in range(40)]
+    for step, configs in enumerate(drawn):
+        assert configs == budgets(space, 5, step, sampler.targets)
+        assert configs[0] == space.maximal() and configs[2] == space.minimal()
+    # each target, completed with the maximal choice of the dimensions it leaves out, is drawn
+    assert {str(c[1]) for c in drawn} == {str(space.check(t)) for t in targets}
+    with pytest.raises(ConfigError, match="draws from target configurations, and none was given"):
+        ElasticSampler(None, space, rule="budgets")
+    with pytest.raises(ConfigError, match="target configurations are for the budgets rule, not 'sandwich'"):
+        ElasticSampler(None, space, rule="sandwich", targets=targets)
+    with pytest.raises(ConfigError, match="outside its space"):
+        ElasticSampler(None, space, rule="budgets", targets=[{names[0]: 5}])
 
 
 def test_a_sandwich_step_accumulates_the_gradients_of_all_three_configurations(tiny_llama_dir, tmp_path):

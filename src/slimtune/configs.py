@@ -24,7 +24,7 @@ from .config_base import CONFIG_VERSION, SPLIT_SEED_HELP, Config, _cli, describe
 from .nas.search import OBJECTIVES, SAMPLERS
 from .nas.lonas import WIDTH_KINDS
 from .nas.reorder import ORDERS
-from .nas.sampling import SAMPLERS as SUBNET_SAMPLERS
+from .nas.sampling import SAMPLERS as SUBNET_SAMPLERS, TARGETED_SAMPLERS
 from .nas.space import PRESETS
 from .quant import QUANTIZERS
 from .quant.params import DEFAULT_BITS, DEFAULT_GROUP_SIZE
@@ -407,9 +407,9 @@ class SupernetConfig(Config):
 
     task: str | Task | None = Field(None, description="task whose training split trains the super-network (default: "
                                                       "the task its lineage trained on, else polarity)")
-    sampler: Literal[tuple(SUBNET_SAMPLERS)] = Field("sandwich", description="configurations per optimizer step: "
-                                                     "sandwich (maximal, random, minimal; EFTNAS') or uniform (one "
-                                                     "random)")
+    sampler: Literal[(*SUBNET_SAMPLERS, *TARGETED_SAMPLERS)] = Field("sandwich", description=(
+        "configurations per optimizer step: sandwich (maximal, random, minimal; EFTNAS'), uniform (one random) or "
+        "budgets (maximal, one of the space's intermediate budgets' widths, minimal)"))
     alpha: float = Field(0.1, ge=0, le=1, description="weight of the cross-entropy; the distillation term gets "
                                                       "1 - alpha (EFTNAS: 0.1)")
     temperature: float = Field(2.0, gt=0, description="distillation temperature T (the KL is scaled by T^2; "

@@ -12,7 +12,8 @@
   supernet    the super-network trained from a space and a teacher (default: the space's own model, the
               reordered teacher, output-identical to it): every weight, [maximal, random, minimal]
               configurations per optimizer step (sandwich rule), each loss a·CE + (1-a)·T²·KL(teacher ‖
-              student) (EFTNAS: a = 0.1, T = 2) through train.Objective with reduction 'sum'. Encoder
+              student) (EFTNAS: a = 0.1, T = 2) through train.Objective with reduction 'sum' (sampler
+              'budgets': the middle configuration drawn from the space's intermediate budgets). Encoder
               classifiers (classify.supernet) and causal LMs (completion tokens, the same objective on
               next-token logits). Writes the model at full width with elastic_config.json,
               eftnas_space.json, importance.json and the sampled history; lineage records the training
@@ -138,7 +139,7 @@ def _training_task(history: list[dict]) -> str:
     return next((rec["task"] for rec in history if rec["use"] == "train"), DEFAULT_TASK)
 
 
-def _train_decoder_supernet(space_dir, teacher, task, config, checkpoints, progress, cfg: SupernetConfig):
+def _train_decoder_supernet(space_dir, teacher, task, config, checkpoints, progress, cfg: SupernetConfig, targets):
     """The causal-LM form of classify.supernet.train_supernet: every weight, the sampler's configurations per
     step, distillation on the completion tokens' next-token distributions."""
     from .distill import load_teacher
@@ -150,7 +151,7 @@ def _train_decoder_supernet(space_dir, teacher, task, config, checkpoints, progr
     space = SearchSpace.load(space_dir)
     for p in net.parameters():
         p.requires_grad_(True)
-    sampler = ElasticSampler(net, space, seed=config.seed, rule=cfg.sampler)
+    sampler = ElasticSampler(net, space, seed=config.seed, rule=cfg.sampler, targets=targets)
     objective = Objective(sampler=sampler, reduction="sum", teacher=teacher_net, alpha=cfg.alpha,
                           temperature=cfg.temperature)
     metrics = train(net, tokenizer, task.train, config, checkpoints, add_eos=task.kind == "generation",
@@ -172,9 +173,10 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
     import shutil
 
     from .classify.model import is_classifier
-    from .nas.elastic_model import is_elastic_model
+    from .nas import SearchSpace
+    from .nas.elastic_model import budget_targets, is_elastic_model
     from .nas.importance import IMPORTANCE_FILE
-    from .nas.sampling import HISTORY_FILE
+    from .nas.sampling import HISTORY_FILE, TARGETED_SAMPLERS
     from .train import TrainConfig, barrier, build_full_train_config, is_main_process
 
     started = time.time()
@@ -184,6 +186,14 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
     if not is_elastic_model(space_dir):
         raise ConfigError(f"{space_dir} is not a model with an elastic search space (config.json + "
                           "elastic_config.json, no adapter): give the output of `slimtune space`")
+    targets = None
+    if cfg.sampler in TARGETED_SAMPLERS:
+        targets = budget_targets(space_dir, SearchSpace.load(space_dir))
+        if not targets:
+            raise ConfigError(f"sampler {cfg.sampler!r} trains the space's budgets between its smallest and its full "
+                              f"configuration, and {space_dir} records none (its {SPACE_FILE} is missing or holds "
+                              "two budgets or fewer): build the space with three or more budgets, or use sampler "
+                              "sandwich")
     teacher = space_dir if teacher is None else teacher
     train_config = build_full_train_config(cfg.train, **train_overrides)
     history = lineage.combine(lineage.of(space_dir), lineage.of(teacher))
@@ -204,10 +214,11 @@ def supernet(space_dir: str | Path, *, out: str | Path, teacher: str | Path | No
         from .classify.supernet import train_supernet
 
         net, tokenizer, space, metrics = train_supernet(space_dir, teacher, task, train_config, checkpoints,
-                                                        progress, cfg.alpha, cfg.temperature, rule=cfg.sampler)
+                                                        progress, cfg.alpha, cfg.temperature, rule=cfg.sampler,
+                                                        targets=targets)
     else:
         net, tokenizer, space, metrics = _train_decoder_supernet(space_dir, teacher, task, train_config,
-                                                                 checkpoints, progress, cfg)
+                                                                 checkpoints, progress, cfg, targets)
     sampled = metrics.pop("sampled")
     if not is_main_process():
         barrier()

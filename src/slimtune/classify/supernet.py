@@ -25,9 +25,10 @@ from .model import classifier_labels, load_classifier
 
 
 def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: TrainConfig, checkpoints: str | Path,
-                   progress: bool = False, alpha: float = 0.1, temperature: float = 2.0, rule: str = "sandwich"):
+                   progress: bool = False, alpha: float = 0.1, temperature: float = 2.0, rule: str = "sandwich",
+                   targets: list[dict[str, int]] | None = None):
     """(super-network, tokenizer, search space, training metrics with the sampled history). `rule`: the
-    sampler's (nas.sampling: sandwich, EFTNAS'; uniform)."""
+    sampler's (nas.sampling: sandwich, EFTNAS'; uniform; budgets, drawing from `targets`)."""
     from ..nas import ElasticSampler, SearchSpace
 
     net, tokenizer = load_classifier(space_dir)
@@ -38,7 +39,7 @@ def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: Tra
     view = classification_view(task, classifier_labels(net))
     for p in net.parameters():
         p.requires_grad_(True)
-    sampler = ElasticSampler(net, space, seed=config.seed, rule=rule)
+    sampler = ElasticSampler(net, space, seed=config.seed, rule=rule, targets=targets)
     objective = Objective(sampler=sampler, reduction="sum", teacher=teacher_net, alpha=alpha, temperature=temperature)
     metrics = train(net, tokenizer, task.train, config, checkpoints, callbacks=[sampler], objective=objective,
                     progress=progress, fresh=True, run_key={"supernet": str(space_dir), "teacher": str(teacher)},

@@ -64,6 +64,17 @@ def budget_trials(path) -> dict[str, dict[str, int]]:
             for r in space_record(path).get("budgets", [])}
 
 
+def budget_targets(path, space: SearchSpace) -> list[dict[str, int]]:
+    """The space's budget widths other than its maximal and minimal configurations (the supernet's 'budgets'
+    sampler draws from them), each once, in the record's order."""
+    ends, targets = (space.maximal(), space.minimal()), []
+    for widths in budget_trials(path).values():
+        config = space.check(widths)
+        if config not in ends and config not in targets:
+            targets.append(config)
+    return targets
+
+
 def check_objectives(path, objectives: list[str]) -> None:
     """The objectives a search over the elastic model at `path` can measure (before any work)."""
     config = json.loads((Path(str(path)) / "config.json").read_text())
