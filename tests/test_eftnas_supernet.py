@@ -256,6 +256,13 @@ def test_decoder_supernet_and_extraction(tiny_llama_dir, tmp_path):
     with torch.no_grad():
         assert (small(ids).logits - net(ids).logits).abs().max() <= 1e-5
     assert _manifest(out)["metrics"]["macs_fraction"] <= 0.6 * 1.01
+    # the budgets sampler on a decoder: the middle configuration of every step is the 0.8 budget's widths
+    space3, result = api.space(tiny_llama_dir, importance=imp, out=tmp_path / "space3", budgets=3, min_fraction=0.6)
+    sup3 = api.supernet(space3, out=tmp_path / "super3", task="polarity", teacher=tiny_llama_dir, sampler="budgets",
+                        progress=False, **{**FAST, "max_steps": 2})
+    middle = SearchSpace.load(sup3).check(next(b["widths"] for b in result["budgets"] if b["fraction"] == 0.8))
+    history = json.loads((sup3 / "elastic_history.json").read_text())
+    assert [h["config"] for h in history][1::3] == [middle, middle]
 
 
 def _small_recipe(model) -> dict:
