@@ -211,6 +211,12 @@ def test_pick_budget_treats_noise_as_a_tie():
     assert pick(records, records, objectives, "budget=0.5", scored=200)["trial"] == 1
     assert pick(records, records, objectives, "budget=0.5", scored=5000)["trial"] == 2  # 0.004: a real lead
     assert pick(records, records, objectives, "budget=0.3", scored=200)["trial"] == 2
+    # ties whose costs differ by less than the tolerance (1% of the maximal cost): the more accurate one
+    near = records + [{"trial": 4, "heuristic": None, "objectives": {"accuracy": 0.905, "macs": 49.9}}]
+    assert pick(near, near, objectives, "budget=0.5", scored=200)["trial"] == 4
+    farther = records + [{"trial": 4, "heuristic": None, "objectives": {"accuracy": 0.905, "macs": 48.5}}]
+    assert pick(farther, farther, objectives, "budget=0.5", scored=200)["trial"] == 1  # 1.7% cheaper: the costlier
+    assert pick(farther, farther, objectives, "budget=0.5:0.02", scored=200)["trial"] == 4
     loss = [{**r, "objectives": {"loss": 1 - r["objectives"]["accuracy"], "macs": r["objectives"]["macs"]}}
             for r in records]
     assert pick(loss, loss, ["loss", "macs"], "budget=0.5", scored=200)["trial"] == 2  # no interval for a loss

@@ -224,7 +224,9 @@ def pick_budget(records: list[dict], objectives: list[str], how: str, scored: in
     cost objective; T default BUDGET_TOLERANCE), the most accurate; ties go to the costlier one, which uses more
     of the budget, then to the earlier trial. With `scored` (validation examples per trial) an accuracy within
     one standard error of the best, sqrt(p(1 - p) / scored), counts as a tie: on a small slice, noise larger
-    than the sub-networks' differences otherwise picks a far smaller model (bench/RESULTS.md, EFTNAS)."""
+    than the sub-networks' differences otherwise picks a far smaller model (bench/RESULTS.md, EFTNAS). Among
+    those ties, costs within T of the maximal cost of the costliest count as equal, and the more accurate wins:
+    0.1% more MACs is no reason to take a trial 1.6 points worse on validation."""
     size = next((o for o in objectives if o in SIZES), None)
     if size is None:
         raise ConfigError(f"{how}: a budget needs a cost objective ({', '.join(SIZES)}) in the search")
@@ -251,7 +253,9 @@ def pick_budget(records: list[dict], objectives: list[str], how: str, scored: in
         best = max(r["objectives"]["accuracy"] for r in within)
         noise = math.sqrt(best * (1.0 - best) / scored)
         tied = [r for r in within if r["objectives"]["accuracy"] >= best - noise - 1e-12]
-        return min(tied, key=lambda r: (-r["objectives"][size], -r["objectives"]["accuracy"], r["trial"]))
+        costliest = max(r["objectives"][size] for r in tied)
+        near = [r for r in tied if r["objectives"][size] >= costliest - tol * full]
+        return min(near, key=lambda r: (-r["objectives"]["accuracy"], -r["objectives"][size], r["trial"]))
     sign = -1.0 if OBJECTIVES[quality] == "maximize" else 1.0
     return min(within, key=lambda r: (sign * r["objectives"][quality], -r["objectives"][size], r["trial"]))
 
