@@ -29,6 +29,8 @@ refuses any overlap with training or selection):
   magnitude-own  baseline (a'): as (a), but with the per-layer widths that the magnitude scores themselves give
                  each budget (the space stage's threshold bisection on weight norms), so neither EFTNAS'
                  importance nor its search chooses them: magnitude pruning + fine-tuning on its own
+  magnitude-own-KD  baseline (a''): (a')'s cut, fine-tuned with EFTNAS' distillation from the teacher instead
+                 (0.1 CE + 0.9 T^2 KL, T = 2; finetune --teacher): prune, then distil
   LoNAS-ends     baseline (b): no importance and no reordering, uniform widths: every layer keeps its first
                  round(F x heads) heads and the first MLP neurons that bring the MACs to F (within 1%); a
                  super-network over {full, 0.75, 0.5, 0.25} trained exactly as EFTNAS' (sandwich +
@@ -58,7 +60,8 @@ TASKS = "evals:sarcasm"  # crepe: every model, teacher included, predicts its 76
 PICKS = (0.5, 0.25)
 ROWS = [("teacher", "teacher (full fine-tune)"), ("eftnas", "EFTNAS (supernet + search)"),
         ("magft", "(a) magnitude-pruned + fine-tuned"),
-        ("magown", "(a') magnitude-pruned, own widths, + fine-tuned"), ("lonas", "(b) LoNAS end-dropping supernet"),
+        ("magown", "(a') magnitude-pruned, own widths, + fine-tuned"),
+        ("magownkd", "(a'') magnitude-pruned, own widths, + distilled"), ("lonas", "(b) LoNAS end-dropping supernet"),
         ("imp0", "importance-pruned, untrained"), ("mag0", "magnitude-pruned, untrained")]
 
 
@@ -252,6 +255,9 @@ def main(argv=None) -> int:
             cut = own_cuts[f] = stage(f"{d}/magown0-{f}", lambda p: api.extract(own_space, out=p, select=own[f]))
             models[("magown", f)] = stage(f"{d}/magown-{f}", lambda p: api.finetune(
                 cut, out=p, task=task, adapter="full", max_steps=args.supernet_steps, **train))
+            models[("magownkd", f)] = stage(f"{d}/magownkd-{f}", lambda p: api.finetune(
+                cut, out=p, task=task, adapter="full", max_steps=args.supernet_steps, distill={"teacher": str(teacher)},
+                **train))
         # (b) LoNAS-style: first channels / heads, uniform widths, the same super-network training
         teacher_net, _ = load_model(teacher)
         uniform = uniform_widths(teacher_net, [f for f in budgets if f < 1], seq_len)
@@ -275,7 +281,8 @@ def main(argv=None) -> int:
             t0 = time.time()
             r = scored(path, task)
             results[(kind, f)] = r
-            source = {"magft": models.get(("mag0", f)), "magown": own_cuts.get(f)}.get(kind) or path
+            source = {"magft": models.get(("mag0", f)), "magown": own_cuts.get(f), "magownkd": own_cuts.get(f)}.get(kind) \
+                or path
             facts = _manifest(source)["metrics"]
             ci = mean_ci(r["scores"])
             full_macs = _manifest(models[("eftnas", PICKS[0])])["metrics"]["full_macs"]
@@ -287,12 +294,12 @@ def main(argv=None) -> int:
             print(f"  {kind} {f:g}: acc {ci['mean']:.3f} [{ci['ci'][0]:.3f}, {ci['ci'][1]:.3f}] on {r['n']}, MACs "
                   f"{macs / full_macs:.3f}, params {params:,} ({time.time() - t0:.0f} s)", flush=True)
         for f in PICKS:
-            for kind in ("teacher", "magft", "magown", "lonas", "imp0"):
+            for kind in ("teacher", "magft", "magown", "magownkd", "lonas", "imp0"):
                 other = results[(kind, 1.0 if kind == "teacher" else f)]
                 dif = paired_difference(results[("eftnas", f)], other)
                 all_comparisons.append({"task": task, "budget": f, "a": "eftnas", "b": kind, "diff": dif["diff"],
                                         "ci": dif["ci"], "excludes_zero": dif["excludes_zero"]})
-            for kind in ("magft", "magown", "lonas"):
+            for kind in ("magft", "magown", "magownkd", "lonas"):
                 dif = paired_difference(results[(kind, f)], results[("teacher", 1.0)])
                 all_comparisons.append({"task": task, "budget": f, "a": kind, "b": "teacher", "diff": dif["diff"],
                                         "ci": dif["ci"], "excludes_zero": dif["excludes_zero"]})
@@ -340,7 +347,7 @@ def draw(rows: list[dict], path: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     style = {"teacher": ("k", "*"), "eftnas": ("C0", "o"), "magft": ("C1", "s"), "magown": ("C3", "D"),
-             "lonas": ("C2", "^"), "imp0": ("C0", "x"), "mag0": ("C1", "x")}
+             "magownkd": ("C4", "P"), "lonas": ("C2", "^"), "imp0": ("C0", "x"), "mag0": ("C1", "x")}
     for ax, task in zip(axes[0], tasks):
         teacher = [r for r in rows if r["task"] == task and r["kind"] == "teacher"]
         if teacher:
@@ -349,7 +356,7 @@ def draw(rows: list[dict], path: Path) -> None:
             pts = sorted((r for r in rows if r["task"] == task and r["kind"] == kind), key=lambda r: r["macs_fraction"])
             if not pts:
                 continue
-            x = [r["macs_fraction"] + (0.006 * (i - 2.5) if kind != "teacher" else 0) for r in pts]  # side by side
+            x = [r["macs_fraction"] + (0.006 * (i - len(ROWS) / 2) if kind != "teacher" else 0) for r in pts]  # apart
             y = [r["acc"] for r in pts]
             err = [[r["acc"] - r["ci"][0] for r in pts], [r["ci"][1] - r["acc"] for r in pts]]
             color, marker = style[kind]

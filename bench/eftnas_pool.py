@@ -22,6 +22,7 @@ from _common import pooled_cache, score_with_ci  # noqa: E402
 
 MODELS = {"teacher": "teacher (full fine-tune)", "eftnas": "EFTNAS (supernet + search)",
           "magft": "(a) magnitude-pruned + fine-tuned", "magown": "(a') magnitude-pruned, own widths, + fine-tuned",
+          "magownkd": "(a'') magnitude-pruned, own widths, + distilled",
           "lonas": "(b) LoNAS end-dropping supernet"}
 PICKS = ("0.5", "0.25")
 
@@ -37,14 +38,14 @@ def main() -> None:
     args = ap.parse_args()
     runs = [Path(r) for r in args.runs]
     v = "" if args.sampler == "sandwich" else f"+{args.sampler}"  # as bench/eftnas.py names the stages
-    names = ["teacher"] + [f"{m}{'' if m == 'magown' else v}-{b}" for b in PICKS
-                           for m in ("eftnas", "magft", "magown", "lonas")]
+    names = ["teacher"] + [f"{m}{'' if m.startswith('magown') else v}-{b}" for b in PICKS
+                           for m in ("eftnas", "magft", "magown", "magownkd", "lonas")]
     if v:  # EFTNAS with the sandwich rule, to compare the samplers
         names += [f"eftnas-{b}" for b in PICKS]
     paths = {n: [r / f"{args.task.replace(':', '_')}__{n}.eval.json" for r in runs] for n in names}
     older = [n for n in names if (n.startswith("magown") or v and n.startswith("eftnas-"))
              and not all(p.is_file() for p in paths[n])]
-    if older:  # runs made before baseline (a') existed, or without the sandwich super-network
+    if older:  # runs made before baselines (a') / (a'') existed, or without the sandwich super-network
         print(f"left out, not in every run: {', '.join(older)}; re-run the bench with the same --keep to add them")
         names = [n for n in names if n not in older]
     pooled = {n: pooled_cache(paths[n]) for n in names}
@@ -60,7 +61,8 @@ def main() -> None:
         print(f"| {label} | {budget or 1} | {per_run} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |")
     print(f"\n| budget | EFTNAS{v} − | pooled difference | 95% CI | a result? |\n|---:|---|---:|---|---|")
     for b in PICKS:
-        others = ("teacher", f"magft{v}-{b}", f"magown-{b}", f"lonas{v}-{b}", *([f"eftnas-{b}"] if v else []))
+        others = ("teacher", f"magft{v}-{b}", f"magown-{b}", f"magownkd-{b}", f"lonas{v}-{b}",
+                  *([f"eftnas-{b}"] if v else []))
         for other in (o for o in others if o in names):
             d = paired_difference(pooled[f"eftnas{v}-{b}"], pooled[other])
             kind = other.partition("-")[0].partition("+")[0]

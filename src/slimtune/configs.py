@@ -184,8 +184,8 @@ class FinetuneConfig(Config):
             raise ValueError("qa_weights / float_base only apply to quantization-aware adapters (quant_aware)")
         if self.adapter == "lora" and self.rank_space is not None:
             raise ValueError("a rank space makes the adapter elastic: use adapter nls with rank_space")
-        if self.distill != DistillOptions() and (self.adapter not in ("lora", "nls") or self.distill.teacher is None):
-            raise ValueError("distillation options need a teacher and adapter lora or nls")
+        if self.distill != DistillOptions() and (self.adapter not in ("full", "lora", "nls") or not self.distill.teacher):
+            raise ValueError("distillation options need a teacher and adapter lora or nls (or full, on an encoder)")
         if self.adapter != "nls" and (self.widths or self.sampler != "uniform"):
             raise ValueError("elastic widths and the sampler belong to an elastic super-network: use adapter nls")
         if (self.mlp_fractions and "mlp" not in (self.widths or [])) or (

@@ -1,6 +1,7 @@
 """Knowledge distillation from a frozen teacher model: the options an adapter's fine-tuning takes
-(finetune --teacher: a LoNAS super-network or a LoRA learning from a fine-tuned model) and the
-teacher's loading, shared with EFTNAS' super-network. The loss itself is train.distillation_loss,
+(finetune --teacher: a LoNAS super-network or a LoRA learning from a fine-tuned model; an encoder
+classifier, adapted or fully fine-tuned, from a fine-tuned classifier: classify.model.load_teacher_classifier)
+and the teacher's loading, shared with EFTNAS' super-network. The loss itself is train.distillation_loss,
 applied per sampled configuration by train.Objective."""
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ class DistillOptions(BaseModel):
 
     teacher: str | None = Field(None, description="lora/nls: a fine-tuned causal LM with the same vocabulary (e.g. "
                                                   "a merged LoRA) whose next-token distributions every trained "
-                                                  "configuration learns: loss a*CE + (1-a)*T^2*KL(teacher || student)")
+                                                  "configuration learns: loss a*CE + (1-a)*T^2*KL(teacher || student); "
+                                                  "an encoder (full, lora or nls): a classifier over the task's "
+                                                  "labels, whose class distributions it learns")
     distill_alpha: float = Field(0.1, ge=0, le=1, description="teacher: the weight a of the cross-entropy (EFTNAS: "
                                                               "0.1)")
     temperature: float = Field(2.0, gt=0, description="teacher: the distillation temperature T (EFTNAS: 2)")

@@ -56,12 +56,12 @@ def finetune(model: str | Path = DEFAULT_MODEL, *, out: str | Path, config: Fine
     if is_encoder_spec(model):  # an encoder: a sequence classifier with a trainable head (classify/stage.py)
         from .classify.stage import finetune_classifier
 
-        if cfg.distill.teacher:
-            raise ConfigError("finetune's teacher distils a causal LM's adapter; an encoder classifier learns from "
-                              "its teacher in EFTNAS' supernet stage (`slimtune supernet --teacher`)")
         return finetune_classifier(model, out=out, cfg=cfg, train_overrides=train_overrides, overwrite=overwrite,
                                    progress=progress, started=started)
     if cfg.adapter == "full":  # every weight of a causal LM (full_finetune.py): EFTNAS' decoder teacher
+        if cfg.distill.teacher:
+            raise ConfigError("a teacher distils a causal LM's adapter (lora or nls) or an encoder classifier; full "
+                              "fine-tuning of a causal LM learns from the task's labels alone")
         from .full_finetune import finetune_causal_full
 
         return finetune_causal_full(model, out=out, cfg=cfg, train_overrides=train_overrides, overwrite=overwrite,

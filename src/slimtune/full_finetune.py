@@ -54,10 +54,12 @@ def _quantized_error(model, what: str) -> ConfigError:
 
 
 def save_tuned(out: Path, net, tokenizer, *, model, task, importance, method: str, config: dict, metrics: dict,
-               started: float, seed: int, checkpoints: Path, overwrite: bool = False, write=None) -> Path:
+               started: float, seed: int, checkpoints: Path, overwrite: bool = False, write=None,
+               teacher=None) -> Path:
     """Write a fully fine-tuned model (+ importance.json, + the input's per-layer widths file) with a manifest
-    whose lineage adds its training examples; then drop the run's checkpoints. Rank 0 writes, the others wait.
-    `write(tmp)`, when given, writes the trained artifact instead of the model (an encoder's super-adapter)."""
+    whose lineage adds its training examples (and a distillation `teacher`'s lineage); then drop the run's
+    checkpoints. Rank 0 writes, the others wait. `write(tmp)`, when given, writes the trained artifact instead
+    of the model (an encoder's super-adapter)."""
     from .artifacts import atomic_dir, write_manifest
     from .train import barrier, is_main_process
     from .widths_io import copy_widths
@@ -77,11 +79,12 @@ def save_tuned(out: Path, net, tokenizer, *, model, task, importance, method: st
         if importance is not None:
             importance.save(tmp)
         write_manifest(tmp, stage="finetune", method=method, config=config,
-                       inputs={"model": model} if Path(str(model)).exists() else None,
+                       inputs={k: v for k, v in (("model", model), ("teacher", teacher)) if v and Path(str(v)).exists()}
+                       or None,
                        metrics={**metrics, "parameters": sum(p.numel() for p in net.parameters()),
                                 "importance_steps": importance.steps if importance is not None else None},
                        started=started, seed=seed,
-                       lineage=lineage.combine(lineage.of(model),
+                       lineage=lineage.combine(lineage.of(model), lineage.of(teacher) if teacher else [],
                                                [lineage.record("finetune", "train", task, "train", task.train, out)]))
     shutil.rmtree(checkpoints, ignore_errors=True)
     barrier()

@@ -106,3 +106,37 @@ def test_encoder_refusals(tiny_bert_dir, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="without a classification head"):
         load_classifier(tiny_bert_dir)
+
+
+def test_full_finetune_distilled_from_a_teacher_classifier(tiny_bert_dir, tmp_path):
+    from slimtune.lineage import LeakageError
+
+    teacher = api.finetune(tiny_bert_dir, out=tmp_path / "teacher", task="polarity", adapter="full", split_seed=1,
+                           progress=False, **FAST)  # trained on split seed 1's training examples
+    runs = {name: api.finetune(tiny_bert_dir, out=tmp_path / name, task="polarity", adapter="full", progress=False,
+                               **{**FAST, "learning_rate": 1e-3}, **extra)
+            for name, extra in [("plain", {}), ("ce-only", {"distill": {"teacher": str(teacher), "distill_alpha": 1.0}}),
+                                ("distilled", {"distill": {"teacher": str(teacher)}})]}
+    weights = {n: load_model(p)[0].classifier.weight for n, p in runs.items()}
+    assert torch.allclose(weights["ce-only"], weights["plain"], atol=1e-6)  # a = 1: the cross-entropy alone
+    init = load_classifier(tiny_bert_dir, ("negative", "positive"), seed=42)[0].classifier.weight
+    step = (weights["plain"] - init).abs().max()  # what 4 steps moved the head
+    assert (weights["distilled"] - weights["plain"]).abs().max() > 0.05 * step  # a = 0.1: the teacher's KL trains
+    manifest = json.loads((runs["distilled"] / "slimtune.json").read_text())
+    assert manifest["config"]["distill"] == {"teacher": str(teacher), "distill_alpha": 0.1, "temperature": 2.0}
+    assert manifest["inputs"]["teacher"]["path"].endswith("teacher")
+    assert {r["split_seed"] for r in manifest["lineage"] if r["use"] == "train"} == {0, 1}
+    # the teacher's training examples are the student's too: split seed 0's test set overlaps them
+    with pytest.raises(LeakageError):
+        api.evaluate(runs["distilled"], task="polarity", split="test", progress=False)
+    api.evaluate(runs["plain"], task="polarity", split="test", progress=False)
+
+
+def test_distillation_refusals(tiny_bert_dir, tiny_llama_dir, tmp_path):
+    with pytest.raises(ConfigError, match="is not a fine-tuned classifier"):
+        api.finetune(tiny_bert_dir, out=tmp_path / "x", task="polarity", adapter="full",
+                     distill={"teacher": str(tiny_bert_dir)}, progress=False, **FAST)
+    with pytest.raises(ConfigError, match="full fine-tuning of a causal LM learns from the task's labels alone"):
+        api.finetune(tiny_llama_dir, out=tmp_path / "x", task="polarity", adapter="full",
+                     distill={"teacher": str(tiny_llama_dir)}, progress=False, **FAST)
+    assert not (tmp_path / "x").exists()

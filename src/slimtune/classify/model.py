@@ -88,3 +88,16 @@ def load_classifier(spec: str | os.PathLike, labels=None, seed: int = 0, dtype=t
 
 def classifier_labels(model) -> tuple[str, ...]:
     return tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+
+
+def load_teacher_classifier(spec: str | os.PathLike, labels) -> torch.nn.Module:
+    """A fine-tuned classifier over `labels` to distil from, frozen in eval mode; an encoder without a trained
+    head is refused (a new, random head would teach noise)."""
+    _, config = _config(spec)
+    if config is None or not is_classifier(config):
+        raise ConfigError(f"teacher {spec} is not a fine-tuned classifier: give one over the labels {list(labels)} "
+                          "(e.g. the output of finetune --adapter full on the same task)")
+    net, _ = load_classifier(spec, labels)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net

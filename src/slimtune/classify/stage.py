@@ -6,6 +6,8 @@ then merges them. Either way the artifact is an AutoModelForSequenceClassificati
 in id2label) with a manifest whose lineage records the training examples, so `evaluate` refuses them.
 With importance, importance.json holds first-order head / neuron scores (nas.importance): summed over
 every optimizer step of full fine-tuning, or over one pass of the training split after the merge.
+With a teacher (a fine-tuned classifier over the same labels), each loss is a·CE + (1-a)·T²·KL(teacher ‖
+student) of the class distributions (train.Objective), and the teacher's lineage joins the artifact's.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from .. import lineage
 from ..configs import FinetuneConfig
 from ..data import DEFAULT_TASK
 from ..errors import ConfigError
-from ..train import build_full_train_config, build_train_config, train
+from ..train import Objective, build_full_train_config, build_train_config, train
 from .data import ClassificationDataset, LabelCollator, classification_view
-from .model import load_classifier
+from .model import load_classifier, load_teacher_classifier
 
 
 def _head_parameters(net) -> list[str]:
@@ -47,6 +49,8 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     view = classification_view(task)
     if not task.train:
         raise ConfigError(f"task {task.spec} has no training examples (split seed {cfg.split_seed})")
+    distill = cfg.distill
+    teacher = load_teacher_classifier(distill.teacher, view.labels) if distill.teacher else None
     net, tokenizer = load_classifier(model, view.labels, seed=config.seed)
     names, rank, space, sampler, rank_space = [], None, None, None, None
     if cfg.adapter in ("lora", "nls"):
@@ -69,8 +73,11 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
     checkpoints = out.parent / f".{out.name}.checkpoints"
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     metrics = train(net, tokenizer, task.train, config, checkpoints, callbacks=callbacks + ([sampler] if sampler else []),
-                    fresh=overwrite, progress=progress, run_key={"model": str(model), "classifier": list(view.labels)},
-                    dataset=dataset, collator=collator)
+                    fresh=overwrite, progress=progress, dataset=dataset, collator=collator,
+                    run_key={"model": str(model), "classifier": list(view.labels),
+                             "distill": distill.model_dump() if teacher is not None else None},
+                    objective=None if teacher is None else Objective(
+                        teacher=teacher, alpha=distill.distill_alpha, temperature=distill.temperature))
     if sampler is not None:
         from ..nas.lonas import training_metrics
 
@@ -89,4 +96,5 @@ def finetune_classifier(model, *, out: Path, cfg: FinetuneConfig, train_override
                       config={**cfg.record(), "model": str(model), "task": task.spec, "labels": list(view.labels),
                               "targets": names or None, "rank": rank, "rank_space": rank_space,
                               "train": config.model_dump()},
-                      metrics={**metrics, "trainable_parameters": trainable}, checkpoints=checkpoints, write=write)
+                      metrics={**metrics, "trainable_parameters": trainable}, checkpoints=checkpoints, write=write,
+                      teacher=distill.teacher)

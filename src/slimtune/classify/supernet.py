@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..train import Objective, TrainConfig, train
 from .data import ClassificationDataset, LabelCollator, classification_view
-from .model import classifier_labels, load_classifier
+from .model import classifier_labels, load_classifier, load_teacher_classifier
 
 
 def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: TrainConfig, checkpoints: str | Path,
@@ -32,9 +32,7 @@ def train_supernet(space_dir: str | Path, teacher: str | Path, task, config: Tra
     from ..nas import ElasticSampler, SearchSpace
 
     net, tokenizer = load_classifier(space_dir)
-    teacher_net, _ = load_classifier(teacher, classifier_labels(net))
-    for p in teacher_net.parameters():
-        p.requires_grad_(False)
+    teacher_net = load_teacher_classifier(teacher, classifier_labels(net))
     space = SearchSpace.load(space_dir)
     view = classification_view(task, classifier_labels(net))
     for p in net.parameters():
