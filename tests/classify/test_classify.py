@@ -140,3 +140,14 @@ def test_distillation_refusals(tiny_bert_dir, tiny_llama_dir, tmp_path):
         api.finetune(tiny_llama_dir, out=tmp_path / "x", task="polarity", adapter="full",
                      distill={"teacher": str(tiny_llama_dir)}, progress=False, **FAST)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("adapter", ["lora", "nls"])
+def test_adapted_classifiers_take_a_teacher(tiny_bert_dir, tmp_path, adapter):
+    teacher = api.finetune(tiny_bert_dir, out=tmp_path / "teacher", task="polarity", adapter="full", progress=False,
+                           **FAST)
+    out = api.finetune(tiny_bert_dir, out=tmp_path / "student", task="polarity", adapter=adapter, rank=4,
+                       distill={"teacher": str(teacher), "distill_alpha": 0.0}, progress=False, **FAST)
+    manifest = json.loads((out / "slimtune.json").read_text())
+    assert manifest["config"]["distill"]["teacher"] == str(teacher) and "teacher" in manifest["inputs"]
+    assert manifest["metrics"]["train_loss"] < 0.01  # a = 0: the KL to the teacher alone, not the CE (~0.69)
