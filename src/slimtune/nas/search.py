@@ -225,8 +225,8 @@ def pick_budget(records: list[dict], objectives: list[str], how: str, scored: in
     of the budget, then to the earlier trial. With `scored` (validation examples per trial) an accuracy within
     one standard error of the best, sqrt(p(1 - p) / scored), counts as a tie: on a small slice, noise larger
     than the sub-networks' differences otherwise picks a far smaller model (bench/RESULTS.md, EFTNAS). Among
-    those ties, costs within T of the maximal cost of the costliest count as equal, and the more accurate wins:
-    0.1% more MACs is no reason to take a trial 1.6 points worse on validation."""
+    those ties, costs within T·(maximal cost) of the costliest tie's count as equal and the more accurate trial
+    wins: a fraction of a percent more cost is no reason to take a trial that scored lower."""
     size = next((o for o in objectives if o in SIZES), None)
     if size is None:
         raise ConfigError(f"{how}: a budget needs a cost objective ({', '.join(SIZES)}) in the search")
