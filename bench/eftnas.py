@@ -1,5 +1,5 @@
 """EFTNAS on an encoder (issue 17): MiniLM-L6 fine-tuned per task (the teacher), compressed to 50% and 25%
-of its MACs, against three baselines at the same MACs, held out, with intervals.
+of its MACs, against four baselines at the same MACs, held out, with intervals.
 
     python bench/eftnas.py                                   # minilm-l6 on sarcasm (evals data)
     python bench/eftnas.py --tasks bbc-news --max-length 32 --supernet-steps 300   # BBC News headlines, 5 topics
