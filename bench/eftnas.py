@@ -202,8 +202,8 @@ def main(argv=None) -> int:
                              lambda: api.evaluate(path, task=task, split="test", limit=args.test_limit, progress=False))
 
     print(f"model {args.model if not args.quick else 'tiny BERT'}, tasks {tasks} (split seed 0), budgets {budgets}, "
-          f"teacher {args.teacher_steps} steps, supernets ({args.sampler}) / fine-tunes {args.supernet_steps} steps, batch "
-          f"{args.batch_size}, max length {args.max_length}, importance {args.importance}, search {args.trials} trials x {args.search_limit} "
+          f"teacher {args.teacher_steps} steps, supernets ({args.sampler}) / fine-tunes {args.supernet_steps} steps, "
+          f"batch {args.batch_size}, max length {args.max_length}, importance {args.importance}, search {args.trials} trials x {args.search_limit} "
           f"validation examples, test limit {args.test_limit}, threads {args.threads}", flush=True)
     all_rows, all_comparisons, all_spaces = [], [], []
     for task in tasks:
@@ -281,8 +281,8 @@ def main(argv=None) -> int:
             t0 = time.time()
             r = scored(path, task)
             results[(kind, f)] = r
-            source = {"magft": models.get(("mag0", f)), "magown": own_cuts.get(f), "magownkd": own_cuts.get(f)}.get(kind) \
-                or path
+            cuts = {"magft": models.get(("mag0", f)), "magown": own_cuts.get(f), "magownkd": own_cuts.get(f)}
+            source = cuts.get(kind) or path
             facts = _manifest(source)["metrics"]
             ci = mean_ci(r["scores"])
             full_macs = _manifest(models[("eftnas", PICKS[0])])["metrics"]["full_macs"]

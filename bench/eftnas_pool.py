@@ -1,6 +1,6 @@
 """bench/eftnas.py's cached evaluations of several runs (one --keep directory per training seed), pooled:
-each test example's score averaged over the runs, then EFTNAS minus the teacher and each baseline ((a), (a'), (a''), (b))
-at each extracted budget, paired on the same examples with 95% bootstrap intervals.
+each test example's score averaged over the runs, then EFTNAS minus the teacher and each baseline ((a), (a'),
+(a''), (b)) at each extracted budget, paired on the same examples with 95% bootstrap intervals.
 
     python bench/eftnas_pool.py --task evals:sarcasm /work/eft-sarcasm2/keep /work/eft-sarcasm-s43/keep ...
     python bench/eftnas_pool.py --task bbc-news --sampler budgets RUN ...   # the runs' --sampler budgets models,
