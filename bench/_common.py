@@ -23,6 +23,13 @@ VENV = Path.home() / ".cache" / "slimtune" / "bench-venvs" / "llmcompressor-0.14
 LLMC_REQS = ["torch==2.13.0", "llmcompressor==0.14.*"]
 
 
+def demo_model(run_dir: Path) -> str:
+    """The base model a `slimtune demo` run directory was made from (its recorded recipe's `model`)."""
+    from slimtune.artifacts import RECIPE_FILE, STATE_DIR
+
+    return json.loads((Path(run_dir) / STATE_DIR / RECIPE_FILE).read_text())["model"]
+
+
 def stage_runner(work: Path, tasks=()):
     """stage(name, make) -> work/name, made by make(path) unless it exists: a re-run with the same --keep
     reuses every finished artifact (slimtune writes them atomically, so one that exists is complete).

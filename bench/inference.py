@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import LLAMA_PLAIN_BUFFERS
+from _common import LLAMA_PLAIN_BUFFERS, demo_model
 
 MODELS = ("dense", "sparse-int4", "final", "deployed")
 RUNTIMES = ("slimtune", "slimtune-int4", "slimtune-compiled", "transformers", "llama.cpp")
@@ -190,10 +190,7 @@ def _paths(args, work: Path) -> dict[str, Path | str]:
     if not args.run:
         raise SystemExit("give --run DIR (a `slimtune demo` run directory) or --quick")
     run_dir = Path(args.run)
-    from slimtune.artifacts import RECIPE_FILE, STATE_DIR
-
-    recipe = json.loads((run_dir / STATE_DIR / RECIPE_FILE).read_text()) if not args.model else {}
-    return {"dense": args.model or recipe["model"], **{m: run_dir / m for m in MODELS[1:]}}
+    return {"dense": args.model or demo_model(run_dir), **{m: run_dir / m for m in MODELS[1:]}}
 
 
 def run(args) -> list[dict]:

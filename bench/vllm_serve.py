@@ -72,12 +72,12 @@ def model_paths(args, work: Path) -> dict[str, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import torch
 
-    from slimtune.artifacts import RECIPE_FILE, STATE_DIR
+    from _common import demo_model
     from slimtune.models import load_model
 
     dense = work / "dense-hf"
     if not dense.exists():
-        net, tokenizer = load_model(json.loads((run_dir / STATE_DIR / RECIPE_FILE).read_text())["model"])
+        net, tokenizer = load_model(demo_model(run_dir))
         net.to(torch.float16).save_pretrained(dense)
         tokenizer.save_pretrained(dense)
     return {"dense": str(dense), "final": str(run_dir / "final")}

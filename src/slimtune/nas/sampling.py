@@ -6,9 +6,9 @@ A sampler rule maps (space, seed, step) to the list of configurations one optimi
   budgets   [maximal, one of the given target configurations, minimal]: the sandwich rule with the random
             configuration drawn from targets, for a space whose budgets' widths are known (the supernet
             stage passes an EFTNAS space's intermediate budgets). Per-layer uniform choices concentrate
-            around the mean width (on MiniLM's 4-budget spaces ~62% of the MACs, rarely one budget's own
-            widths), so the sandwich trains its minimal configuration every step and the ones between
-            only by chance; this rule trains each intermediate budget's sub-network every few steps.
+            around the mean width and rarely hit one budget's own widths (bench/RESULTS.md), so the
+            sandwich trains its minimal configuration every step and the ones between only by chance;
+            this rule trains each intermediate budget's sub-network every few steps.
 The configurations of step t come from a generator seeded with (seed, t) alone, so runs are
 reproducible, resumed runs continue the same sequence, and all processes of a distributed run train
 the same sub-networks.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -55,6 +56,7 @@ def budgets(space: SearchSpace, seed: int, step: int, targets: list[dict[str, in
 
 SAMPLERS = {"uniform": (uniform, 1), "sandwich": (sandwich, 3)}  # rule, configurations per step (any space)
 TARGETED_SAMPLERS = {"budgets": (budgets, 3)}  # rules that draw from target configurations
+RULES = {**SAMPLERS, **TARGETED_SAMPLERS}
 
 
 class ElasticSampler(TrainerCallback):
@@ -63,25 +65,23 @@ class ElasticSampler(TrainerCallback):
 
     def __init__(self, model: nn.Module, space: SearchSpace, seed: int = 0, rule: str = "uniform",
                  targets: list[dict[str, int]] | None = None):
-        rules = {**SAMPLERS, **TARGETED_SAMPLERS}
-        if rule not in rules:
-            raise ConfigError(f"unknown sampling rule {rule!r}; choose from {', '.join(rules)}")
+        if rule not in RULES:
+            raise ConfigError(f"unknown sampling rule {rule!r}; choose from {', '.join(RULES)}")
         if rule in TARGETED_SAMPLERS and not targets:
             raise ConfigError(f"the {rule!r} sampling rule draws from target configurations, and none was given")
         if rule not in TARGETED_SAMPLERS and targets:
             raise ConfigError(f"target configurations are for the {', '.join(TARGETED_SAMPLERS)} rule, not {rule!r}")
         self.model, self.space, self.seed, self.rule = model, space, seed, rule
         self.targets = [space.check(t) for t in targets or []]
-        self.configs_per_step = rules[rule][1]
+        self._rule = partial(RULES[rule][0], targets=self.targets) if targets else RULES[rule][0]
+        self.configs_per_step = RULES[rule][1]
         self.history: list[dict] = []
         self._configs: list[dict[str, int]] = []
         self._losses: list[float] = []
 
     def sample(self, step: int) -> list[dict[str, int]]:
         """The configurations of optimizer step `step` under this sampler's rule."""
-        if self.rule in TARGETED_SAMPLERS:
-            return TARGETED_SAMPLERS[self.rule][0](self.space, self.seed, step, self.targets)
-        return SAMPLERS[self.rule][0](self.space, self.seed, step)
+        return self._rule(self.space, self.seed, step)
 
     def step_configurations(self) -> list[dict[str, int]]:
         """The configurations the current step trains (the objective hook asks for them)."""
